@@ -1,0 +1,52 @@
+# dl-fp: everything a fresh machine needs goes through these targets.
+#   make demo   set up .venv and run the main job (dvc repro on params.yaml)
+#   make test   set up .venv and run the tests
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export DVC_NO_ANALYTICS := 1
+export PYTHONHASHSEED := 0
+
+.PHONY: venv browser demo test test-slow test-all lint bench snakemake-demo clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Headless Chromium renders the HTML reports in tests (Debian package; needs root or sudo).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium not installed and no root: the browser test will be skipped"; fi; }
+
+demo: venv
+	dvc repro
+
+snakemake-demo: venv
+	snakemake --cores 2 report
+
+test: venv browser
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: venv browser
+	$(PY) -m pytest -q -m slow
+
+test-all: venv browser
+	$(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check src tests benchmarks
+
+bench: venv
+	$(PY) benchmarks/bench_degrade.py
+	$(PY) benchmarks/bench_identity.py
+
+clean:
+	rm -rf data logs reports .snakemake

@@ -1,0 +1,3 @@
+from dlfp.cli import main
+
+raise SystemExit(main())

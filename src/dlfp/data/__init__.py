@@ -1,0 +1,1 @@
+"""Data stages: acquire, align, shard, degrade."""

@@ -1,0 +1,118 @@
+"""Atomic file writes and staged output folders, so a killed stage never leaves output that looks finished."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+PARTIAL_SUFFIX = ".partial"
+
+
+class OutputLockedError(RuntimeError):
+    """Another dlfp process is writing the same output."""
+
+
+class DiskFullError(OSError):
+    """The disk filled up while writing; earlier artifacts are left untouched."""
+
+
+def _explain_os_error(error: OSError, path: Path) -> OSError:
+    if error.errno == errno.ENOSPC:
+        return DiskFullError(errno.ENOSPC, f"no space left on device while writing {path}; "
+                             "earlier outputs are intact, free some space and rerun")
+    return error
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; it is renamed onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise _explain_os_error(error, path) from error
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: Path | str, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def write_text_atomic(path: Path | str, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path | str, payload: object) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_csv_atomic(path: Path | str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows(rows)
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: Path) -> Iterator[None]:
+    """Refuse a second concurrent run on the same output instead of letting two writers corrupt it."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = out_dir.parent / f".{out_dir.name}.lock"
+    handle = open(lock_path, "w")  # noqa: SIM115 - held for the whole block
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputLockedError(
+                f"{out_dir} is being written by another dlfp run (lock {lock_path}); wait for it to finish"
+            ) from None
+        yield
+    finally:
+        handle.close()
+
+
+@contextlib.contextmanager
+def staged_output(out_dir: Path | str) -> Iterator[Path]:
+    """Build a stage's output folder as `<out>.partial`, then swap it into place on success.
+
+    A killed or failed stage leaves only the `.partial` folder, which no later stage reads as finished.
+    """
+    out_dir = Path(out_dir)
+    with output_lock(out_dir):
+        partial = out_dir.with_name(out_dir.name + PARTIAL_SUFFIX)
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+        try:
+            yield partial
+        except OSError as error:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise _explain_os_error(error, out_dir) from error
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(partial, out_dir)

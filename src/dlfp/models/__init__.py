@@ -1,0 +1,1 @@
+"""Networks: dlib model files, the identity network, StyleGAN2 and GFP-GAN."""
