@@ -63,6 +63,15 @@ def test_hash_split_is_stable_and_close_to_fractions() -> None:
     assert shards.hash_split("img_5", fractions) == first[5]
 
 
+def test_copies_of_one_ffhq_face_share_a_split() -> None:
+    fractions = {"train": 0.5, "val": 0.0, "test": 0.5}
+    for number in range(200):
+        small = {"id": f"ffhq256_{number:05d}", "ffhq_id": number}
+        large = {"id": f"ffhq1024_{number:05d}", "ffhq_id": number}
+        assert shards.assign_split(small, "hash", fractions, (59000, 60000)) == \
+            shards.assign_split(large, "hash", fractions, (59000, 60000))
+
+
 def test_ffhq_rule_without_ids_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="has none; set shard.split: hash"):
         shards.assign_split({"id": "x", "ffhq_id": None}, "ffhq", {}, (59000, 60000))

@@ -23,8 +23,8 @@ def _dvc_stages() -> dict[str, dict]:
     for stage in repo.index.stages:
         params = [key for dep in stage.params for key in dep.params]
         deps = [str(dep.def_path) for dep in stage.deps if dep not in stage.params]
-        stages[stage.name] = {"cmd": stage.cmd, "deps": sorted(deps), "outs": sorted(str(o.def_path) for o in stage.outs),
-                              "params": params}
+        outs = sorted(str(out.def_path) for out in stage.outs)
+        stages[stage.name] = {"cmd": stage.cmd, "deps": sorted(deps), "outs": outs, "params": params}
     return stages
 
 

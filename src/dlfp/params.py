@@ -40,7 +40,8 @@ def _check_range(name: str, value: tuple[float, float]) -> tuple[float, float]:
 class ParquetMirror(_Section):
     """A Hugging Face-style parquet copy of FFHQ: shards of rows (image bytes + optional id)."""
 
-    url_template: str = Field(description="URL with {index} (shard number), e.g. .../train-{index:05d}-of-00015.parquet")
+    url_template: str = Field(
+        description="URL with {index} (shard number), e.g. .../train-{index:05d}-of-00015.parquet")
     num_shards: int = Field(gt=0)
     rows_per_shard: int | None = Field(default=None, gt=0, description="rows per shard, to fetch only needed ones")
     image_column: str = "image"
@@ -97,6 +98,7 @@ class AlignParams(_Section):
     aligned_tolerance: float = Field(
         default=0.08, gt=0, lt=1, description="max FFHQ-quad offset/size error (fraction of side) to count as aligned"
     )
+    workers: int = Field(default=2, ge=1, le=256, description="worker processes; the output does not depend on it")
 
 
 # ----------------------------------------------------------------------------------------------- shard

@@ -72,7 +72,10 @@ def assign_split(meta: Mapping, rule: Literal["ffhq", "hash"], fractions: Mappin
             raise ValueError(f"sample {meta['id']}: split rule 'ffhq' needs an FFHQ id, and this image has none; "
                              "set shard.split: hash")
         return ffhq_split(int(ffhq_id), val_ids)
-    return hash_split(str(meta["id"]), fractions)
+    # Copies of one FFHQ face (e.g. the 256 px and 1024 px files) share the split: no train/test leakage.
+    ffhq_id = meta.get("ffhq_id")
+    split_key = f"ffhq-{int(ffhq_id)}" if ffhq_id not in (None, "") else str(meta["id"])
+    return hash_split(split_key, fractions)
 
 
 # ------------------------------------------------------------------------------------------ tar writing

@@ -23,7 +23,8 @@ def package_versions(*names: str) -> dict[str, str]:
 
 
 def write_receipt(out_dir: Path, *, stage: str, params_hash: str, seed: int | None, counts: dict,
-                  inputs: dict | None = None, packages: tuple[str, ...] = (), extra: dict | None = None) -> dict:
+                  inputs: dict | None = None, packages: tuple[str, ...] = (),
+                  extra: dict | None = None) -> dict:
     """Deliberately without timestamps: the receipt is part of a byte-reproducible artifact."""
     receipt = {
         "stage": stage,
