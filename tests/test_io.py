@@ -102,3 +102,11 @@ def test_derived_seeds_are_stable_across_processes() -> None:
     assert int(there.stdout) == here
     assert 0 <= here < 2**63
     assert derive_seed(1234, "00042", "mild") != here
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path: Path) -> None:
+    target = tmp_path / "page.html"
+    atomic.write_text_atomic(target, "<p>x</p>")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -16,6 +16,16 @@ from pathlib import Path
 PARTIAL_SUFFIX = ".partial"
 
 
+def _default_file_mode() -> int:
+    """The mode open() would give a new file; mkstemp's private 0600 would make shared artifacts unreadable."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _default_file_mode()
+
+
 class OutputLockedError(RuntimeError):
     """Another dlfp process is writing the same output."""
 
@@ -41,6 +51,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except OSError as error:
         tmp.unlink(missing_ok=True)

@@ -1,0 +1,73 @@
+"""Stage `report`: static, self-contained HTML pages, one module per page, joined through a small registry.
+
+A page module builds a `Page` and calls `register(page)` at import time; `dlfp.report.build.PAGE_MODULES`
+lists the modules to import. The index page is built last and links every page written in the same run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import jinja2
+
+    from dlfp.params import Params
+
+# The pipeline stages in order; the index lists them all, linked to the page that covers each.
+STAGES = ("acquire", "align", "shard", "degrade", "train_prior", "train", "restore", "evaluate", "bias",
+          "report")
+
+
+@dataclass(frozen=True)
+class PageContext:
+    """What every page needs: validated params, where inputs live, where pages go, and the template env."""
+
+    params: Params
+    data_dir: Path
+    out_dir: Path
+    env: jinja2.Environment
+    nav: tuple[tuple[str, str], ...] = ()  # (title, relative href) of every page in this run
+
+    def render(self, template: str, current: str, **values: Any) -> str:
+        """Render with the shared navigation; autoescaping is on for every value passed here."""
+        return self.env.get_template(template).render(nav=self.nav, current=current, **values)
+
+
+@dataclass(frozen=True)
+class Page:
+    slug: str  # short unique name, e.g. "data"
+    title: str
+    filename: str  # relative to the reports folder, e.g. "data.html"
+    stages: tuple[str, ...]  # pipeline stages this page reports on (index links them here)
+    render: Callable[[PageContext], str] = field(compare=False)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.stages) - set(STAGES)
+        if unknown:
+            raise ValueError(f"page {self.slug!r}: unknown stages {sorted(unknown)}")
+        if "/" in self.filename or not self.filename.endswith(".html") or self.filename == "index.html":
+            raise ValueError(f"page {self.slug!r}: filename must be a plain *.html name, not index.html")
+
+
+_REGISTRY: dict[str, Page] = {}
+
+
+def register(page: Page) -> Page:
+    """Add a page; registering the same slug twice (e.g. a module re-import) replaces the earlier one."""
+    clash = [other.slug for other in _REGISTRY.values()
+             if other.filename == page.filename and other.slug != page.slug]
+    if clash:
+        raise ValueError(f"page {page.slug!r}: file {page.filename} is already written by page {clash[0]!r}")
+    _REGISTRY[page.slug] = page
+    return page
+
+
+def registered_pages() -> list[Page]:
+    """Pages in pipeline order (by their first stage), so the navigation follows the data flow."""
+    def first_stage(page: Page) -> int:
+        return min((STAGES.index(stage) for stage in page.stages), default=len(STAGES))
+
+    return sorted(_REGISTRY.values(), key=lambda page: (first_stage(page), page.slug))

@@ -1,0 +1,372 @@
+"""reports/data.html: what the data stages (acquire, align, shard, degrade) produced, from their artifacts.
+
+Every input may be missing or damaged; the page then says so for that part and still renders. Strings from
+file names and metadata reach the HTML only through jinja2's autoescaping. Tars are read in memory with
+tarfile, member by member: nothing is extracted and no member path is ever opened on disk.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import tarfile
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from dlfp.report import Page, PageContext, register
+from dlfp.report.plots import decode_thumbnail, draw_annotations, flatten_scalars, histogram_grid, image_uri
+
+# Stage -> artifact folder under the data folder (the CLI defaults).
+STAGE_FOLDERS = {"acquire": "raw", "align": "aligned", "shard": "shards", "degrade": "pairs"}
+GRID_THUMB_PX = 128
+PAIR_THUMB_PX = 160
+ANNOTATED_IN_GRID = 4  # the first few grid tiles show landmarks and boxes
+MAX_MEMBER_BYTES = 64 << 20  # a tar member larger than this is not a face image or metadata: skipped
+PAIR_CAPTION_KEYS = ("kernel", "sigma_x", "sigma_y", "scale", "noise_sigma", "jpeg_quality", "grey", "gray")
+
+
+@dataclass
+class StageInputs:
+    """One stage's artifact folder as the page sees it; `errors` collects damaged files instead of raising."""
+
+    stage: str
+    folder: Path
+    label: str  # how the folder is shown on the page
+    ran: bool
+    receipt: dict | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class RejectsView:
+    stage: str
+    present: bool
+    by_reason: list[tuple[str, int]] = field(default_factory=list)
+    table: Table | None = None
+    carried: int = 0  # rows of earlier stages repeated in this stage's cumulative rejects.csv
+
+
+@dataclass
+class Tile:
+    sample_id: str
+    caption: list[str]
+    uri: str | None
+    annotated: bool = False
+    problem: str | None = None
+
+
+@dataclass
+class PresetView:
+    name: str
+    count: int | None
+    pairs: list[tuple[Tile, Tile]]
+    histogram: str | None
+    ranges: list[tuple[str, str]]
+    logged: int
+    errors: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------ readers
+def _read_json(path: Path, errors: list[str]) -> object | None:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        errors.append(f"{path.name}: unreadable ({error})")
+        return None
+
+
+def _read_csv(path: Path, errors: list[str]) -> Table | None:
+    if not path.exists():
+        return None
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        errors.append(f"{path.name}: unreadable ({error})")
+        return None
+    if not rows:
+        return Table([], [])
+    return Table(rows[0], rows[1:])
+
+
+def _read_jsonl(path: Path, errors: list[str]) -> list[dict] | None:
+    if not path.exists():
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        errors.append(f"{path.name}: unreadable ({error})")
+        return None
+    records, bad = [], 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            bad += 1
+    if bad:
+        errors.append(f"{path.name}: {bad} line(s) are not JSON objects and were skipped")
+    return records
+
+
+def _stage_inputs(data_dir: Path, stage: str) -> StageInputs:
+    folder = data_dir / STAGE_FOLDERS[stage]
+    inputs = StageInputs(stage, folder, str(folder), folder.is_dir())
+    if inputs.ran:
+        receipt = _read_json(folder / "receipt.json", inputs.errors)
+        inputs.receipt = receipt if isinstance(receipt, dict) else None
+        if inputs.receipt is None and not inputs.errors:
+            inputs.errors.append("receipt.json missing: the stage may not have finished")
+    return inputs
+
+
+def contained(folder: Path, relative: str) -> Path | None:
+    """A path named in an index file, only if it stays under `folder`: no absolute path, no `..`.
+
+    Checked on the text, not resolved: DVC may check artifacts out as symlinks into its cache.
+    """
+    parts = PurePosixPath(relative.replace("\\", "/")).parts
+    if not parts or parts[0] == "/" or ".." in parts or "\0" in relative:
+        return None
+    return folder.joinpath(*parts)
+
+
+def safe_image_path(images_dir: Path, sample_id: str) -> Path | None:
+    """The image of an id only if the id is a plain file name: ids are metadata, not trusted paths."""
+    if sample_id in ("", ".", "..") or any(char in sample_id for char in "/\\\0"):
+        return None
+    return contained(images_dir, f"{sample_id}.png")
+
+
+def split_member_name(name: str) -> tuple[str, str] | None:
+    """WebDataset naming: key = path up to the first dot of the base name, extension = the rest."""
+    directory, _, base = name.rpartition("/")
+    key, dot, extension = base.partition(".")
+    if not dot or not key:
+        return None
+    return (f"{directory}/{key}" if directory else key), extension
+
+
+def iter_tar_samples(path: Path, wants_images: Callable[[], bool]) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Yield (key, {extension: bytes}) per run of members with one key; images only while wanted."""
+    key, sample = None, {}
+    with tarfile.open(path, mode="r:") as tar:
+        for member in tar:
+            if not member.isfile() or member.size > MAX_MEMBER_BYTES:
+                continue
+            parts = split_member_name(member.name)
+            if parts is None:
+                continue
+            if parts[0] != key:
+                if key is not None:
+                    yield key, sample
+                key, sample = parts[0], {}
+            if parts[1] == "json" or (parts[1].endswith("png") and wants_images()):
+                handle = tar.extractfile(member)
+                if handle is not None:
+                    sample[parts[1]] = handle.read()
+    if key is not None:
+        yield key, sample
+
+
+# ---------------------------------------------------------------------------------------------- sections
+def _rejects(inputs: StageInputs) -> RejectsView:
+    table = _read_csv(inputs.folder / "rejects.csv", inputs.errors) if inputs.ran else None
+    if table is None:
+        return RejectsView(inputs.stage, False)
+    total = len(table.rows)
+    if "stage" in table.header:  # align's rejects.csv is cumulative: keep this stage's rows only
+        stage_column = table.header.index("stage")
+        table = Table(table.header, [row for row in table.rows
+                                     if stage_column >= len(row) or row[stage_column] in ("", inputs.stage)])
+    column = table.header.index("reason") if "reason" in table.header else None
+    reasons = Counter(row[column] if column is not None and column < len(row) else "(no reason)"
+                      for row in table.rows)
+    by_reason = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
+    return RejectsView(inputs.stage, True, by_reason, table, carried=total - len(table.rows))
+
+
+def _alignment_counts(meta: list[dict] | None) -> dict[str, int] | None:
+    if meta is None:
+        return None
+    return dict(sorted(Counter(str(row.get("alignment", "unknown")) for row in meta).items()))
+
+
+def _grid(aligned: StageInputs, meta: list[dict] | None, count: int) -> list[Tile]:
+    if meta is None:
+        return []
+    chosen = sorted(meta, key=lambda row: str(row.get("id", "")))[:count]
+    tiles = []
+    for position, row in enumerate(chosen):
+        sample_id = str(row.get("id", ""))
+        licence = row.get("licence") or "licence unknown"
+        caption = [f"{row.get('alignment', '?')} · {licence}", str(row.get("source") or "")]
+        path = safe_image_path(aligned.folder / "images", sample_id)
+        if path is None:
+            problem = "id is not a plain file name; image not read"
+            tiles.append(Tile(sample_id, caption, None, problem=problem))
+            continue
+        try:
+            decoded = decode_thumbnail(path.read_bytes(), GRID_THUMB_PX)
+        except OSError:
+            decoded = None
+        if decoded is None:
+            tiles.append(Tile(sample_id, caption, None, problem="image missing or unreadable"))
+            continue
+        image, scale = decoded
+        annotated = position < ANNOTATED_IN_GRID
+        if annotated:
+            image = draw_annotations(image, scale, row.get("landmarks"), row.get("boxes"))
+        tiles.append(Tile(sample_id, caption, image_uri(image, "JPEG"), annotated=annotated))
+    return tiles
+
+
+def _pair_tiles(key: str, sample: Mapping[str, bytes], meta: Mapping) -> tuple[Tile, Tile]:
+    degradation = flatten_scalars(meta.get("degradation", {}))
+    details = [f"{name}={degradation[name]:.3g}" if isinstance(degradation[name], float) else
+               f"{name}={degradation[name]}" for name in PAIR_CAPTION_KEYS if name in degradation]
+    sample_id = str(meta.get("id", key))
+    tiles = []
+    for extension, label in (("lq.png", "LQ"), ("gt.png", "GT")):
+        decoded = decode_thumbnail(sample[extension], PAIR_THUMB_PX) if extension in sample else None
+        caption = [label, f"seed {meta.get('sample_seed', '?')}"] + (details if label == "LQ" else [])
+        uri = image_uri(decoded[0], "PNG") if decoded else None
+        tiles.append(Tile(sample_id, caption, uri, problem=None if uri else "image missing or unreadable"))
+    return tiles[0], tiles[1]
+
+
+def _preset(pairs: StageInputs, name: str, entry: Mapping, per_preset: int) -> PresetView:
+    errors: list[str] = []
+    logged: list[dict] = []
+    shown: list[tuple[Tile, Tile]] = []
+    for record in entry.get("shards", []) if isinstance(entry.get("shards"), list) else []:
+        path = contained(pairs.folder, str(record.get("path", ""))) if isinstance(record, Mapping) else None
+        if path is None or not path.is_file():
+            errors.append(f"shard {record.get('path') if isinstance(record, Mapping) else record!r} "
+                          "is missing or lies outside the pairs folder")
+            continue
+        try:
+            for key, sample in iter_tar_samples(path, lambda: len(shown) < per_preset):
+                try:
+                    meta = json.loads(sample.get("json", b"{}"))
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    errors.append(f"{key}: json member unreadable")
+                    continue
+                meta = meta if isinstance(meta, dict) else {}
+                logged.append(flatten_scalars(meta.get("degradation", {})))
+                if len(shown) < per_preset:
+                    shown.append(_pair_tiles(key, sample, meta))
+        except (tarfile.TarError, OSError) as error:
+            errors.append(f"{record.get('path')}: unreadable tar ({error})")
+    params = entry.get("params") if isinstance(entry.get("params"), Mapping) else {}
+    ranges = [(key, json.dumps(value)) for key, value in sorted(params.items())]
+    count = entry.get("count") if isinstance(entry.get("count"), int) else None
+    histogram = histogram_grid(logged, f"preset {name}: logged degradation parameters") if logged else None
+    return PresetView(name, count, shown, histogram, ranges, len(logged), errors)
+
+
+def _presets(pairs: StageInputs, index: object, per_preset: int) -> list[PresetView]:
+    presets = index.get("presets") if isinstance(index, Mapping) else None
+    if not isinstance(presets, Mapping):
+        if pairs.ran:
+            pairs.errors.append("index.json missing or has no 'presets'")
+        return []
+    return [_preset(pairs, str(name), entry if isinstance(entry, Mapping) else {}, per_preset)
+            for name, entry in presets.items()]
+
+
+def _splits(shards: StageInputs, index: object) -> list[tuple[str, int | None, int]] | None:
+    splits = index.get("splits") if isinstance(index, Mapping) else None
+    if not isinstance(splits, Mapping):
+        if shards.ran:
+            shards.errors.append("index.json missing or has no 'splits'")
+        return None
+    rows = []
+    for split, entry in splits.items():
+        entry = entry if isinstance(entry, Mapping) else {}
+        count = entry.get("count") if isinstance(entry.get("count"), int) else None
+        rows.append((str(split), count, len(entry.get("shards", []) or [])))
+    return rows
+
+
+def _counts(raw_manifest: Table | None, rejects: dict[str, RejectsView], alignment: dict[str, int] | None,
+            splits: list | None, presets: list[PresetView], stages: dict[str, StageInputs]) -> list[tuple]:
+    """(stage, what, value or None when the stage has not run) in pipeline order."""
+    def rows_or_none(view: RejectsView) -> int | None:
+        return len(view.table.rows) if view.table is not None else (0 if stages[view.stage].ran else None)
+
+    rows: list[tuple] = [("acquire", "images acquired", len(raw_manifest.rows) if raw_manifest else None),
+                         ("acquire", "rejected at acquire", rows_or_none(rejects["acquire"])),
+                         ("align", "aligned", sum(alignment.values()) if alignment is not None else None)]
+    for kind, number in (alignment or {}).items():
+        rows.append(("align", f"aligned: {kind}", number))
+    rows.append(("align", "rejected at align", rows_or_none(rejects["align"])))
+    if splits is None:
+        rows.append(("shard", "per split", None))
+    rows.extend(("shard", f"split {split}", count) for split, count, _ in splits or [])
+    if not presets:
+        rows.append(("degrade", "pairs per preset", None))
+    rows.extend(("degrade", f"pairs: {preset.name}", preset.count) for preset in presets)
+    return rows
+
+
+def _receipt_view(inputs: StageInputs) -> dict | None:
+    receipt = inputs.receipt
+    if receipt is None:
+        return None
+    known = {"stage", "params_hash", "seed", "counts", "inputs", "versions"}
+    return {
+        "params_hash": str(receipt.get("params_hash", "")),
+        "seed": receipt.get("seed"),
+        "counts": [(str(k), json.dumps(v)) for k, v in (receipt.get("counts") or {}).items()],
+        "inputs": [(str(k), json.dumps(v)) for k, v in (receipt.get("inputs") or {}).items()],
+        "versions": [(str(k), str(v)) for k, v in (receipt.get("versions") or {}).items()],
+        "extra": [(str(k), json.dumps(v)) for k, v in receipt.items() if k not in known],
+    }
+
+
+def render(ctx: PageContext) -> str:
+    """Gather every data stage's artifacts and render data.html."""
+    stages = {stage: _stage_inputs(ctx.data_dir, stage) for stage in STAGE_FOLDERS}
+    raw, aligned, shards, pairs = (stages[name] for name in STAGE_FOLDERS)
+    manifest = _read_csv(raw.folder / "manifest.csv", raw.errors) if raw.ran else None
+    rejects = {name: _rejects(stages[name]) for name in ("acquire", "align")}
+    meta = _read_jsonl(aligned.folder / "meta.jsonl", aligned.errors) if aligned.ran else None
+    shard_index = _read_json(shards.folder / "index.json", shards.errors) if shards.ran else None
+    pairs_index = _read_json(pairs.folder / "index.json", pairs.errors) if pairs.ran else None
+    alignment = _alignment_counts(meta)
+    splits = _splits(shards, shard_index)
+    presets = _presets(pairs, pairs_index, ctx.params.report.pairs_per_preset)
+    return ctx.render(
+        "data.html", current=PAGE.filename, title=PAGE.title,
+        stages=list(stages.values()),
+        ran={name: inputs.ran for name, inputs in stages.items()},
+        labels={name: inputs.label for name, inputs in stages.items()},
+        counts=_counts(manifest, rejects, alignment, splits, presets, stages),
+        rejects=list(rejects.values()),
+        grid=_grid(aligned, meta, ctx.params.report.samples_in_grid),
+        annotated_in_grid=ANNOTATED_IN_GRID,
+        split_rule=shard_index.get("split_rule") if isinstance(shard_index, Mapping) else None,
+        splits=splits, presets=presets,
+        receipts={name: _receipt_view(inputs) for name, inputs in stages.items()},
+    )
+
+
+PAGE = register(Page(slug="data", title="Data", filename="data.html",
+                     stages=("acquire", "align", "shard", "degrade"), render=render))

@@ -1,0 +1,157 @@
+"""Image and plot helpers for the reports.
+
+Everything comes back as a `data:` URI so a page is one file that can be moved or mailed alone. Plots use
+matplotlib's object API (no pyplot global state, Agg rendering) and carry no timestamps, so a rebuild from the
+same inputs gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+from matplotlib import rc_context
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, UnidentifiedImageError
+
+# Component boxes get fixed colours so a reader can learn them once.
+BOX_COLOURS = {"left_eye": (0, 200, 255), "right_eye": (255, 200, 0), "mouth": (255, 60, 200)}
+LANDMARK_COLOUR = (60, 255, 60)
+MAX_LIST_LENGTH = 8  # longer lists in logged parameters are arrays, not scalars: not histogrammed
+Scalar = float | int | str | bool | None
+
+
+def data_uri(payload: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(payload).decode('ascii')}"
+
+
+def image_uri(image: Image.Image, fmt: str = "PNG") -> str:
+    """PNG for degraded images (no extra artefacts); JPEG for plain thumbnails (small pages)."""
+    buffer = io.BytesIO()
+    if fmt == "JPEG":
+        image.convert("RGB").save(buffer, format="JPEG", quality=88)
+        return data_uri(buffer.getvalue(), "image/jpeg")
+    image.save(buffer, format="PNG", optimize=False)
+    return data_uri(buffer.getvalue(), "image/png")
+
+
+def decode_thumbnail(payload: bytes, side: int) -> tuple[Image.Image, float] | None:
+    """Decode and shrink to at most `side` px; (thumbnail, scale), or None when unreadable."""
+    try:
+        with Image.open(io.BytesIO(payload)) as opened:
+            image = opened.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return None
+    scale = min(1.0, side / max(image.size))
+    if scale < 1.0:
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    return image, scale
+
+
+def _finite_point(value: object) -> tuple[float, float] | None:
+    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) < 2:
+        return None
+    try:
+        x, y = float(value[0]), float(value[1])
+    except (TypeError, ValueError):
+        return None
+    return (x, y) if math.isfinite(x) and math.isfinite(y) else None
+
+
+def _to_thumb(value: float, scale: float) -> float:
+    """Pixel-centre coordinates (0, 0 = centre of the top-left pixel, as align writes) to thumbnail ones."""
+    return (value + 0.5) * scale - 0.5
+
+
+def draw_annotations(image: Image.Image, scale: float, landmarks: object, boxes: object) -> Image.Image:
+    """Draw the 68 landmarks and the component boxes [cx, cy, half]; malformed entries are skipped.
+
+    The meta's face_box is in input-image pixels, not aligned ones, so it is not drawn here.
+    """
+    image = image.copy()
+    draw = ImageDraw.Draw(image)
+    for point in landmarks if isinstance(landmarks, Sequence) and not isinstance(landmarks, str) else ():
+        xy = _finite_point(point)
+        if xy is not None:
+            x, y = _to_thumb(xy[0], scale), _to_thumb(xy[1], scale)
+            draw.ellipse((x - 1.2, y - 1.2, x + 1.2, y + 1.2), fill=LANDMARK_COLOUR)
+    for name, colour in BOX_COLOURS.items():
+        entry = boxes.get(name) if isinstance(boxes, Mapping) else None
+        centre = _finite_point(entry)
+        if centre is None or len(entry) < 3 or not isinstance(entry[2], int | float):  # type: ignore[arg-type]
+            continue
+        half = float(entry[2]) * scale  # type: ignore[index]
+        x, y = _to_thumb(centre[0], scale), _to_thumb(centre[1], scale)
+        draw.rectangle((x - half, y - half, x + half, y + half), outline=colour, width=1)
+    return image
+
+
+def flatten_scalars(value: object, prefix: str = "") -> dict[str, Scalar]:
+    """Flatten logged parameters to dotted scalar keys; short numeric lists become key[i], arrays go."""
+    if isinstance(value, Mapping):
+        flat: dict[str, Scalar] = {}
+        for key in sorted(value, key=str):
+            flat.update(flatten_scalars(value[key], f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    if isinstance(value, list | tuple):
+        if len(value) > MAX_LIST_LENGTH or not all(isinstance(item, int | float | None) for item in value):
+            return {}
+        return {f"{prefix}[{index}]": item for index, item in enumerate(value)}
+    if value is None or isinstance(value, str | bool | int | float):
+        return {prefix: value}
+    return {}
+
+
+def _is_number(value: Scalar) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _plot_one(ax, name: str, values: list[Scalar]) -> None:  # noqa: ANN001 - matplotlib Axes
+    present = [value for value in values if value is not None]
+    missing = len(values) - len(present)
+    if not present:
+        ax.text(0.5, 0.5, "always null\n(not applied)", ha="center", va="center", fontsize=8, color="#777777")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    elif all(_is_number(value) for value in present):
+        numbers = [float(value) for value in present]  # type: ignore[arg-type]
+        ax.hist(numbers, bins=min(20, max(1, len(set(numbers)))), color="#4c78a8", edgecolor="white")
+    else:
+        counts = Counter(str(value).lower() if isinstance(value, bool) else str(value) for value in present)
+        labels = sorted(counts)
+        ax.bar(range(len(labels)), [counts[label] for label in labels], color="#f58518")
+        ax.set_xticks(range(len(labels)), [label[:12] for label in labels], rotation=30, fontsize=7)
+    title = f"{name[:32]}  (n={len(present)}" + (f", null {missing})" if missing else ")")
+    ax.set_title(title, fontsize=8)
+    ax.tick_params(labelsize=7)
+
+
+def histogram_grid(samples: Sequence[Mapping[str, Scalar]], title: str, columns: int = 4) -> str | None:
+    """Small multiples, one panel per logged parameter; None when there is nothing to plot."""
+    every = {name for sample in samples for name in sample}
+    # A key that is null in some samples and a list/dict in others is shown through its parts only.
+    names = sorted(name for name in every
+                   if not any(other.startswith((f"{name}[", f"{name}.")) for other in every))
+    if not names:
+        return None
+    rows = math.ceil(len(names) / columns)
+    # Names come from metadata: never let matplotlib read them as TeX.
+    with rc_context({"text.parse_math": False, "svg.hashsalt": "dlfp"}):
+        height = 2.2 * rows + 0.5
+        # Fixed margins: constrained layout costs seconds per figure on a busy 2-core machine.
+        figure = Figure(figsize=(3.0 * columns, height), dpi=80)
+        figure.subplots_adjust(left=0.05, right=0.98, bottom=0.5 / height, top=1 - 0.5 / height,
+                               wspace=0.3, hspace=0.55)
+        figure.suptitle(title[:80], fontsize=10, y=1 - 0.12 / height)
+        axes = figure.subplots(rows, columns, squeeze=False).ravel()
+        for ax, name in zip(axes, names, strict=False):
+            _plot_one(ax, name, [sample.get(name) for sample in samples])
+        for ax in axes[len(names):]:
+            ax.set_axis_off()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", metadata={"Software": None})
+    return data_uri(buffer.getvalue(), "image/png")

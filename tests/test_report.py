@@ -1,0 +1,350 @@
+"""The report stage on a tiny fake data folder: escaping, missing stages, offline links, a real browser."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import io
+import json
+import re
+import shutil
+import subprocess
+import tarfile
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import dlfp.report as report_pkg
+from dlfp.params import parse_params
+from dlfp.report import Page, build, data_page
+
+SCRIPT = "<script>alert(1)</script>"
+SCRIPT_ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
+QUOTES = '"quotes" & ampersands'
+QUOTES_ESCAPED = "&#34;quotes&#34; &amp; ampersands"
+# A file name cannot hold "/", so the hostile file name carries an attribute-injection payload instead.
+FILE_ID = 'face<img src=x onerror=alert(1)>"q"&'
+FILE_ID_ESCAPED = "face&lt;img src=x onerror=alert(1)&gt;&#34;q&#34;&amp;"
+CHROMIUM_ERRORS = ("Uncaught", "ERR_FILE_NOT_FOUND", "Failed to load resource", "Refused to")
+
+
+# --------------------------------------------------------------------------------------------- fixtures
+def png_bytes(colour: tuple[int, int, int], size: int = 64, noise: int = 0) -> bytes:
+    image = Image.new("RGB", (size, size), colour)
+    if noise:
+        image = image.effect_spread(noise)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([header, *rows])
+
+
+def write_receipt(folder: Path, stage: str, counts: dict, seed: int | None = None) -> None:
+    receipt = {"stage": stage, "params_hash": f"hash-{stage}", "seed": seed, "counts": counts,
+               "inputs": {"from": f"data/{SCRIPT}"}, "versions": {"python": "3.11", "dlfp": "0.1.0"}}
+    (folder / "receipt.json").write_text(json.dumps(receipt), encoding="utf-8")
+
+
+def add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    tar.addfile(info, io.BytesIO(payload))
+
+
+def landmarks() -> list[list[float]]:
+    return [[10 + (i % 17) * 2.5, 20 + (i // 17) * 8.0] for i in range(68)]
+
+
+def make_data(root: Path) -> Path:
+    """A tiny data folder with every stage's artifacts, hostile strings included."""
+    data = root / "data"
+    ids = ["a000", "a001", "a002", "b003", FILE_ID, SCRIPT]
+    raw = data / "raw"
+    (raw / "images").mkdir(parents=True)
+    header = ["id", "source", "md5", "size", "width", "height", "licence", "ffhq_id", "note"]
+    write_csv(raw / "manifest.csv", header,
+              [[i, f"in/{i}.png", "0" * 32, 100, 64, 64, SCRIPT if n == 0 else QUOTES, "", ""]
+               for n, i in enumerate(ids)])
+    write_csv(raw / "rejects.csv", ["source", "reason"],
+              [[f"in/{SCRIPT}.png", "not an image"], ["in/b.png", "not an image"], ["in/c.png", QUOTES]])
+    write_receipt(raw, "acquire", {"kept": len(ids), "rejected": 3}, seed=7)
+
+    aligned = data / "aligned"
+    (aligned / "images").mkdir(parents=True)
+    meta = []
+    for n, sample_id in enumerate(ids):
+        if sample_id != SCRIPT:  # "/" cannot be in a file name: this id has metadata but no image
+            (aligned / "images" / f"{sample_id}.png").write_bytes(png_bytes((40 * n, 90, 160)))
+        meta.append({"id": sample_id, "source": f"in/{sample_id}.png", "licence": QUOTES if n else SCRIPT,
+                     "ffhq_id": None, "alignment": "ffhq" if n % 2 else "passthrough",
+                     "landmarks": landmarks(),
+                     "boxes": {"left_eye": [20, 25, 6], "right_eye": [44, 25, 6], "mouth": [32, 48, 8]},
+                     "face_box": [8, 8, 56, 60]})
+    (aligned / "meta.jsonl").write_text("".join(json.dumps(row) + "\n" for row in meta), encoding="utf-8")
+    write_csv(aligned / "rejects.csv", ["id", "source", "reason", "stage"],
+              [["r1", "in/r1.png", "carried over", "acquire"],  # align's rejects.csv is cumulative
+               ["z9", "in/z9.png", "no face", "align"], ["z8", "in/z8.png", SCRIPT, "align"]])
+    write_receipt(aligned, "align", {"aligned": len(ids), "rejected": 2})
+
+    shards = data / "shards"
+    shards.mkdir()
+    (shards / "index.json").write_text(json.dumps({
+        "split_rule": "hash", "fractions": {"train": 0.65, "val": 0.05, "test": 0.3}, "ffhq_val_ids": None,
+        "splits": {
+            "train": {"count": 4, "shards": [{"path": "train/clean-000000.tar", "count": 4, "sha256": "x"}]},
+            "val": {"count": 0, "shards": []},
+            "test": {"count": 2, "shards": [{"path": "test/clean-000000.tar", "count": 2, "sha256": "y"}]}},
+    }), encoding="utf-8")
+    write_receipt(shards, "shard", {"train": 4, "val": 0, "test": 2})
+
+    pairs = data / "pairs"
+    (pairs / "moderate").mkdir(parents=True)
+    with tarfile.open(pairs / "moderate" / "pairs-000000.tar", "w") as tar:
+        for n in range(5):
+            key = f"k{n:03d}"
+            sample = {"id": FILE_ID if n == 0 else key, "preset": "moderate", "sample_seed": 1000 + n,
+                      "licence": SCRIPT,
+                      "degradation": {"kernel": "iso" if n % 2 else "aniso", "sigma_x": 1.0 + n,
+                                      "sigma_y": 2.0, "scale": 2.5, "noise_sigma": 5.0 + n,
+                                      "jpeg_quality": 70 + n,
+                                      "color_shift": None if n % 2 else [1.0, -2.0, 0.5], "grey": n == 3,
+                                      f"odd {SCRIPT} $x^2$": n}}
+            add_member(tar, f"{key}.lq.png", png_bytes((120, 60, 30), noise=3))
+            add_member(tar, f"{key}.gt.png", png_bytes((120, 60, 30)))
+            add_member(tar, f"{key}.json", json.dumps(sample).encode())
+        link = tarfile.TarInfo("k999.json")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    (pairs / "index.json").write_text(json.dumps({"presets": {
+        "moderate": {"count": 5, "shards": [{"path": "moderate/pairs-000000.tar", "count": 5, "sha256": "z"}],
+                     "params": {"blur_sigma": [1.0, 5.0], "note": SCRIPT}},
+        "escape": {"count": 1, "shards": [{"path": "../../outside.tar", "count": 1, "sha256": "z"}],
+                   "params": {}},
+    }}), encoding="utf-8")
+    write_receipt(pairs, "degrade", {"moderate": 5, "escape": 1}, seed=11)
+    return data
+
+
+def make_params(grid: int = 4, pairs: int = 3):
+    return parse_params({"data": {"folder": "faces"},
+                         "report": {"samples_in_grid": grid, "pairs_per_preset": pairs}})
+
+
+class LinkCollector(HTMLParser):
+    """Every URL-bearing attribute and every <img src> of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+        self.images: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if name in ("href", "src", "action", "srcset", "poster", "data") and value is not None:
+                self.urls.append(value)
+                if tag == "img" and name == "src":
+                    self.images.append(value)
+
+
+def collect(html: str) -> LinkCollector:
+    parser = LinkCollector()
+    parser.feed(html)
+    return parser
+
+
+def assert_image_resolves(src: str, page: Path) -> None:
+    if src.startswith("data:"):
+        header, _, payload = src.partition(",")
+        assert header in ("data:image/png;base64", "data:image/jpeg;base64"), header
+        try:
+            raw = base64.b64decode(payload, validate=True)
+        except binascii.Error as error:
+            raise AssertionError(f"bad base64 image on {page.name}") from error
+        with Image.open(io.BytesIO(raw)) as image:
+            image.load()
+            assert image.width > 0 and image.height > 0
+    else:
+        assert (page.parent / src.split("#")[0]).is_file(), f"{page.name}: image {src} missing"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("report")
+    data = make_data(root)
+    summary = build.run(make_params(), data_dir=data, out_dir=root / "reports")
+    return root / "reports", summary
+
+
+# ------------------------------------------------------------------------------------------------- tests
+def test_builds_index_and_data_pages(built: tuple[Path, dict]) -> None:
+    out, summary = built
+    assert summary["pages"] == ["data.html", "index.html"]
+    index = (out / "index.html").read_text(encoding="utf-8")
+    for stage in report_pkg.STAGES:
+        assert f"<td>{stage}</td>" in index
+    assert 'href="data.html#acquire"' in index and 'href="data.html#degrade"' in index
+    assert index.count("no page yet") == 6  # train_prior .. report have no page yet
+    assert "20260101" in index and make_params().section_hash("degrade") in index
+    assert "samples_in_grid: 4" in index  # params dump
+
+
+def test_untrusted_strings_are_escaped(built: tuple[Path, dict]) -> None:
+    out, _ = built
+    pages = {path.name: path.read_text(encoding="utf-8") for path in out.glob("*.html")}
+    assert set(pages) == {"index.html", "data.html"}
+    for name, html in pages.items():
+        assert SCRIPT not in html, name
+        assert "<img src=x" not in html, name
+        assert "<script" not in html.lower(), name
+    data = pages["data.html"]
+    assert SCRIPT_ESCAPED in data and QUOTES_ESCAPED in data and FILE_ID_ESCAPED in data
+    assert "id is not a plain file name" in data  # the id with "/" was not used as a path
+
+
+def test_data_page_content(built: tuple[Path, dict]) -> None:
+    html = (built[0] / "data.html").read_text(encoding="utf-8")
+    images = collect(html).images
+    # grid: first 4 ids in order; SCRIPT sorts first and has no image (placeholder), then 3 images;
+    # 3 pairs x (LQ, GT); 1 histogram figure
+    assert len(images) == 3 + 6 + 1
+    assert html.count('<div class="placeholder">') == 1
+    assert "aligned: passthrough" in html and "aligned: ffhq" in html
+    assert re.search(r"<td>not an image</td><td class=\"num\">2</td>", html)  # grouped by reason
+    assert "in/b.png" in html and "no face" in html  # all reject rows
+    assert "carried over" not in html and "1 earlier rejects repeated" in html
+    assert re.search(r"<td>rejected at align</td>\s*<td class=\"num\">2</td>", html)
+    assert "Split rule: <code>hash</code>" in html
+    assert "Preset moderate (5 pairs)" in html and "All 5 pairs" not in html
+    assert "Logged degradation parameters of all 5 pairs" in html
+    assert "outside the pairs folder" in html  # ../../outside.tar was refused
+    assert "hash-degrade" in html and "version: python" in html
+
+
+def test_links_are_local_and_resolve(built: tuple[Path, dict]) -> None:
+    out, _ = built
+    for page in out.glob("*.html"):
+        html = page.read_text(encoding="utf-8")
+        links = collect(html)
+        assert not re.search(r"url\(\s*['\"]?\s*(https?:)?//", html)
+        for url in links.urls:
+            assert not re.match(r"^[a-z][a-z0-9+.-]*:", url) or url.startswith("data:image/"), url
+            assert not url.startswith("//"), url
+            target = url.split("#")[0]
+            if target and not url.startswith("data:"):
+                assert (page.parent / target).is_file(), f"{page.name}: link {url} has no target"
+        for src in links.images:
+            assert_image_resolves(src, page)
+
+
+def test_missing_stages_are_reported_not_fatal(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    raw = data / "raw"
+    raw.mkdir(parents=True)
+    # acquire ran but left no receipt and no rejects; nothing else ran
+    write_csv(raw / "manifest.csv", ["id", "source", "licence"], [["a", "a.png", "cc"]])
+    build.run(make_params(), data_dir=data, out_dir=tmp_path / "reports")
+    html = (tmp_path / "reports" / "data.html").read_text(encoding="utf-8")
+    for stage in ("align", "shard", "degrade"):
+        assert f"Stage <code>{stage}</code> not run yet" in html
+    assert "Stage <code>acquire</code> not run yet" not in html
+    assert "receipt.json missing" in html and "No <code>rejects.csv</code>" in html
+    index = (tmp_path / "reports" / "index.html").read_text(encoding="utf-8")
+    assert "incomplete (no receipt)" in index and index.count("not run yet") == 3
+
+
+def test_no_data_folder_at_all(tmp_path: Path) -> None:
+    summary = build.run(make_params(), data_dir=tmp_path / "nothing", out_dir=tmp_path / "reports")
+    html = (tmp_path / "reports" / "data.html").read_text(encoding="utf-8")
+    assert summary["pages"] == ["data.html", "index.html"]
+    assert html.count("stage not run yet") >= 4 and "not run yet" in html
+
+
+def test_damaged_inputs_show_errors(tmp_path: Path) -> None:
+    data = make_data(tmp_path)
+    (data / "aligned" / "meta.jsonl").write_text('{"id": "a000"}\nnot json\n', encoding="utf-8")
+    (data / "shards" / "index.json").write_text("{broken", encoding="utf-8")
+    (data / "pairs" / "moderate" / "pairs-000000.tar").write_bytes(b"not a tar at all" * 100)
+    build.run(make_params(), data_dir=data, out_dir=tmp_path / "reports")
+    html = (tmp_path / "reports" / "data.html").read_text(encoding="utf-8")
+    assert "1 line(s) are not JSON objects" in html
+    assert "index.json: unreadable" in html
+    assert "unreadable tar" in html
+
+
+def test_rebuild_is_byte_identical(tmp_path: Path, built: tuple[Path, dict]) -> None:
+    out, _ = built
+    build.run(make_params(), data_dir=out.parent / "data", out_dir=tmp_path / "again")
+    for name in ("data.html", "index.html"):
+        assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes(), name
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_tar_reader_skips_links_and_keeps_images_in_memory(tmp_path: Path) -> None:
+    data = make_data(tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    samples = list(data_page.iter_tar_samples(data / "pairs" / "moderate" / "pairs-000000.tar", lambda: True))
+    assert [key for key, _ in samples] == ["k000", "k001", "k002", "k003", "k004"]  # symlink k999 skipped
+    assert set(samples[0][1]) == {"lq.png", "gt.png", "json"}
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert data_page.split_member_name("dir/key.lq.png") == ("dir/key", "lq.png")
+    assert data_page.safe_image_path(tmp_path, "../etc") is None
+    assert data_page.contained(tmp_path, "/etc/passwd") is None
+    assert data_page.contained(tmp_path, "a/../../b.tar") is None
+    assert data_page.contained(tmp_path, "moderate/p.tar") == tmp_path / "moderate" / "p.tar"
+
+
+def test_registered_page_joins_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(report_pkg, "_REGISTRY", dict(report_pkg._REGISTRY))
+    def render(ctx: report_pkg.PageContext) -> str:
+        return ctx.render("base.html", current="bias.html", title="Bias <&>")
+
+    report_pkg.register(Page(slug="bias", title="Bias <&>", filename="bias.html", stages=("bias",),
+                             render=render))
+    summary = build.run(make_params(), data_dir=tmp_path / "data", out_dir=tmp_path / "reports")
+    assert summary["pages"] == ["data.html", "bias.html", "index.html"]
+    index = (tmp_path / "reports" / "index.html").read_text(encoding="utf-8")
+    assert 'href="bias.html#bias">Bias &lt;&amp;&gt;</a>' in index
+    assert 'href="bias.html">Bias &lt;&amp;&gt;</a>' in (tmp_path / "reports" / "data.html").read_text()
+    with pytest.raises(ValueError, match="unknown stages"):
+        Page(slug="x", title="x", filename="x.html", stages=("nope",), render=lambda ctx: "")
+
+
+def test_cli_report(tmp_path: Path) -> None:
+    from dlfp.cli import main
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("data: {folder: faces}\nreport: {samples_in_grid: 2, pairs_per_preset: 1}\n")
+    data = make_data(tmp_path)
+    code = main(["--params", str(params_file), "report", "--data", str(data), "--out", str(tmp_path / "r")])
+    assert code == 0
+    assert (tmp_path / "r" / "index.html").is_file() and (tmp_path / "r" / "data.html").is_file()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="chromium not installed (make setup installs it: apt-get install -y chromium)")
+def test_pages_render_in_headless_chromium(built: tuple[Path, dict], tmp_path: Path) -> None:
+    out, _ = built
+    for page in sorted(out.glob("*.html")):
+        shot = tmp_path / f"{page.stem}.png"
+        result = subprocess.run(
+            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+             f"--screenshot={shot}", "--window-size=1280,2000", page.resolve().as_uri()],
+            capture_output=True, text=True, timeout=120, check=False)
+        assert shot.is_file() and shot.stat().st_size > 1000, result.stderr[-2000:]
+        with Image.open(shot) as image:
+            assert image.size == (1280, 2000)
+        errors = [line for line in result.stderr.splitlines()
+                  if any(mark in line for mark in CHROMIUM_ERRORS)]
+        assert not errors, f"{page.name}: {errors}"
+        for src in collect(page.read_text(encoding="utf-8")).images:
+            assert_image_resolves(src, page)
