@@ -1,0 +1,419 @@
+"""Skin tone from pixels: the skin mask from 68 landmarks, ITA / L* / hue, and the restored-vs-GT shift.
+
+Method (../shared/docs/bias-method.md): sRGB -> CIELAB (D65, float, skimage), trim highlights and shadows by
+L* percentile, take the median L*, a*, b* of the remaining skin pixels and compute ONE ITA from the medians
+(per-pixel ITA is unstable where b* is near 0). Photos without colour get the "no colour" group, never a band.
+
+Plain ITA mixes lighting with skin tone, so the measurement can first correct for illumination:
+- "sclera": white-balance the face against the eye whites (bright, low-chroma pixels inside the eye polygons)
+  when enough of them are found; fixes colour casts (warm light raises b* and lowers ITA).
+- "brightest": keep the brightest k-means clusters of skin pixels (Thong et al., ICCV 2023), which drops
+  the shaded part of the face.
+- "both" (the default for grouping): sclera white balance (when possible), then brightest clusters.
+Which corrections were really applied is recorded in ToneMeasurement.correction. On the 1,133 shared
+aligned_hq faces with landmarks, "both" raised ITA by a median 14 deg (the best-lit skin reads lighter than
+the plain median, so band counts move lightwards: dark 67 -> 17, very light 256 -> 453); in a montage of 10
+random "dark" faces, 6 had dark skin with "both" against 4 with plain ITA. The sclera balance applied on 878.
+
+The restored-vs-GT shift is measured WITHOUT illumination correction, on the GT mask: the pair shares the
+lighting, and a colour cast introduced by the restorer is exactly what the shift must show.
+
+Landmark indices follow the 68-point iBUG scheme (0-based), as dlib returns them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+from scipy.cluster.vq import kmeans2
+from skimage.color import deltaE_ciede2000, lab2rgb, rgb2lab
+
+# ----------------------------------------------------------------------------------- landmark indices
+JAW_LEFT = [1, 2, 3, 4, 5]            # image-left cheek edge (subject's right)
+JAW_RIGHT = [15, 14, 13, 12, 11]      # image-right cheek edge
+BROW_LEFT = list(range(17, 22))
+BROW_RIGHT = list(range(22, 27))
+BROWS = list(range(17, 27))
+NOSE_BRIDGE_TOP = 27
+NOSTRILS = list(range(31, 36))        # 31 (image-left wing) .. 35 (image-right wing)
+EYE_LEFT = list(range(36, 42))        # 36 outer corner, 39 inner corner, 40-41 lower eyelid
+EYE_RIGHT = list(range(42, 48))       # 42 inner corner, 45 outer corner, 46-47 lower eyelid
+MOUTH = list(range(48, 68))
+MOUTH_OUTER = list(range(48, 60))
+MOUTH_LEFT_CORNER, MOUTH_RIGHT_CORNER = 48, 54
+# Cheek polygons: jaw edge, mouth corner, nostril wing, then back along the lower eyelid to the outer corner.
+CHEEK_LEFT = [*JAW_LEFT, MOUTH_LEFT_CORNER, 31, 39, 40, 41, 36]
+CHEEK_RIGHT = [*JAW_RIGHT, MOUTH_RIGHT_CORNER, 35, 42, 47, 46, 45]
+NOSE = [NOSE_BRIDGE_TOP, *NOSTRILS]
+
+# ------------------------------------------------------------------- mask geometry (x inter-ocular distance)
+FOREHEAD_LOW = 0.15         # forehead band starts this far above the brows ...
+FOREHEAD_HIGH = 0.50        # ... and ends this far above them (higher up, hair and the hairline take over)
+EYELID_MARGIN = 0.12        # keep this far below the lower eyelids (lashes, eye bags)
+FEATURE_MARGIN = 0.08       # eyes, brows, nose and lips are excluded with this margin around them
+EROSION = 0.06              # erosion kernel diameter: keeps landmark jitter and feature edges out
+
+# ------------------------------------------------------------------------------------ tone measurement
+TRIM_LOW_PERCENTILE = 5.0       # L* below this percentile of the mask: shadows, pores, stray hair
+TRIM_HIGH_PERCENTILE = 95.0     # L* above: specular highlights
+NO_COLOUR_CHROMA = 3.0          # chroma sqrt(a*^2 + b*^2) of the median below this: a greyscale photo
+MIN_SKIN_PIXELS = 50            # fewer usable pixels: no measurement
+
+# Thong et al. (ICCV 2023), "Beyond Skin Tone": keep the brightest clusters of skin pixels.
+CLUSTERS = 5
+MIN_CLUSTER_SHARE = 0.08        # the reference (brightest) cluster must hold this share: not a highlight
+LIT_RANGE_L = 8.0               # clusters within this many L* of the reference count as lit (a shadow at
+                                # half the light is about 15-20 L* darker)
+KMEANS_SEED = 0
+
+# Sclera (eye-white) reference for white balance.
+SCLERA_TOP_L_SHARE = 0.35       # brightest share of the eye-polygon pixels ...
+SCLERA_LOW_CHROMA_SHARE = 0.5   # ... and of those the least colourful half
+SCLERA_MIN_L = 35.0             # darker "whites" are lashes or shade: no reference
+SCLERA_MIN_PIXELS = 12          # fewer: no white balance (recorded)
+SCLERA_MAX_GAIN = 2.0           # channel gains beyond this are not believable as a cast
+# Eye whites are not neutral: the median sclera colour over the 788 shared aligned_hq faces where one was
+# found was a* 5.0, b* 3.3. Balancing towards it (not to grey) corrects only a face's deviation from typical
+# eye whites. Sclera b* correlates with cheek b* (r = 0.58), so the deviation is mostly a colour cast.
+SCLERA_REFERENCE_AB = (5.0, 3.3)
+
+# Thong et al. categories.
+DARK_L_STAR = 60.0              # L* < 60: dark
+RED_HUE_DEG = 55.0              # h* < 55 deg: red
+
+# ITA bands (Chardon 1991, Del Bino 2006): (name, lower edge exclusive); the last band has no lower edge.
+NO_COLOUR = "no colour"
+ITA_BANDS: tuple[tuple[str, float], ...] = (
+    ("very light", 55.0),
+    ("light", 41.0),
+    ("intermediate", 28.0),
+    ("tan", 10.0),
+    ("brown", -30.0),
+    ("dark", -math.inf),
+)
+BAND_ORDER: tuple[str, ...] = tuple(name for name, _ in ITA_BANDS)
+ALL_GROUPS: tuple[str, ...] = (*BAND_ORDER, NO_COLOUR)
+
+Correction = Literal["none", "sclera", "brightest", "both"]
+DEFAULT_CORRECTION: Correction = "both"
+
+
+# ------------------------------------------------------------------------------------------- mask
+def inter_ocular(landmarks68: np.ndarray) -> float:
+    """Distance between the eye centres: the face-size unit every mask margin is scaled with."""
+    left = landmarks68[EYE_LEFT].mean(axis=0)
+    right = landmarks68[EYE_RIGHT].mean(axis=0)
+    return float(np.hypot(*(right - left)))
+
+
+def _up_vector(landmarks68: np.ndarray) -> np.ndarray:
+    """Unit vector from the mouth towards the brows, perpendicular to the eye line (handles head roll)."""
+    eye_line = landmarks68[EYE_RIGHT].mean(axis=0) - landmarks68[EYE_LEFT].mean(axis=0)
+    up = np.array([eye_line[1], -eye_line[0]])
+    return up / max(float(np.hypot(*up)), 1e-9)
+
+
+def _fill(mask: np.ndarray, points: np.ndarray, value: int = 1) -> None:
+    cv2.fillPoly(mask, [np.round(points).astype(np.int32)], value)
+
+
+def _feature_exclusion(landmarks68: np.ndarray, shape: tuple[int, int], iod: float) -> np.ndarray:
+    """Eyes, brows, nose and lips, dilated by FEATURE_MARGIN: pixels that are never skin samples."""
+    excluded = np.zeros(shape, np.uint8)
+    for polygon in (EYE_LEFT, EYE_RIGHT, MOUTH_OUTER, NOSE):
+        _fill(excluded, landmarks68[polygon])
+    for brow in (BROW_LEFT, BROW_RIGHT):
+        thickness = max(1, round(2 * FEATURE_MARGIN * iod))
+        cv2.polylines(excluded, [np.round(landmarks68[brow]).astype(np.int32)], False, 1, thickness)
+    size = max(1, 2 * round(FEATURE_MARGIN * iod) + 1)
+    return cv2.dilate(excluded, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))) > 0
+
+
+def skin_mask(landmarks68: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Boolean (H, W) mask of cheek and forehead skin: the skin least covered by hair, beard and features."""
+    landmarks68 = np.asarray(landmarks68, dtype=np.float64)
+    if landmarks68.shape != (68, 2):
+        raise ValueError(f"expected (68, 2) landmarks, got {landmarks68.shape}")
+    height, width = int(shape[0]), int(shape[1])
+    iod = inter_ocular(landmarks68)
+    up = _up_vector(landmarks68)
+    region = np.zeros((height, width), np.uint8)
+    for cheek, lid in ((CHEEK_LEFT, EYE_LEFT), (CHEEK_RIGHT, EYE_RIGHT)):
+        points = landmarks68[cheek].copy()
+        lid_rows = [cheek.index(i) for i in lid if i in cheek]
+        points[lid_rows] -= up * EYELID_MARGIN * iod          # move the eyelid edge down
+        _fill(region, points)
+    brows = landmarks68[BROWS]
+    forehead = np.concatenate([brows + up * FOREHEAD_LOW * iod, (brows + up * FOREHEAD_HIGH * iod)[::-1]])
+    _fill(region, forehead)
+    region[_feature_exclusion(landmarks68, (height, width), iod)] = 0
+    size = max(1, 2 * round(EROSION * iod / 2) + 1)
+    region = cv2.erode(region, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
+    return region > 0
+
+
+def eye_mask(landmarks68: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Pixels inside the two eye polygons (36-41, 42-47): where the sclera reference is searched."""
+    mask = np.zeros(shape[:2], np.uint8)
+    for eye in (EYE_LEFT, EYE_RIGHT):
+        _fill(mask, np.asarray(landmarks68, dtype=np.float64)[eye])
+    return mask > 0
+
+
+# ----------------------------------------------------------------------------------- colour helpers
+def to_lab(rgb_uint8: np.ndarray) -> np.ndarray:
+    """sRGB uint8 (..., 3) -> CIELAB D65 float (..., 3), computed in float (not OpenCV's 8-bit Lab)."""
+    rgb = np.asarray(rgb_uint8, dtype=np.float64) / 255.0
+    return rgb2lab(rgb.reshape(-1, 1, 3)).reshape(rgb.shape)
+
+
+def _pixels_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """(N, 3) sRGB floats in [0, 1] -> (N, 3) CIELAB."""
+    return rgb2lab(rgb.reshape(-1, 1, 3)).reshape(-1, 3)
+
+
+def ita_deg(l_star: float, b_star: float) -> float:
+    """Individual Typology Angle in degrees: atan2(L* - 50, b*); higher is lighter."""
+    return math.degrees(math.atan2(l_star - 50.0, b_star))
+
+
+def hue_deg(a_star: float, b_star: float) -> float:
+    """CIELAB hue angle h* = atan2(b*, a*) in degrees."""
+    return math.degrees(math.atan2(b_star, a_star))
+
+
+def lab_of_ita(ita: float, b_star: float) -> tuple[float, float]:
+    """Inverse of ita_deg at a given b*: (L*, b*). Used to build test colours of known ITA."""
+    return 50.0 + b_star * math.tan(math.radians(ita)), b_star
+
+
+def _srgb_to_linear(rgb: np.ndarray) -> np.ndarray:
+    return np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+
+
+def _linear_to_srgb(linear: np.ndarray) -> np.ndarray:
+    linear = np.clip(linear, 0.0, 1.0)
+    return np.where(linear <= 0.0031308, linear * 12.92, 1.055 * linear ** (1 / 2.4) - 0.055)
+
+
+# --------------------------------------------------------------------------------- illumination fixes
+def sclera_gains(image_rgb_uint8: np.ndarray, eyes: np.ndarray) -> np.ndarray | None:
+    """Per-channel linear-RGB gains that move the eye whites to the reference sclera colour, or None.
+
+    The reference is taken at the sclera's own L*, so the correction fixes colour casts, not exposure.
+
+    Sclera = the brightest pixels inside the eye polygons, then the least colourful half of them. None when
+    fewer than SCLERA_MIN_PIXELS qualify, when they are too dark, or when the gains are not believable.
+    """
+    pixels = image_rgb_uint8[eyes].astype(np.float64) / 255.0
+    if len(pixels) < SCLERA_MIN_PIXELS:
+        return None
+    lab = _pixels_to_lab(pixels)
+    bright = lab[:, 0] >= np.quantile(lab[:, 0], 1.0 - SCLERA_TOP_L_SHARE)
+    chroma = np.hypot(lab[:, 1], lab[:, 2])
+    low_chroma = bright & (chroma <= np.quantile(chroma[bright], SCLERA_LOW_CHROMA_SHARE))
+    sclera = low_chroma & (lab[:, 0] >= SCLERA_MIN_L)
+    if sclera.sum() < SCLERA_MIN_PIXELS:
+        return None
+    white = np.median(_srgb_to_linear(pixels[sclera]), axis=0)
+    if np.any(white <= 0):
+        return None
+    white_l = float(rgb2lab(_linear_to_srgb(white).reshape(1, 1, 3))[0, 0, 0])
+    reference = lab2rgb(np.array([[[white_l, *SCLERA_REFERENCE_AB]]])).reshape(3)
+    gains = _srgb_to_linear(reference) / white
+    if gains.max() / gains.min() > SCLERA_MAX_GAIN:
+        return None
+    return gains
+
+
+def apply_gains(rgb: np.ndarray, gains: np.ndarray) -> np.ndarray:
+    """White-balance sRGB values in [0, 1] (N, 3) by linear-light channel gains (von Kries)."""
+    return _linear_to_srgb(_srgb_to_linear(rgb) * gains)
+
+
+def brightest_clusters(lab: np.ndarray, seed: int = KMEANS_SEED) -> np.ndarray:
+    """Boolean selection of the best-lit skin: k-means clusters (in Lab) near the brightest substantial one.
+
+    Thong et al.: shade lowers L* and shifts hue, so the best-lit skin is the sturdier estimate of the skin.
+    The reference is the brightest cluster holding >= MIN_CLUSTER_SHARE of the pixels (small bright clusters
+    are highlights); every cluster whose mean L* is within LIT_RANGE_L of it is kept, however small the
+    lit part of the face is.
+    """
+    k = min(CLUSTERS, len(np.unique(np.round(lab, 3), axis=0)))   # no more clusters than distinct colours
+    if k < 2:
+        return np.ones(len(lab), bool)
+    centroids, labels = kmeans2(lab, k, minit="++", seed=np.random.default_rng(seed))
+    shares = np.bincount(labels, minlength=k) / len(lab)
+    substantial = np.flatnonzero(shares >= MIN_CLUSTER_SHARE)
+    reference_l = centroids[substantial, 0].max() if len(substantial) else centroids[:, 0].max()
+    keep = centroids[:, 0] >= reference_l - LIT_RANGE_L
+    return keep[labels]
+
+
+# ------------------------------------------------------------------------------------- measurement
+@dataclass(frozen=True)
+class ToneMeasurement:
+    """Skin tone of one face: medians over the trimmed mask and the ITA / hue computed from them."""
+
+    ita_deg: float
+    l_star: float
+    a_star: float
+    b_star: float
+    hue_deg: float
+    chroma: float
+    n_pixels: int
+    no_colour: bool
+    correction: str = "none"   # what was really applied: "none", "sclera", "brightest", "sclera+brightest"
+
+    @property
+    def band(self) -> str:
+        """ITA band, or "no colour"."""
+        return ita_band(self.ita_deg, self.no_colour)
+
+    def as_dict(self) -> dict[str, float | int | bool | str]:
+        return {**asdict(self), "band": self.band}
+
+
+class NoSkinError(ValueError):
+    """The mask holds too few usable skin pixels to measure a tone."""
+
+
+def trim_by_lightness(lab: np.ndarray) -> np.ndarray:
+    """Drop shadows and highlights: keep pixels whose L* lies within the trim percentiles."""
+    low, high = np.percentile(lab[:, 0], [TRIM_LOW_PERCENTILE, TRIM_HIGH_PERCENTILE])
+    return lab[(lab[:, 0] >= low) & (lab[:, 0] <= high)]
+
+
+def median_chroma(lab: np.ndarray) -> float:
+    """Chroma of the median a*, b*: near 0 for a greyscale photo."""
+    _, a_star, b_star = np.median(lab, axis=0)
+    return float(math.hypot(a_star, b_star))
+
+
+def summarise_lab(lab: np.ndarray, correction: str = "none", no_colour: bool | None = None) -> ToneMeasurement:
+    """ToneMeasurement from the (already selected) Lab pixels: medians first, then one ITA and one hue.
+
+    no_colour defaults to the chroma test on these pixels; measure_tone passes the verdict of the
+    uncorrected pixels, since the brightest clusters of pale, over-exposed skin are nearly white.
+    """
+    l_star, a_star, b_star = (float(v) for v in np.median(lab, axis=0))
+    chroma = math.hypot(a_star, b_star)
+    if no_colour is None:
+        no_colour = chroma < NO_COLOUR_CHROMA
+    return ToneMeasurement(
+        ita_deg=ita_deg(l_star, b_star), l_star=l_star, a_star=a_star, b_star=b_star,
+        hue_deg=hue_deg(a_star, b_star), chroma=chroma, n_pixels=len(lab),
+        no_colour=no_colour, correction=correction,
+    )
+
+
+def measure_tone(image_rgb_uint8: np.ndarray, mask: np.ndarray, correction: Correction = "none",
+                 eyes: np.ndarray | None = None, seed: int = KMEANS_SEED) -> ToneMeasurement:
+    """Skin tone of the masked pixels of an 8-bit RGB image.
+
+    correction: "none" (plain method, used for shifts), "sclera" (needs `eyes`, the eye-polygon mask),
+    "brightest" or "both". Sclera balance silently falls back to none when no eye white is found; the
+    result's `correction` says what was applied. Raises NoSkinError when the mask is (nearly) empty.
+    """
+    mask = np.asarray(mask, bool)
+    rgb = np.asarray(image_rgb_uint8)[mask].astype(np.float64) / 255.0
+    if len(rgb) < MIN_SKIN_PIXELS:
+        raise NoSkinError(f"only {len(rgb)} skin pixels in the mask (need {MIN_SKIN_PIXELS})")
+    if correction not in ("none", "sclera", "brightest", "both"):
+        raise ValueError(f"unknown correction {correction!r}")
+    applied: list[str] = []
+    lab = trim_by_lightness(_pixels_to_lab(rgb))
+    no_colour = median_chroma(lab) < NO_COLOUR_CHROMA    # a property of the photo: judged uncorrected
+    if correction in ("sclera", "both"):
+        if eyes is None:
+            raise ValueError("sclera correction needs the eye mask (see eye_mask)")
+        gains = sclera_gains(np.asarray(image_rgb_uint8), np.asarray(eyes, bool))
+        if gains is not None:
+            lab = trim_by_lightness(_pixels_to_lab(apply_gains(rgb, gains)))
+            applied.append("sclera")
+    if correction in ("brightest", "both"):
+        lab = lab[brightest_clusters(lab, seed)]
+        applied.append("brightest")
+    return summarise_lab(lab, "+".join(applied) or "none", no_colour)
+
+
+def measure_face(image_rgb_uint8: np.ndarray, landmarks68: np.ndarray,
+                 correction: Correction = DEFAULT_CORRECTION) -> ToneMeasurement:
+    """Convenience: mask + eye mask from the landmarks, then measure_tone (the grouping measurement)."""
+    shape = np.asarray(image_rgb_uint8).shape[:2]
+    return measure_tone(image_rgb_uint8, skin_mask(landmarks68, shape), correction,
+                        eyes=eye_mask(landmarks68, shape))
+
+
+# ------------------------------------------------------------------------------------------ groups
+def ita_band(ita: float, no_colour: bool = False) -> str:
+    """One of the six ITA bands (BAND_ORDER, light to dark), or "no colour" (also for a NaN ITA)."""
+    if no_colour or ita is None or not math.isfinite(ita):
+        return NO_COLOUR
+    for name, lower in ITA_BANDS:
+        if ita > lower:
+            return name
+    return ITA_BANDS[-1][0]
+
+
+def lightness_category(l_star: float) -> str:
+    """Thong et al.: "dark" when L* < 60, else "light"."""
+    return "dark" if l_star < DARK_L_STAR else "light"
+
+
+def hue_category(hue: float) -> str:
+    """Thong et al.: "red" when h* < 55 deg, else "yellow"."""
+    return "red" if hue < RED_HUE_DEG else "yellow"
+
+
+# -------------------------------------------------------------------------------------------- shift
+@dataclass(frozen=True)
+class ToneShift:
+    """Restored minus GT on the same (GT) mask; positive d_ita = lightened.
+
+    delta_e is the median over mask pixels of the per-pixel CIEDE2000 between GT and restored (pixel-aligned
+    pair), not the CIEDE2000 of the two medians; delta_e_of_medians gives the latter.
+    """
+
+    d_ita: float
+    d_l_star: float
+    d_a_star: float
+    d_b_star: float
+    delta_e: float
+    delta_e_of_medians: float
+    gt: ToneMeasurement
+    restored: ToneMeasurement
+
+    def as_dict(self) -> dict[str, float]:
+        return {"d_ita": self.d_ita, "d_l_star": self.d_l_star, "d_a_star": self.d_a_star,
+                "d_b_star": self.d_b_star, "delta_e": self.delta_e,
+                "delta_e_of_medians": self.delta_e_of_medians,
+                "ita_gt": self.gt.ita_deg, "ita_restored": self.restored.ita_deg}
+
+
+def tone_shift(gt_rgb_uint8: np.ndarray, restored_rgb_uint8: np.ndarray, gt_mask: np.ndarray) -> ToneShift:
+    """Appearance shift of a restored face against its GT, both measured plainly on the GT mask."""
+    if np.shape(gt_rgb_uint8) != np.shape(restored_rgb_uint8):
+        raise ValueError(f"GT {np.shape(gt_rgb_uint8)} and restored {np.shape(restored_rgb_uint8)} differ")
+    gt = measure_tone(gt_rgb_uint8, gt_mask)
+    restored = measure_tone(restored_rgb_uint8, gt_mask)
+    mask = np.asarray(gt_mask, bool)
+    gt_lab = to_lab(np.asarray(gt_rgb_uint8)[mask])
+    per_pixel = deltaE_ciede2000(gt_lab, to_lab(np.asarray(restored_rgb_uint8)[mask]))
+    medians = [np.array([m.l_star, m.a_star, m.b_star]) for m in (gt, restored)]
+    return ToneShift(
+        d_ita=restored.ita_deg - gt.ita_deg, d_l_star=restored.l_star - gt.l_star,
+        d_a_star=restored.a_star - gt.a_star, d_b_star=restored.b_star - gt.b_star,
+        delta_e=float(np.median(per_pixel)), delta_e_of_medians=float(deltaE_ciede2000(*medians)),
+        gt=gt, restored=restored,
+    )
+
+
+def lab_to_rgb_uint8(lab: tuple[float, float, float]) -> np.ndarray:
+    """One Lab colour as an sRGB uint8 triple (for synthetic test faces and swatches in reports)."""
+    rgb = lab2rgb(np.asarray(lab, dtype=np.float64).reshape(1, 1, 3)).reshape(3)
+    return np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
