@@ -1,0 +1,352 @@
+"""The GFP-GAN degradation model (gfpgan-spec section 3) and the `degrade` stage that writes fixed test pairs.
+
+One function, `degrade(gt, params, seed)`, serves both the stage and training, so test pairs and training
+pairs come from the same code. Every random choice derives from `seed` alone (see `sample_seed`): a pair
+never depends on the process, the worker count or the order in which samples are processed.
+
+How the steps are built, in the spec's order:
+1-3. Blur, downscale and noise are our own code on a numpy Generator seeded with `seed`, because no
+     albumentations 2.0.8 transform fits exactly *and* reports its scalars:
+     - A.AdvancedBlur draws sigma_x and sigma_y independently (no isotropic case with sigma_x = sigma_y),
+       multiplies the kernel by noise unless disabled, and its applied params hold only the kernel array.
+     - A.Downscale draws the *inverse* factor uniformly (U(1/8, 1/0.8) is not s ~ U(0.8, 8)), rejects
+       factors above 1 (s < 1 upscales), and uses nearest interpolation by default.
+     - A.GaussNoise reports only the noise map, not the sigma it drew.
+4-6. JPEG, resize back, colour shift, grey and colour jitter are albumentations transforms in one
+     `A.Compose(strict=True)`. Their randomness comes from one shared generator pair handed over with
+     `Compose.set_random_state`: `Compose.set_random_seed(seed)` seeds every transform with the *same*
+     seed, so their p-draws coincide (colour shift would be applied exactly when jitter is, p 0.3 each).
+7.   Quantisation to 8 bit, as in the reference (round, clip).
+
+The image is float32 in [0, 1] between steps, like the published BasicSR/GFPGAN code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import random
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from itertools import islice
+from multiprocessing import get_context
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from dlfp.data.shards import ShardSetWriter, iter_samples, json_bytes, read_index, split_records
+from dlfp.io.atomic import staged_output, write_json_atomic
+from dlfp.io.hashing import derive_seed, file_digest
+from dlfp.io.images import decode_png_bytes, encode_png
+from dlfp.io.receipt import write_receipt
+from dlfp.params import DegradationParams, Params
+
+MAX_8BIT = 255.0
+BORDER = cv2.BORDER_REFLECT_101  # cv2.filter2D's default, as in the reference
+INTERPOLATION = cv2.INTER_LINEAR
+# Kernel taps below this fraction of the kernel sum are dropped before filtering. They change no output
+# value by more than ~1e-8 (below float32 rounding of a [0, 1] image), and skipping them makes small-sigma
+# blurs much cheaper; the kernel itself is still the spec's 41 x 41 one.
+NEGLIGIBLE_TAP = 1e-10
+SEED_NAMESPACE = "degrade"
+POST_NAMESPACE = "albumentations"
+JITTER_NAMES = ("brightness", "contrast", "saturation", "hue")
+TEST_SPLIT = "test"
+INDEX_NAME = "index.json"
+PAIRS_PATTERN = "{preset}/pairs-{{:06d}}.tar"
+CHUNK_SIZE = 4
+WINDOW_PER_WORKER = 32  # samples in flight per worker: bounds memory (Pool.imap reads its input eagerly)
+
+
+# ------------------------------------------------------------------------------------------- seeding
+def sample_seed(global_seed: int, sample_id: str, tag: str) -> int:
+    """Seed of one degraded sample: tag is the preset name (test pairs) or e.g. f"epoch{n}" (training).
+
+    A fixed namespace keeps this stream apart from other per-sample draws (split, flips) on the same id.
+    """
+    return derive_seed(global_seed, SEED_NAMESPACE, sample_id, tag)
+
+
+# -------------------------------------------------------------------------------------- blur kernel
+def gaussian_kernel(size: int, sigma_x: float, sigma_y: float, angle: float) -> np.ndarray:
+    """Normalised bivariate Gaussian on a size x size grid, as BasicSR's `bivariate_Gaussian`."""
+    axis = np.arange(-(size // 2), size // 2 + 1, dtype=np.float64)
+    xx, yy = np.meshgrid(axis, axis)
+    cos, sin = math.cos(angle), math.sin(angle)
+    rotation = np.array([[cos, -sin], [sin, cos]])
+    covariance = rotation @ np.diag([sigma_x**2, sigma_y**2]) @ rotation.T
+    inverse = np.linalg.inv(covariance)
+    exponent = inverse[0, 0] * xx * xx + 2 * inverse[0, 1] * xx * yy + inverse[1, 1] * yy * yy
+    kernel = np.exp(-0.5 * exponent)
+    return kernel / kernel.sum()
+
+
+def gaussian_taps(size: int, sigma: float) -> np.ndarray:
+    """1-D factor of the isotropic kernel: outer(taps, taps) equals gaussian_kernel(size, s, s, 0)."""
+    axis = np.arange(-(size // 2), size // 2 + 1, dtype=np.float64)
+    taps = np.exp(-0.5 * (axis / sigma) ** 2)
+    return taps / taps.sum()
+
+
+def _trim_1d(taps: np.ndarray) -> np.ndarray:
+    """Drop negligible outer taps symmetrically (the kernel stays odd and centred)."""
+    keep = np.flatnonzero(taps >= NEGLIGIBLE_TAP)
+    radius = max(len(taps) // 2 - int(keep[0]), int(keep[-1]) - len(taps) // 2)
+    centre = len(taps) // 2
+    return taps[centre - radius: centre + radius + 1]
+
+
+def _trim_2d(kernel: np.ndarray) -> np.ndarray:
+    rows = _trim_1d(kernel.max(axis=1))
+    cols = _trim_1d(kernel.max(axis=0))
+    radius = max(len(rows), len(cols)) // 2
+    centre = kernel.shape[0] // 2
+    return kernel[centre - radius: centre + radius + 1, centre - radius: centre + radius + 1]
+
+
+def blur(img: np.ndarray, kernel_size: int, sigma_x: float, sigma_y: float, angle: float,
+         iso: bool) -> np.ndarray:
+    """Isotropic kernels are separable, so they run as two 1-D passes (same kernel, about 4x cheaper)."""
+    if iso:
+        taps = _trim_1d(gaussian_taps(kernel_size, sigma_x)).astype(np.float32)
+        return cv2.sepFilter2D(img, -1, taps, taps, borderType=BORDER)
+    kernel = _trim_2d(gaussian_kernel(kernel_size, sigma_x, sigma_y, angle)).astype(np.float32)
+    return cv2.filter2D(img, -1, kernel, borderType=BORDER)
+
+
+# ------------------------------------------------------------------------------- post-resize steps
+def _uint_range(low: float, high: float) -> tuple[int, int]:
+    """JPEG quality is an int (OpenCV 5 rejects floats): the integers inside [low, high]."""
+    bounds = math.ceil(low), math.floor(high)
+    if bounds[0] > bounds[1]:
+        raise ValueError(f"jpeg_quality range [{low}, {high}] contains no integer quality")
+    return bounds
+
+
+def _shift_fraction(params: DegradationParams) -> tuple[float, float]:
+    """Colour shift in 0..255 units as a fraction of the range, for RGBShift."""
+    low, high = params.color_shift
+    if max(abs(low), abs(high)) > MAX_8BIT:
+        # RGBShift would read a fraction above 1 as 0..255 units and divide it again.
+        raise ValueError(f"color_shift [{low}, {high}] must lie within -255..255")
+    return low / MAX_8BIT, high / MAX_8BIT
+
+
+@functools.lru_cache(maxsize=32)
+def _post_compose(params: DegradationParams, height: int, width: int) -> A.Compose:
+    """Steps 4-6 as albumentations transforms; cached per preset and size (building one costs ~1 ms)."""
+    shift = _shift_fraction(params)
+    quality = _uint_range(*params.jpeg_quality)
+    return A.Compose(
+        [
+            A.ImageCompression(quality_range=quality, compression_type="jpeg", p=1.0),
+            A.Resize(height, width, interpolation=INTERPOLATION, p=1.0),
+            # Limits are passed as fractions: RGBShift reinterprets any limit above 1 as 0..255 units.
+            A.RGBShift(r_shift_limit=shift, g_shift_limit=shift, b_shift_limit=shift,
+                       p=params.color_shift_prob),
+            A.ToGray(num_output_channels=3, method="weighted_average", p=params.gray_prob),
+            # hue is set explicitly: ColorJitter's default is +-0.5, not the spec's +-0.1.
+            A.ColorJitter(brightness=params.brightness, contrast=params.contrast,
+                          saturation=params.saturation, hue=params.hue, p=params.jitter_prob),
+        ],
+        strict=True,
+        save_applied_params=True,
+    )
+
+
+def _post_applied(applied_transforms: list[tuple[str, dict]]) -> dict:
+    """Scalars of the albumentations steps; a transform that was not applied is absent from the list."""
+    by_name = {name: values for name, values in applied_transforms}
+    shift = by_name.get("RGBShift")
+    jitter = by_name.get("ColorJitter")
+    return {
+        "jpeg_quality": int(by_name["ImageCompression"]["quality"]),
+        "color_shift": None if shift is None else [float(v) * MAX_8BIT for v in shift["noise_map"]],
+        "gray": "ToGray" in by_name,
+        "jitter": None if jitter is None else {
+            **{name: float(jitter[name]) for name in JITTER_NAMES},
+            "order": [JITTER_NAMES[int(i)] for i in jitter["order"]],
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------- degrade
+def quantise(img: np.ndarray) -> np.ndarray:
+    """[0, 1] float to 8 bit by rounding, as the reference's clamp((x * 255).round()); in place (faster)."""
+    scaled = img * np.float32(MAX_8BIT)
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, 0, MAX_8BIT, out=scaled)
+    return scaled.astype(np.uint8)
+
+
+def _check_gt(gt: np.ndarray) -> None:
+    if gt.dtype != np.uint8 or gt.ndim != 3 or gt.shape[2] != 3:
+        raise ValueError(f"degrade expects an (H, W, 3) uint8 RGB image, got {gt.shape} {gt.dtype}")
+
+
+def degrade(gt: np.ndarray, params: DegradationParams, seed: int) -> tuple[np.ndarray, dict]:
+    """Synthesise the LQ image of `gt` (uint8 RGB) and return it with every scalar that was drawn.
+
+    Not thread-safe (the albumentations Compose is cached per process and re-seeded per call): parallelise
+    with processes, as the stage and DataLoader workers do.
+    """
+    _check_gt(gt)
+    height, width = gt.shape[:2]
+    rng = np.random.default_rng(seed)
+    # All scalars are drawn up front in a fixed order, so the stream never depends on the image size.
+    iso = bool(rng.random() < params.kernel_iso_prob)
+    sigma_x = float(rng.uniform(*params.blur_sigma))
+    sigma_y_draw = float(rng.uniform(*params.blur_sigma))
+    angle_draw = float(rng.uniform(-math.pi, math.pi))
+    sigma_y, angle = (sigma_x, 0.0) if iso else (sigma_y_draw, angle_draw)
+    scale = float(rng.uniform(*params.downscale))
+    noise_sigma = float(rng.uniform(*params.noise_sigma))
+
+    img = gt.astype(np.float32) / np.float32(MAX_8BIT)
+    img = blur(img, params.kernel_size, sigma_x, sigma_y, angle, iso)
+    small = (max(1, int(width // scale)), max(1, int(height // scale)))
+    img = cv2.resize(img, small, interpolation=INTERPOLATION)
+    noise = rng.standard_normal(img.shape, dtype=np.float32) * np.float32(noise_sigma / MAX_8BIT)
+    img = np.clip(img + noise, 0.0, 1.0, out=img)
+
+    post = _post_compose(params, height, width)
+    post_seed = derive_seed(seed, POST_NAMESPACE)
+    post.set_random_state(np.random.default_rng(post_seed), random.Random(post_seed))
+    result = post(image=img)
+    lq = quantise(result["image"])
+
+    applied = {
+        "kernel": "iso" if iso else "aniso",
+        "kernel_size": params.kernel_size,
+        "sigma_x": sigma_x,
+        "sigma_y": sigma_y,
+        "angle": angle,
+        "scale": scale,
+        "lq_size": [small[0], small[1]],
+        "noise_sigma": noise_sigma,
+        **_post_applied(result["applied_transforms"]),
+    }
+    return lq, applied
+
+
+# ------------------------------------------------------------------------------------------ stage
+def _init_worker() -> None:
+    """One OpenCV thread per worker process: the pool is the parallelism, threads would only compete."""
+    cv2.setNumThreads(1)
+
+
+Task = tuple[str, bytes, bytes, dict[str, DegradationParams], int]  # key, gt.png, json, presets, global seed
+
+
+def _degrade_sample(task: Task) -> list[tuple[bytes, bytes]]:
+    """Worker: decode the GT once, then one (lq.png, json) per preset, in the presets' order."""
+    key, gt_png, meta_bytes, presets, global_seed = task
+    gt = decode_png_bytes(gt_png, source=key)
+    meta = json.loads(meta_bytes)
+    out = []
+    for name, preset in presets.items():
+        seed = sample_seed(global_seed, key, name)
+        lq, applied = degrade(gt, preset, seed)
+        record = {**meta, "preset": name, "sample_seed": seed, "degradation": applied}
+        out.append((encode_png(lq), json_bytes(record)))
+    return out
+
+
+def _windows(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while window := list(islice(iterator, size)):
+        yield window
+
+
+def _sorted_tasks(samples: Iterable[Mapping], presets: dict[str, DegradationParams],
+                  global_seed: int) -> Iterator[Task]:
+    """Pass samples through in id order (the shard stage sorts them); out-of-order input is an error."""
+    previous = None
+    for sample in samples:
+        key = sample["__key__"]
+        if previous is not None and key <= previous:
+            raise ValueError(f"test shards are not in ascending id order ({previous!r} then {key!r}); "
+                             "rerun `dlfp shard`")
+        previous = key
+        yield key, sample["gt.png"], sample["json"], presets, global_seed
+
+
+@contextlib.contextmanager
+def _mapper(workers: int) -> Iterator:
+    """Ordered map: in-process for one worker, else a pool of processes forked from a fork server.
+
+    Not plain fork: the parent may hold OpenCV/tqdm threads, and forking a threaded process can hang. Not
+    spawn: every worker would re-import albumentations (which imports torch, seconds each). The fork server
+    imports this module once and forks clean, single-threaded workers from it.
+    """
+    if workers <= 1:
+        previous = cv2.getNumThreads()
+        _init_worker()
+        try:
+            yield lambda tasks: map(_degrade_sample, tasks)
+        finally:
+            cv2.setNumThreads(previous)
+        return
+    context = get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    with context.Pool(workers, initializer=_init_worker) as pool:
+        yield lambda tasks: pool.imap(_degrade_sample, tasks, chunksize=CHUNK_SIZE)
+
+
+def _write_pairs(tasks: Iterable[Task], writers: dict[str, ShardSetWriter], workers: int,
+                 progress: tqdm) -> None:
+    with _mapper(workers) as mapper:
+        for window in _windows(tasks, workers * WINDOW_PER_WORKER):
+            for task, results in zip(window, mapper(window), strict=True):
+                key, gt_png = task[0], task[1]
+                for writer, (lq_png, record) in zip(writers.values(), results, strict=True):
+                    writer.write({"__key__": key, "lq.png": lq_png, "gt.png": gt_png, "json": record})
+                progress.update()
+
+
+def run(params: Params, shards_dir: Path, out_dir: Path) -> dict:
+    """Write fixed degraded test pairs for every preset, byte-identical whatever params.degrade.workers is."""
+    started = time.monotonic()
+    shards_dir, out_dir = Path(shards_dir), Path(out_dir)
+    index = read_index(shards_dir)
+    records = split_records(index, TEST_SPLIT)
+    total = sum(int(record["count"]) for record in records)
+    presets = dict(params.degrade.presets)
+
+    with staged_output(out_dir) as staging:
+        writers = {name: ShardSetWriter(staging, PAIRS_PATTERN.format(preset=name),
+                                        params.shard.samples_per_shard) for name in presets}
+        tasks = _sorted_tasks(iter_samples(shards_dir, records), presets, params.seed)
+        with tqdm(total=total, desc="degrade", unit="img") as progress:
+            _write_pairs(tasks, writers, params.degrade.workers, progress)
+        out_index = {"split": TEST_SPLIT, "presets": {}}
+        for name, writer in writers.items():
+            shards = [record.__dict__ for record in writer.close()]
+            out_index["presets"][name] = {"count": sum(shard["count"] for shard in shards), "shards": shards,
+                                          "params": presets[name].model_dump(mode="json")}
+        write_json_atomic(staging / INDEX_NAME, out_index)
+        counts = {name: entry["count"] for name, entry in out_index["presets"].items()}
+        _write_stage_receipt(staging, params, counts, shards_dir)
+
+    elapsed = time.monotonic() - started
+    pairs = sum(counts.values())
+    rate = pairs / elapsed if elapsed > 0 else 0.0
+    per_preset = ", ".join(f"{name} {count}" for name, count in counts.items())
+    print(f"degrade: {per_preset} pairs ({pairs} total) in {elapsed:.1f} s, {rate:.1f} pairs/s "
+          f"with {params.degrade.workers} workers -> {out_dir}")
+    return {"counts": counts, "seconds": round(elapsed, 1), "pairs_per_s": round(rate, 2),
+            "out": str(out_dir)}
+
+
+def _write_stage_receipt(staging: Path, params: Params, counts: dict[str, int], shards_dir: Path) -> None:
+    """The input is named by its index hash too: the same path can hold different shards."""
+    write_receipt(staging, stage="degrade", params_hash=params.section_hash("seed", "shard", "degrade"),
+                  seed=params.seed, counts=counts,
+                  inputs={"shards": str(shards_dir),
+                          "shards_index_sha256": file_digest(shards_dir / INDEX_NAME)},
+                  packages=("albumentations", "opencv-python-headless", "numpy", "webdataset"))
