@@ -96,7 +96,7 @@ class AlignParams(_Section):
     upsample: int = Field(default=1, ge=0, le=3, description="dlib detector upsampling steps")
     min_face_size: int = Field(default=48, ge=8, description="faces smaller than this (px, input image) are rejected")
     aligned_tolerance: float = Field(
-        default=0.08, gt=0, lt=1, description="max FFHQ-quad offset/size error (fraction of side) to count as aligned"
+        default=0.12, gt=0, lt=1, description="max FFHQ-quad offset/size error (fraction of side) to count as aligned"
     )
     workers: int = Field(default=2, ge=1, le=256, description="worker processes; the output does not depend on it")
 
