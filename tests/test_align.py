@@ -364,3 +364,19 @@ def test_faces_lists_every_large_face_with_its_template_points(landmarker: FaceL
         five = template_points(points)
         assert five[0, 0] < five[1, 0] and five[3, 0] < five[4, 0], "left/right as on the template"
         assert box.left <= five[2, 0] <= box.right and box.top <= five[2, 1] <= box.bottom
+
+
+HOG_MISS = "ffhq256_00112.jpg"  # a real aligned FFHQ face that dlib's HOG detector does not find
+
+
+def test_cnn_fallback_finds_faces_hog_misses(landmarker: FaceLandmarker) -> None:
+    rgb = load_rgb(FACES / "aligned_hq" / HOG_MISS)
+    assert landmarker.detect(rgb) == []
+    with pytest.raises(align.FaceRejected) as rejected:
+        align.align_image(rgb, landmarker, size=SIZE, min_face_size=48, tolerance=0.12)
+    assert rejected.value.reason == align.REJECT_NO_FACE
+    with_fallback = FaceLandmarker("hog", 1, cnn_fallback=True)
+    face = align.align_image(rgb, with_fallback, size=SIZE, min_face_size=48, tolerance=0.12)
+    assert face.face_box.detector == "cnn"
+    assert face.alignment == align.ALIGNMENT_PASSTHROUGH
+    assert align.face_record(face)["detector"] == "cnn"

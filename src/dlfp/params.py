@@ -94,6 +94,7 @@ class DataParams(_Section):
 class AlignParams(_Section):
     detector: Literal["hog", "cnn"] = "hog"
     upsample: int = Field(default=1, ge=0, le=3, description="dlib detector upsampling steps")
+    cnn_fallback: bool = Field(default=True, description="search again with dlib's CNN detector where HOG finds none")
     min_face_size: int = Field(default=48, ge=8, description="faces smaller than this (px, input image) are rejected")
     aligned_tolerance: float = Field(
         default=0.12, gt=0, lt=1, description="max FFHQ-quad offset/size error (fraction of side) to count as aligned"

@@ -248,6 +248,7 @@ def face_record(face: AlignedFace) -> dict:
                       for x, y in face.landmarks],
         "boxes": {name: [round(v, LANDMARK_DECIMALS) for v in box] for name, box in face.boxes.items()},
         "face_box": face.face_box.as_list(),
+        "detector": face.face_box.detector,
     }
 
 
@@ -261,6 +262,7 @@ class AlignConfig:
     size: int
     detector: Detector
     upsample: int
+    cnn_fallback: bool
     min_face_size: int
     tolerance: float
 
@@ -278,7 +280,7 @@ def _init_worker(config: AlignConfig, single_thread: bool) -> None:
         cv2.setNumThreads(1)   # two workers on two cores: no oversubscription
     _WORKER["config"] = config
     try:
-        _WORKER["landmarker"] = FaceLandmarker(config.detector, config.upsample)
+        _WORKER["landmarker"] = FaceLandmarker(config.detector, config.upsample, config.cnn_fallback)
     except Exception as error:  # noqa: BLE001 - re-raised in _process with its message
         _WORKER["error"] = error
 
@@ -405,7 +407,8 @@ def run(params: Params, in_dir: Path | str, out_dir: Path | str, workers: int | 
         (out / IMAGES_DIR).mkdir()
         config = AlignConfig(in_images=str(in_dir / IMAGES_DIR), out_images=str(out / IMAGES_DIR),
                              size=params.data.size, detector=params.align.detector,
-                             upsample=params.align.upsample, min_face_size=params.align.min_face_size,
+                             upsample=params.align.upsample, cnn_fallback=params.align.cnn_fallback,
+                             min_face_size=params.align.min_face_size,
                              tolerance=params.align.aligned_tolerance)
         ids = [row["id"] for row in rows]
         results: dict[str, dict] = {}
