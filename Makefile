@@ -47,6 +47,8 @@ lint: venv
 bench: venv
 	$(PY) benchmarks/bench_degrade.py
 	$(PY) benchmarks/bench_identity.py
+	$(PY) benchmarks/bench_models.py
+	$(PY) benchmarks/bench_pipeline.py
 
 clean:
 	rm -rf data logs reports .snakemake
