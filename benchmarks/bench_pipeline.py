@@ -51,8 +51,8 @@ def main() -> None:
         subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=project, check=True)
         first, log = _timed([str(BIN / "dvc"), "repro", "degrade"], project)
         second, second_log = _timed([str(BIN / "dvc"), "repro", "degrade"], project)
-        summaries = [line for line in log.splitlines() if line.split(":")[0] in
-                     ("acquire", "align", "shard", "degrade")]
+        summaries = [line for line in log.splitlines()
+                     if line.split(":")[0] in ("acquire", "align", "shard", "degrade") and " -> " in line]
     results = {"count": args.count or "all", "first_repro_s": round(first, 1), "second_repro_s": round(second, 2),
                "second_run_skipped_everything": "Running stage" not in second_log,
                "stage_summaries": summaries, "machine": machine_description()}
