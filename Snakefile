@@ -3,4 +3,5 @@ configfile: "params.yaml"
 
 
 include: "workflow/rules/data.smk"
+include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"

@@ -35,6 +35,15 @@ def _stage(name: str) -> Callable[[Params, argparse.Namespace], object]:
             from dlfp.data import degrade
 
             return degrade.run(params, shards_dir=args.inp, out_dir=args.out)
+        if name == "restore":
+            from dlfp.restore import testset
+
+            return testset.run(params, pairs_dir=args.inp, out_dir=args.out)
+        if name == "evaluate":
+            from dlfp.evaluate import stage
+
+            return stage.run(params, pairs_dir=args.inp, restored_dir=args.restored, out_dir=args.out,
+                             metrics_path=args.metrics)
         if name == "report":
             from dlfp.report import build
 
@@ -64,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     stage("align", "Detect faces, 68 landmarks, FFHQ alignment and component boxes.", "data/raw", "data/aligned")
     stage("shard", "Split and write WebDataset tars with an index.", "data/aligned", "data/shards")
     stage("degrade", "Write fixed degraded/clean test pairs per severity preset.", "data/shards", "data/pairs")
+    stage("restore", "Restore the fixed test pairs with every restorer (baselines and GFP-GAN).", "data/pairs",
+          "data/restored")
+    evaluate = stage("evaluate", "Score restored faces: PSNR/SSIM (pyiqa), identity, landmarks, FD-dlib128.",
+                     "data/pairs", "data/evaluation")
+    evaluate.add_argument("--restored", type=Path, default=Path("data/restored"),
+                          help="restored test pairs (default data/restored)")
+    evaluate.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"),
+                          help="summary for `dvc metrics show` (default reports/metrics.json)")
     report = stage("report", "Build the static HTML reports.", None, "reports")
     report.add_argument("--data", type=Path, default=Path("data"), help="data folder (default data)")
     return parser

@@ -185,13 +185,148 @@ class ReportParams(_Section):
     pairs_per_preset: int = Field(default=6, ge=0, le=100)
 
 
+# --------------------------------------------------------------------------------------------- restore
+RESTORER_NAMES = ("identity", "bicubic", "gfpgan")
+
+
+class GFPGANArchParams(_Section):
+    """GFPGANv1Clean configuration; null: read from the checkpoint's tensor shapes (input_is_latent cannot be)."""
+
+    out_size: int | None = Field(default=None, ge=64, le=1024)
+    num_style_feat: int | None = Field(default=None, gt=0)
+    channel_multiplier: float | None = Field(default=None, gt=0)
+    num_mlp: int | None = Field(default=None, ge=0)
+    narrow: float | None = Field(default=None, gt=0)
+    different_w: bool | None = None
+    sft_half: bool | None = None
+    input_is_latent: bool = True
+
+
+class RestoreParams(_Section):
+    restorers: tuple[Literal["identity", "bicubic", "gfpgan"], ...] = Field(
+        default=RESTORER_NAMES, description="restorers run on every preset's test pairs")
+    weights: str = Field(default="models/gfpgan/gfpgan.pth",
+                         description="GFPGANv1Clean checkpoint (dl-fp or official v1.3/v1.4); missing: 'not run'")
+    arch: GFPGANArchParams = GFPGANArchParams()
+    batch_size: int = Field(default=4, ge=1, le=1024)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(default=2, ge=1, le=256, description="torch CPU threads")
+
+    @field_validator("restorers")
+    @classmethod
+    def _unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"restorers must not repeat, got {value}")
+        return value
+
+
+# -------------------------------------------------------------------------------------------- evaluate
+class EvaluateParams(_Section):
+    batch_size: int = Field(default=32, ge=1, le=4096, description="images per metric / identity-network batch")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(default=2, ge=1, le=256, description="torch CPU threads")
+    headline_restorer: str = Field(default="gfpgan", description="restorer whose identity match rate is 'accuracy'")
+    headline_preset: str = Field(default="paper", description="preset of the headline accuracy")
+    accuracy_target: float = Field(default=0.5, ge=0, le=1, description="the project's target identity match rate")
+    ssim_backend: Literal["opencv", "pyiqa"] = Field(
+        default="opencv", description="pyiqa's SSIM definition filtered with OpenCV (fast) or pyiqa itself (float64 "
+        "torch conv, ~0.35 s per 256 px image on a CPU); equal to ~1e-6")
+    landmark_frame: int = Field(default=256, ge=64, le=1024,
+                                description="side the restored face is resized to for dlib landmark detection")
+
+
+# ------------------------------------------------------------------------------------------ training
+class OptimParams(_Section):
+    """What the demo and the paper recipes share: optimiser, schedule, EMA, checkpoints, precision."""
+
+    batch_size: int = Field(default=8, ge=1, description="images per step per process (paper: 3 x 4 GPUs)")
+    iters: int = Field(default=1000, ge=1, description="training steps")
+    lr: float = Field(default=2e-3, gt=0, description="Adam learning rate of every network (published 2e-3)")
+    lr_scale: float = Field(default=1.0, gt=0, description="multiplies every learning rate (small runs)")
+    lr_milestones: list[int] = Field(default_factory=list, description="steps where the lr is multiplied by gamma")
+    lr_gamma: float = Field(default=0.5, gt=0)
+    ema_half_life_images: float = Field(
+        default=10000, ge=0, description="EMA half-life in training images; decay = 0.5^(images per step / this)")
+    ema_rampup: float | None = Field(
+        default=0.05, ge=0, description="half-life at most this fraction of the images seen so far (StyleGAN2-ADA); "
+                                        "keeps short runs' EMA from averaging in the random init; null: off")
+    r1_weight: float = Field(default=10.0, ge=0)
+    r1_interval: int = Field(default=16, ge=1, description="lazy R1 every N steps, scaled by N")
+    checkpoint_every: int = Field(default=200, ge=1)
+    sample_every: int = Field(default=500, ge=1, description="sample grid PNG every N steps (and at the end)")
+    resume: bool = Field(default=True, description="continue from <out>.partial/checkpoints/last.pth if present")
+    keep_checkpoints: bool = Field(default=False, description="keep checkpoints/ in the finished output")
+    shuffle_buffer: int = Field(default=1000, ge=1)
+    workers: int = Field(default=1, ge=0, description="DataLoader worker processes (degradation runs there)")
+    threads: int = Field(default=1, ge=1, description="torch intra-op threads per process (the data worker "
+                                                     "takes another core)")
+    bf16: bool = Field(default=False, description="bf16 autocast (GPU); off on CPU")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    tensorboard: bool = True
+
+
+class TrainPriorParams(OptimParams):
+    """StyleGAN2 facial prior from scratch (or an official clean checkpoint, converted and checked)."""
+
+    out_size: int = Field(default=64, ge=64, le=1024, description="prior resolution (paper: 512)")
+    num_style_feat: int = Field(default=128, ge=8)
+    num_mlp: int = Field(default=4, ge=1)
+    channel_multiplier: float = Field(default=1, gt=0)
+    narrow: float = Field(default=0.125, gt=0, le=1, description="width multiplier of every layer")
+    mixing_prob: float = Field(default=0.9, ge=0, le=1, description="style mixing probability")
+    iters: int = 700
+    checkpoint_every: int = 100
+    sample_every: int = 100
+    ema_half_life_images: float = 2000
+    official_weights: str | None = Field(
+        default=None, description="official StyleGAN2 clean checkpoint: convert/check it instead of training")
+
+
+class LossWeights(_Section):
+    """Term weights (gfpgan-spec section 4); 0 switches a term off."""
+
+    pixel: float = Field(default=0.1, ge=0)
+    pyramid: float = Field(default=1.0, ge=0)
+    pyramid_until: int = Field(default=50000, ge=0, description="pyramid weight becomes pyramid_after from here")
+    pyramid_after: float = Field(default=1e-12, ge=0)
+    perceptual: float = Field(default=1.0, ge=0)
+    perceptual_style: float = Field(default=50.0, ge=0)
+    gan: float = Field(default=0.1, ge=0)
+    component_gan: float = Field(default=1.0, ge=0)
+    component_style: float = Field(default=200.0, ge=0)
+    identity: float = Field(default=10.0, ge=0)
+
+
+class TrainParams(OptimParams):
+    """GFP-GAN (GFPGANv1Clean) on the prior; architecture of the decoder read from prior.pth's config."""
+
+    iters: int = 400
+    checkpoint_every: int = 100
+    sample_every: int = 100
+    ema_half_life_images: float = 2000
+    preset: str = Field(default="paper", description="degrade preset for on-the-fly LQ synthesis")
+    fix_decoder: bool = Field(default=False, description="freeze the StyleGAN2 prior (true in the published "
+                                                         "recipe; the demo's 64 px prior is too weak to freeze)")
+    weights: LossWeights = LossWeights()
+    perceptual_network: Literal["auto", "vgg19", "dlib", "off"] = "auto"
+    identity_network: Literal["dlib", "arcface", "off"] = "dlib"
+    arcface_path: str | None = None
+    val_preset: str = Field(default="moderate", description="fixed test pairs used for validation")
+    val_every: int = Field(default=100, ge=1)
+    val_count: int | None = Field(default=200, ge=1, description="first N validation pairs (null: all)")
+
+
 class Params(_Section):
     seed: int = Field(default=20260101, ge=0, lt=2**63, description="global seed; every random choice derives from it")
     data: DataParams
     align: AlignParams = AlignParams()
     shard: ShardParams = ShardParams()
     degrade: DegradeParams = DegradeParams()
+    restore: RestoreParams = RestoreParams()
+    evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()
+    train_prior: TrainPriorParams = TrainPriorParams()
+    train: TrainParams = TrainParams()
 
     def section_hash(self, *sections: str) -> str:
         """Stable short hash of the named sections, for receipts and reports."""

@@ -1,0 +1,1 @@
+"""Test-set restoration (stage `restore`) and the restorer registry."""

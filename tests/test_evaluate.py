@@ -1,0 +1,256 @@
+"""Stage `evaluate`: pyiqa numbers against references, identity, landmarks, FD, 'not computed' reasons."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from dlfp.data import degrade, shards
+from dlfp.data.landmarks import FaceLandmarker
+from dlfp.data.shards import ShardSetWriter, iter_samples, json_bytes, read_index
+from dlfp.evaluate import metrics as m
+from dlfp.evaluate import stage
+from dlfp.io.atomic import write_json_atomic
+from dlfp.io.images import decode_png_bytes, encode_png, load_rgb
+from dlfp.params import parse_params
+from dlfp.restore import testset
+
+REPO = Path(__file__).resolve().parents[1]
+FACES = Path(__file__).resolve().parents[2] / "shared" / "faces" / "aligned_hq"
+SIZE = 128
+FACE_COUNT = 5
+PRESETS = ("mild", "severe")
+
+
+def _params(tmp: Path, **evaluate: object):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["shard"].update(split="hash", fractions={"train": 0.0, "val": 0.0, "test": 1.0}, samples_per_shard=3)
+    raw["degrade"]["workers"] = 1
+    raw["degrade"]["presets"] = {name: raw["degrade"]["presets"][name] for name in PRESETS}
+    raw["restore"].update(restorers=["identity", "bicubic", "gfpgan"], weights=str(tmp / "absent.pth"),
+                          device="cpu", threads=1)
+    raw["evaluate"].update(device="cpu", threads=1, batch_size=4, headline_preset="mild", **evaluate)
+    return parse_params(raw)
+
+
+@pytest.fixture(scope="module")
+def empty_torch_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("torch_home")
+
+
+@pytest.fixture(autouse=True)
+def _no_pyiqa_weights(monkeypatch: pytest.MonkeyPatch, empty_torch_home: Path) -> None:
+    """No pyiqa weight files anywhere: LPIPS, NIQE and FID must say 'not computed', never try the network."""
+    monkeypatch.setenv("TORCH_HOME", str(empty_torch_home))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real FFHQ faces at 128 px with dlib landmarks, through the real shard, degrade and restore stages."""
+    paths = sorted(FACES.glob("ffhq256_*.jpg"))[:FACE_COUNT]
+    if len(paths) < FACE_COUNT:
+        pytest.skip(f"no faces in {FACES}")
+    root = tmp_path_factory.mktemp("evaluate_stage")
+    aligned = root / "aligned"
+    (aligned / "images").mkdir(parents=True)
+    landmarker = FaceLandmarker("hog", upsample=1)
+    lines = []
+    for number, path in enumerate(paths):
+        full = load_rgb(path)
+        boxes = landmarker.detect(full)
+        assert boxes, f"{path.name}: no face"
+        scale = SIZE / full.shape[1]
+        points = (landmarker.landmarks(full, boxes[0]) + 0.5) * scale - 0.5
+        sample_id = f"face_{number:03d}"
+        image = cv2.resize(full, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+        (aligned / "images" / f"{sample_id}.png").write_bytes(encode_png(image))
+        lines.append(json.dumps({"id": sample_id, "source": path.name, "licence": "test",
+                                 "landmarks": points.round(3).tolist()}))
+    (aligned / "meta.jsonl").write_text("\n".join(lines) + "\n")
+    params = _params(root)
+    shards.run(params, aligned, root / "shards")
+    degrade.run(params, root / "shards", root / "pairs")
+    testset.run(params, root / "pairs", root / "restored")
+    return root
+
+
+def _fake_restored(pairs_dir: Path, out: Path, makers: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]
+                   ) -> Path:
+    """A restore-stage folder whose 'restorers' return a function of (GT, LQ): GT copies, blank images..."""
+    index = read_index(pairs_dir)
+    entries = {}
+    for name, make in makers.items():
+        per_preset = {}
+        for preset, entry in index["presets"].items():
+            writer = ShardSetWriter(out, f"{name}/{preset}/restored-{{:06d}}.tar", 3)
+            for sample in iter_samples(pairs_dir, entry["shards"]):
+                image = make(decode_png_bytes(sample["gt.png"]), decode_png_bytes(sample["lq.png"]))
+                writer.write({"__key__": sample["__key__"], "restored.png": encode_png(image),
+                              "json": json_bytes({"id": sample["__key__"], "preset": preset, "restorer": name})})
+            shards_ = [record.__dict__ for record in writer.close()]
+            per_preset[preset] = {"count": sum(s["count"] for s in shards_), "shards": shards_}
+        entries[name] = {"restorer": name, "status": "ok", "presets": per_preset}
+    write_json_atomic(out / "index.json", {"presets": sorted(index["presets"]), "restorers": entries})
+    return out
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "per_image.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# ------------------------------------------------------------------------------------------ library
+def test_psnr_of_identical_images_is_the_documented_cap_and_ssim_is_one() -> None:
+    image = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    psnr = m.pair_scores(m.create_pyiqa_metric("psnr"), image, image)
+    ssim = m.pair_scores(m.create_pyiqa_metric("ssim"), image, image)
+    assert np.allclose(psnr, m.PSNR_CAP_DB) and np.allclose(ssim, 1.0, atol=1e-6)
+
+
+def test_fast_ssim_equals_pyiqa_ssim() -> None:
+    paths = sorted(FACES.glob("ffhq256_*.jpg"))[:3]
+    if not paths:
+        pytest.skip(f"no faces in {FACES}")
+    gts = [cv2.resize(load_rgb(p), (96, 96), interpolation=cv2.INTER_AREA) for p in paths]
+    rng = np.random.default_rng(0)
+    noisy = [np.clip(cv2.GaussianBlur(g, (7, 7), 2).astype(int) + rng.integers(-20, 21, g.shape), 0, 255)
+             .astype(np.uint8) for g in gts]
+    x, y = m.to_unit_tensor(noisy), m.to_unit_tensor(gts)
+    fast = m.pair_scores(m.ssim_pyiqa_equivalent, x, y)
+    reference = m.pair_scores(m.create_pyiqa_metric("ssim"), x, y)
+    assert np.all(fast < 0.9) and np.abs(fast - reference).max() < 1e-5
+    infos = m.build_pyiqa_metrics("cpu", ssim_backend="pyiqa")
+    assert infos["ssim"].settings["backend"] == "pyiqa" and infos["ssim"].compute is not m.ssim_pyiqa_equivalent
+
+
+def test_missing_pyiqa_weights_are_named_and_downloads_refused(empty_torch_home: Path) -> None:
+    reason = m.missing_weights_reason("lpips")
+    assert reason.startswith("not computed: LPIPS_v0.1_alex-df73285e.pth missing from")
+    assert str(empty_torch_home / "hub" / "pyiqa") in reason
+    assert "niqe_modelparameters.mat missing" in m.missing_weights_reason("niqe")
+    assert "pt_inception-2015-12-05-6726825d.pth missing" in m.missing_weights_reason("fid")
+    assert m.missing_weights_reason("psnr") is None
+    infos = m.build_pyiqa_metrics("cpu")
+    assert not infos["lpips"].available and infos["lpips"].compute is None and infos["psnr"].available
+    with pytest.raises(FileNotFoundError, match="LPIPS_v0.1_alex"):
+        m.create_pyiqa_metric("lpips")
+    from pyiqa.utils import download_util
+
+    with m._offline_pyiqa(), pytest.raises(RuntimeError, match="refused a download"):
+        download_util.load_file_from_url("https://example.invalid/weights.pth")
+    assert not (empty_torch_home / "hub" / "pyiqa" / "weights.pth").exists()
+    # the torchvision backbone is looked for in hub/checkpoints: with the LPIPS heads present, that file is named
+    (empty_torch_home / "hub" / "pyiqa").mkdir(parents=True, exist_ok=True)
+    heads = empty_torch_home / "hub" / "pyiqa" / "LPIPS_v0.1_alex-df73285e.pth"
+    heads.write_bytes(b"")
+    try:
+        assert "alexnet-owt-7be5be79.pth missing from" in m.missing_weights_reason("lpips")
+        assert str(empty_torch_home / "hub" / "checkpoints") in m.missing_weights_reason("lpips")
+    finally:
+        heads.unlink()
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero_and_a_shift_adds_its_square() -> None:
+    vectors = np.random.default_rng(0).normal(size=(60, 128)) * 0.05
+    assert m.frechet_distance(vectors, vectors) == pytest.approx(0.0, abs=1e-6)
+    shifted = m.frechet_distance(vectors, vectors + 0.01)
+    assert shifted == pytest.approx(128 * 0.01**2, rel=1e-3)
+    with pytest.raises(ValueError, match="at least 2"):
+        m.frechet_distance(vectors[:1], vectors[:1])
+
+
+def test_identity_of_gt_with_itself_and_blank_landmarks(project: Path) -> None:
+    samples = list(iter_samples(project / "pairs", read_index(project / "pairs")["presets"]["mild"]["shards"]))
+    gts = [decode_png_bytes(s["gt.png"]) for s in samples]
+    scorer = m.IdentityScorer("cpu", batch_size=2)
+    embeddings = scorer.embed(gts)
+    scores = m.identity_scores(embeddings, scorer.embed(gts))
+    assert embeddings.shape == (FACE_COUNT, 128)
+    assert np.all(scores["identity_distance"] == 0) and scores["identity_match"].mean() == 1.0
+    assert np.allclose(scores["identity_angle_deg"], 0, atol=1e-3)
+    landmarks = m.LandmarkScorer(256)
+    gt_points = np.asarray(json.loads(samples[0]["json"])["landmarks"])
+    assert not landmarks.measure(np.zeros_like(gts[0]), gt_points).detected
+    found = landmarks.measure(gts[0], gt_points)
+    assert found.detected and found.nme < 0.1 and found.error_px > 0
+
+
+# --------------------------------------------------------------------------------------------- stage
+def test_stage_writes_every_metric_with_reasons_and_reference_numbers(project: Path, tmp_path: Path) -> None:
+    params = _params(tmp_path)
+    metrics_path = tmp_path / "reports" / "metrics.json"
+    summary = stage.run(params, project / "pairs", project / "restored", tmp_path / "evaluation", metrics_path)
+    rows = _rows(tmp_path / "evaluation")
+    assert [tuple(row) for row in rows[:1]] == [stage.COLUMNS]
+    assert len(rows) == FACE_COUNT * len(PRESETS) * 2  # identity + bicubic (gfpgan not run)
+    assert {(r["preset"], r["restorer"]) for r in rows} == {(p, n) for p in PRESETS for n in ("identity", "bicubic")}
+    assert all(r["lpips"] == "" and r["niqe"] == "" and r["psnr"] != "" for r in rows)
+
+    # PSNR of the LQ input against a numpy reference (RGB, data range 1)
+    pairs = {(preset, s["__key__"]): s for preset in PRESETS for s in iter_samples(
+        project / "pairs", read_index(project / "pairs")["presets"][preset]["shards"])}
+    for row in (r for r in rows if r["restorer"] == "identity"):
+        sample = pairs[(row["preset"], row["id"])]
+        lq = decode_png_bytes(sample["lq.png"]).astype(np.float64) / 255
+        gt = decode_png_bytes(sample["gt.png"]).astype(np.float64) / 255
+        reference = 10 * math.log10(1 / (np.mean((lq - gt) ** 2) + 1e-8))
+        assert abs(float(row["psnr"]) - reference) < 1e-3
+        assert row["landmarks_detected"] in ("true", "false") and row["identity_match"] in ("true", "false")
+
+    report = json.loads(metrics_path.read_text())
+    assert set(report) == {*PRESETS, "accuracy"}
+    for preset in PRESETS:
+        assert set(report[preset]) == {"identity", "bicubic", "gfpgan"}
+        assert report[preset]["gfpgan"]["status"] == "not run" and "absent.pth" in report[preset]["gfpgan"]["reason"]
+        for name in ("identity", "bicubic"):
+            entry = report[preset][name]
+            for key in ("psnr", "ssim", "identity_match_rate", "identity_distance", "fd_dlib128"):
+                assert isinstance(entry[key], float), (preset, name, key)
+            assert isinstance(entry["landmark_nme"], float) or entry["landmark_nme"].startswith("not computed: no face")
+            assert isinstance(entry["landmark_failures"], int) and entry["count"] == FACE_COUNT
+            assert entry["lpips"].startswith("not computed: LPIPS_v0.1_alex-df73285e.pth missing")
+            assert entry["niqe"].startswith("not computed: niqe_modelparameters.mat missing")
+            assert entry["fid"].startswith("not computed: pt_inception")
+            mine = [r for r in rows if r["preset"] == preset and r["restorer"] == name]
+            rate = np.mean([r["identity_match"] == "true" for r in mine])
+            assert entry["identity_match_rate"] == pytest.approx(rate)
+            assert entry["landmark_failures"] == sum(r["landmarks_detected"] == "false" for r in mine)
+    accuracy = report["accuracy"]
+    assert accuracy["target"] == 0.5 and accuracy["restorer"] == "gfpgan" and accuracy["preset"] == "mild"
+    assert accuracy["value"].startswith("not computed: restorer gfpgan not run") and accuracy["meets_target"] is None
+    assert summary["accuracy"] == accuracy
+    saved = json.loads((tmp_path / "evaluation" / "summary.json").read_text())
+    assert saved["metrics"]["ssim"]["test_y_channel"] is True and saved["metrics"]["psnr"]["status"] == "ok"
+    assert saved["metrics"]["lpips"]["status"].startswith("not computed")
+    assert (tmp_path / "evaluation" / "receipt.json").exists()
+
+
+def test_gt_copies_score_perfectly_and_blank_faces_are_counted_failures(project: Path, tmp_path: Path) -> None:
+    restored = _fake_restored(project / "pairs", tmp_path / "restored",
+                              {"gt": lambda gt, lq: gt, "blank": lambda gt, lq: np.zeros_like(gt)})
+    params = _params(tmp_path, headline_restorer="gt")
+    metrics_path = tmp_path / "metrics.json"
+    stage.run(params, project / "pairs", restored, tmp_path / "evaluation", metrics_path)
+    report = json.loads(metrics_path.read_text())
+    for preset in PRESETS:
+        assert set(report[preset]) == {"identity", "gt", "blank"}  # the LQ is added as "identity"
+        perfect, blank = report[preset]["gt"], report[preset]["blank"]
+        assert perfect["identity_match_rate"] == 1.0 and perfect["identity_distance"] == 0.0
+        assert perfect["psnr"] == pytest.approx(m.PSNR_CAP_DB) and perfect["ssim"] == pytest.approx(1.0, abs=1e-6)
+        assert perfect["fd_dlib128"] == pytest.approx(0.0, abs=1e-6)
+        assert perfect["landmark_failures"] == 0 and perfect["landmark_nme"] < 0.1
+        assert blank["landmark_failures"] == FACE_COUNT and blank["landmark_evaluated"] == FACE_COUNT
+        assert blank["landmark_nme"] == f"not computed: no face found in any of {FACE_COUNT} images"
+    rows = [r for r in _rows(tmp_path / "evaluation") if r["restorer"] == "blank"]
+    assert len(rows) == FACE_COUNT * len(PRESETS)  # failures kept as rows, never dropped
+    assert all(r["landmarks_detected"] == "false" and r["landmark_nme"] == "" for r in rows)
+    assert report["accuracy"]["value"] == 1.0 and report["accuracy"]["meets_target"] is True
