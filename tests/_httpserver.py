@@ -48,6 +48,11 @@ class FileServer:
         self._server.shutdown()
         self._server.server_close()
 
+    def serve(self, path: str, body: bytes, **options: object) -> Route:
+        """Serve `body` at `path` (options as Route's: content_type, drop_after, honour_range ...)."""
+        self.routes[path] = Route(body, **options)  # type: ignore[arg-type]
+        return self.routes[path]
+
     def url(self, path: str) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}/{path.lstrip('/')}"

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib.util
 import io
 import json
 import struct
-import sys
 import tarfile
 import zipfile
 import zlib
@@ -25,24 +23,6 @@ from dlfp.params import load_params, parse_params
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
 
-
-def _load_httpserver():
-    name = "_dlfp_test_httpserver"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_httpserver.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-httpserver = _load_httpserver()
-
-
-@pytest.fixture
-def server():
-    with httpserver.FileServer() as running:
-        yield running
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -267,8 +247,8 @@ def _serve_ffhq(server, ids: list[int], bad_md5: int | None = None) -> dict:
         pixels = _image(100 + ffhq_id, (128, 128))
         png = _encode(pixels)
         path = f"thumbnails128x128/{ffhq_id // 1000 * 1000:05d}/{ffhq_id:05d}.png"
-        server.routes[f"/{path}"] = httpserver.Route(png, content_type="image/png")
-        server.routes[f"/mirror/thumbs/{ffhq_id:05d}.png"] = httpserver.Route(png, content_type="image/png")
+        server.serve(f"/{path}", png, content_type="image/png")
+        server.serve(f"/mirror/thumbs/{ffhq_id:05d}.png", png, content_type="image/png")
         spec = {"file_url": server.url(path), "file_path": path, "file_size": len(png),
                 "file_md5": "0" * 32 if ffhq_id == bad_md5 else _md5(png), "pixel_size": [128, 128],
                 "pixel_md5": _md5(pixels.tobytes())}
@@ -282,7 +262,7 @@ def _serve_ffhq(server, ids: list[int], bad_md5: int | None = None) -> dict:
             "thumbnail": spec,
         }
     blob = json.dumps(metadata).encode()
-    server.routes["/ffhq-dataset-v2.json"] = httpserver.Route(blob, content_type="application/json")
+    server.serve("/ffhq-dataset-v2.json", blob, content_type="application/json")
     return {"metadata_url": server.url("ffhq-dataset-v2.json"), "metadata_md5": _md5(blob),
             "retries": 1, "backoff_s": 0.0, "timeout_s": 10}
 
@@ -329,7 +309,7 @@ def test_ffhq_mirror_template_and_id_range(server, tmp_path: Path) -> None:
 
 def test_ffhq_drive_quota_stops_the_stage_with_advice(server, tmp_path: Path) -> None:
     page = b"<html><body>Too many users have viewed or downloaded this file recently.</body></html>"
-    server.routes["/uc"] = httpserver.Route(page, content_type="text/html")
+    server.serve("/uc", page, content_type="text/html")
     params = _params(tmp_path, source="ffhq", ffhq={"metadata_url": server.url("uc?id=x"), "retries": 0})
     with pytest.raises(DriveQuotaError, match="url_template"):
         acquire.run(params, out_dir=tmp_path / "raw")
@@ -348,7 +328,7 @@ def _write_shards(tmp_path: Path, server, rows_per_shard: int, shards: int, with
                                                           "ffhq_id": [f"{i:05d}" for i in ids]}
         path = tmp_path / f"train-{index:05d}.parquet"
         pq.write_table(pa.table(columns), path)
-        server.routes[f"/pq/train-{index:05d}.parquet"] = httpserver.Route(path.read_bytes())
+        server.serve(f"/pq/train-{index:05d}.parquet", path.read_bytes())
 
 
 def test_parquet_mirror_fetches_only_the_needed_shard(server, tmp_path: Path) -> None:

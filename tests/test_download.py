@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -33,31 +31,13 @@ DRIVE_CONFIRM_PAGE = b"""<!DOCTYPE html><html><head><title>Google Drive - Virus 
 <input type="hidden" name="uuid" value="1234"></form></body></html>"""
 
 
-def _load_httpserver():
-    name = "_dlfp_test_httpserver"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_httpserver.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-httpserver = _load_httpserver()
-
-
-@pytest.fixture
-def server():
-    with httpserver.FileServer() as running:
-        yield running
-
 
 def _md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
 def test_download_verifies_and_places_file(server, tmp_path: Path) -> None:
-    server.routes["/f.bin"] = httpserver.Route(PAYLOAD)
+    server.serve("/f.bin", PAYLOAD)
     dest = tmp_path / "cache" / "f.bin"
     result = download(server.url("f.bin"), dest, md5=_md5(PAYLOAD),
                       sha256=hashlib.sha256(PAYLOAD).hexdigest(), policy=FAST)
@@ -67,7 +47,7 @@ def test_download_verifies_and_places_file(server, tmp_path: Path) -> None:
 
 
 def test_rerun_with_valid_cache_downloads_nothing(server, tmp_path: Path) -> None:
-    server.routes["/f.bin"] = httpserver.Route(PAYLOAD)
+    server.serve("/f.bin", PAYLOAD)
     dest = tmp_path / "f.bin"
     download(server.url("f.bin"), dest, md5=_md5(PAYLOAD), policy=FAST)
     again = download(server.url("f.bin"), dest, md5=_md5(PAYLOAD), policy=FAST)
@@ -76,7 +56,7 @@ def test_rerun_with_valid_cache_downloads_nothing(server, tmp_path: Path) -> Non
 
 
 def test_md5_mismatch_names_file_expected_and_got(server, tmp_path: Path) -> None:
-    server.routes["/f.bin"] = httpserver.Route(PAYLOAD)
+    server.serve("/f.bin", PAYLOAD)
     dest = tmp_path / "f.bin"
     wrong = "0" * 32
     with pytest.raises(ChecksumError) as caught:
@@ -88,7 +68,7 @@ def test_md5_mismatch_names_file_expected_and_got(server, tmp_path: Path) -> Non
 
 
 def test_corrupted_cache_is_replaced(server, tmp_path: Path) -> None:
-    server.routes["/f.bin"] = httpserver.Route(PAYLOAD)
+    server.serve("/f.bin", PAYLOAD)
     dest = tmp_path / "f.bin"
     dest.write_bytes(b"garbage")
     result = download(server.url("f.bin"), dest, md5=_md5(PAYLOAD), policy=FAST)
@@ -104,7 +84,7 @@ def test_404_names_the_url_and_is_not_retried(server, tmp_path: Path) -> None:
 
 
 def test_dropped_connection_resumes_with_range(server, tmp_path: Path) -> None:
-    server.routes["/big.bin"] = httpserver.Route(PAYLOAD, drop_after=100_000, drops_left=1)
+    server.serve("/big.bin", PAYLOAD, drop_after=100_000, drops_left=1)
     dest = tmp_path / "big.bin"
     result = download(server.url("big.bin"), dest, md5=_md5(PAYLOAD), policy=FAST)
     assert dest.read_bytes() == PAYLOAD
@@ -113,7 +93,7 @@ def test_dropped_connection_resumes_with_range(server, tmp_path: Path) -> None:
 
 
 def test_partial_file_from_an_earlier_run_is_continued(server, tmp_path: Path) -> None:
-    server.routes["/big.bin"] = httpserver.Route(PAYLOAD)
+    server.serve("/big.bin", PAYLOAD)
     dest = tmp_path / "big.bin"
     part_path(dest).write_bytes(PAYLOAD[:5000])
     result = download(server.url("big.bin"), dest, md5=_md5(PAYLOAD), policy=FAST)
@@ -123,7 +103,7 @@ def test_partial_file_from_an_earlier_run_is_continued(server, tmp_path: Path) -
 
 
 def test_server_ignoring_range_restarts_from_zero(server, tmp_path: Path) -> None:
-    server.routes["/big.bin"] = httpserver.Route(PAYLOAD, honour_range=False)
+    server.serve("/big.bin", PAYLOAD, honour_range=False)
     dest = tmp_path / "big.bin"
     part_path(dest).write_bytes(PAYLOAD[:5000])
     download(server.url("big.bin"), dest, md5=_md5(PAYLOAD), policy=FAST)
@@ -131,7 +111,7 @@ def test_server_ignoring_range_restarts_from_zero(server, tmp_path: Path) -> Non
 
 
 def test_stale_partial_file_with_wrong_bytes_is_redownloaded(server, tmp_path: Path) -> None:
-    server.routes["/big.bin"] = httpserver.Route(PAYLOAD)
+    server.serve("/big.bin", PAYLOAD)
     dest = tmp_path / "big.bin"
     part_path(dest).write_bytes(b"\xff" * 5000)  # from an older version of the file
     download(server.url("big.bin"), dest, md5=_md5(PAYLOAD), policy=FAST)
@@ -140,7 +120,7 @@ def test_stale_partial_file_with_wrong_bytes_is_redownloaded(server, tmp_path: P
 
 
 def test_server_errors_are_retried(server, tmp_path: Path) -> None:
-    server.routes["/f.bin"] = httpserver.Route(PAYLOAD, statuses=[503, 500])
+    server.serve("/f.bin", PAYLOAD, statuses=[503, 500])
     dest = tmp_path / "f.bin"
     download(server.url("f.bin"), dest, md5=_md5(PAYLOAD), policy=FAST)
     assert dest.read_bytes() == PAYLOAD
@@ -148,7 +128,7 @@ def test_server_errors_are_retried(server, tmp_path: Path) -> None:
 
 
 def test_persistent_server_errors_give_up_with_the_url(server, tmp_path: Path) -> None:
-    server.routes["/f.bin"] = httpserver.Route(PAYLOAD, statuses=[503] * 10)
+    server.serve("/f.bin", PAYLOAD, statuses=[503] * 10)
     with pytest.raises(DownloadError, match="giving up after 2 failed attempts") as caught:
         download(server.url("f.bin"), tmp_path / "f.bin", policy=RetryPolicy(retries=1, backoff_s=0.0))
     assert server.url("f.bin") in str(caught.value) and "503" in str(caught.value)
@@ -156,8 +136,7 @@ def test_persistent_server_errors_give_up_with_the_url(server, tmp_path: Path) -
 
 @pytest.mark.parametrize("status", [200, 403])
 def test_drive_quota_page_is_detected(server, tmp_path: Path, status: int) -> None:
-    server.routes["/uc"] = httpserver.Route(DRIVE_QUOTA_PAGE, content_type="text/html; charset=utf-8",
-                                            status=status)
+    server.serve("/uc", DRIVE_QUOTA_PAGE, content_type="text/html; charset=utf-8", status=status)
     dest = tmp_path / "ffhq-dataset-v2.json"
     with pytest.raises(DriveQuotaError) as caught:
         download(server.url("uc?id=16N0RV4f"), dest, policy=FAST)
@@ -167,8 +146,8 @@ def test_drive_quota_page_is_detected(server, tmp_path: Path, status: int) -> No
 
 
 def test_drive_virus_scan_page_is_confirmed(server, tmp_path: Path) -> None:
-    server.routes["/uc"] = httpserver.Route(DRIVE_CONFIRM_PAGE, content_type="text/html")
-    server.routes["/download"] = httpserver.Route(PAYLOAD)
+    server.serve("/uc", DRIVE_CONFIRM_PAGE, content_type="text/html")
+    server.serve("/download", PAYLOAD)
     dest = tmp_path / "big.json"
     download(server.url("uc?id=abc"), dest, md5=_md5(PAYLOAD), policy=FAST)
     assert dest.read_bytes() == PAYLOAD
@@ -177,8 +156,7 @@ def test_drive_virus_scan_page_is_confirmed(server, tmp_path: Path) -> None:
 
 
 def test_other_html_instead_of_a_file_is_an_error(server, tmp_path: Path) -> None:
-    server.routes["/login"] = httpserver.Route(b"<html><head><title>Sign in</title></head></html>",
-                                               content_type="text/html")
+    server.serve("/login", b"<html><head><title>Sign in</title></head></html>", content_type="text/html")
     with pytest.raises(DownloadError, match="got an HTML page titled 'Sign in'"):
         download(server.url("login"), tmp_path / "x.png", policy=FAST)
 
