@@ -3,5 +3,6 @@ configfile: "params.yaml"
 
 
 include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"

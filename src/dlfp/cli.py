@@ -35,6 +35,15 @@ def _stage(name: str) -> Callable[[Params, argparse.Namespace], object]:
             from dlfp.data import degrade
 
             return degrade.run(params, shards_dir=args.inp, out_dir=args.out)
+        if name == "train_prior":
+            from dlfp.train import prior
+
+            return prior.run(params, shards_dir=args.inp, out_dir=args.out)
+        if name == "train":
+            from dlfp.train import gfpgan
+
+            return gfpgan.run(params, shards_dir=args.inp, prior_path=args.prior, pairs_dir=args.pairs,
+                              out_dir=args.out)
         if name == "restore":
             from dlfp.restore import testset
 
@@ -73,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     stage("align", "Detect faces, 68 landmarks, FFHQ alignment and component boxes.", "data/raw", "data/aligned")
     stage("shard", "Split and write WebDataset tars with an index.", "data/aligned", "data/shards")
     stage("degrade", "Write fixed degraded/clean test pairs per severity preset.", "data/shards", "data/pairs")
+    stage("train_prior", "Train the StyleGAN2 facial prior (or convert official weights).", "data/shards",
+          "models/prior")
+    train = stage("train", "Train GFP-GAN on the frozen prior.", "data/shards", "models/gfpgan")
+    train.add_argument("--prior", type=Path, default=Path("models/prior/prior.pth"),
+                       help="the facial prior (default models/prior/prior.pth)")
+    train.add_argument("--pairs", type=Path, default=Path("data/pairs"),
+                       help="fixed test pairs for validation (default data/pairs)")
     stage("restore", "Restore the fixed test pairs with every restorer (baselines and GFP-GAN).", "data/pairs",
           "data/restored")
     evaluate = stage("evaluate", "Score restored faces: PSNR/SSIM (pyiqa), identity, landmarks, FD-dlib128.",

@@ -4,6 +4,7 @@
 rule restore:
     input:
         "data/pairs",
+        "models/gfpgan/gfpgan.pth",
         "src/dlfp/restore/testset.py",
         "src/dlfp/restore/restorers.py",
     output:

@@ -1,0 +1,459 @@
+"""Stage `train`: GFP-GAN (GFPGANv1Clean) on the StyleGAN2 prior, with the published losses.
+
+The decoder is initialised from prior.pth (and frozen unless train.fix_decoder is false). LQ inputs are made
+on the fly from the train shards with the `train.preset` degradation. Every `train.val_every` steps the EMA
+generator restores the fixed `train.val_preset` test pairs (deterministic noise) and validation.csv gets
+PSNR and the identity match rate of the output and of the LQ input (the baseline to beat), both at the
+model's resolution.
+
+Output (<out>): gfpgan.pth ({'params_ema': ...}, the official format), gfpgan.json (constructor arguments and
+input conventions), validation.csv, losses.csv, losses_active.json, samples/step-NNNNNN.png, receipt.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from dlfp.data.shards import iter_samples, read_index
+from dlfp.io.atomic import write_json_atomic
+from dlfp.io.hashing import file_digest
+from dlfp.io.images import decode_png_bytes
+from dlfp.io.receipt import write_receipt
+from dlfp.losses.component import COMPONENTS, component_style_loss, crop_components, crop_sizes
+from dlfp.losses.gan import discriminator_loss, generator_loss, lazy_betas, lazy_r1_loss, r1_penalty
+from dlfp.losses.identity import IdentityEmbedder, identity_loss, load_identity_embedder
+from dlfp.losses.perceptual import DlibFeatures, PerceptualLoss, feature_losses, select_feature_network
+from dlfp.losses.pixel import l1_loss, pyramid_loss
+from dlfp.models.checkpoints import save_official
+from dlfp.models.components import FacialComponentDiscriminator
+from dlfp.models.gfpgan import GFPGANv1Clean
+from dlfp.models.identity import MATCH_THRESHOLD, load_dlib_resnet
+from dlfp.models.stylegan2 import StyleGAN2Discriminator
+from dlfp.params import Params, TrainParams
+from dlfp.train.data import Batches, SampleRecipe, ShardStream, resize_square, to_tensor, train_records
+from dlfp.train.loop import (
+    EMA,
+    DistInfo,
+    LoopConfig,
+    LossLog,
+    append_csv_row,
+    average_gradients,
+    broadcast_module,
+    check_resume_config,
+    ema_decay,
+    init_distributed,
+    load_checkpoint,
+    lr_at,
+    rank_seed,
+    requires_grad,
+    resolve_device,
+    save_image_grid,
+    seed_everything,
+    set_lr,
+    train_loop,
+    work_folder,
+)
+from dlfp.train.prior import load_prior
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "gfpgan.pth"
+CONFIG_FILE = "gfpgan.json"
+LOSSES_ACTIVE = "losses_active.json"
+VALIDATION_CSV = "validation.csv"
+SAMPLES_DIR = "samples"
+GRID_SAMPLES = 8
+VAL_BATCH = 16
+G_BETAS = (0.0, 0.99)
+D_BETAS = (0.0, 0.99)  # raised to the lazy-R1 power
+COMPONENT_BETAS = (0.9, 0.99)
+TERMS = ["pixel", "pyramid", "perceptual", "perceptual_style", "gan", "component_gan", "component_style",
+         "identity"]
+LOSS_COLUMNS = [*TERMS, "g_total", "d_gan", "r1", "d_component", "lr"]
+VALIDATION_COLUMNS = ["step", "pairs", "psnr", "psnr_lq", "identity_match", "identity_match_lq",
+                      "identity_distance", "identity_distance_lq"]
+
+
+def gfpgan_config(prior_config: dict) -> dict:
+    """GFPGANv1Clean constructor arguments matching the prior (clean layout, release switches)."""
+    return {"out_size": prior_config["out_size"], "num_style_feat": prior_config["num_style_feat"],
+            "channel_multiplier": prior_config["channel_multiplier"], "num_mlp": prior_config["num_mlp"],
+            "narrow": prior_config["narrow"], "input_is_latent": True, "different_w": True, "sft_half": True}
+
+
+class GFPGANTrainer:
+    """Restoration network, the three kinds of discriminators, optimisers, loss networks and one step."""
+
+    def __init__(self, p: TrainParams, prior_state: dict, prior_cfg: dict, seed: int, info: DistInfo,
+                 device: torch.device, feature_net: nn.Module | None, identity: IdentityEmbedder | None) -> None:
+        self.p, self.info, self.device = p, info, device
+        self.config = gfpgan_config(prior_cfg)
+        size = self.config["out_size"]
+        torch.manual_seed(seed)  # identical initial weights on every rank
+        self.net_g = GFPGANv1Clean(**self.config, fix_decoder=p.fix_decoder).to(device)
+        self.net_g.stylegan_decoder.load_state_dict(prior_state, strict=True)
+        self.net_d = StyleGAN2Discriminator(size, prior_cfg["channel_multiplier"], prior_cfg["narrow"]).to(device)
+        self.net_c = nn.ModuleDict({name: FacialComponentDiscriminator() for name in COMPONENTS}).to(device)
+        for module in (self.net_g, self.net_d, self.net_c):
+            broadcast_module(module, info)
+        self.ema = EMA(self.net_g, ema_decay(p.batch_size * info.world_size, p.ema_half_life_images))
+        self.base_lr = p.lr * p.lr_scale
+        self.opt_g = torch.optim.Adam([q for q in self.net_g.parameters() if q.requires_grad], lr=self.base_lr,
+                                      betas=G_BETAS)
+        self.opt_d = torch.optim.Adam(self.net_d.parameters(), lr=self.base_lr,
+                                      betas=lazy_betas(D_BETAS, p.r1_interval))
+        self.opt_c = torch.optim.Adam(self.net_c.parameters(), lr=self.base_lr, betas=COMPONENT_BETAS)
+        self.crop_sizes = crop_sizes(size)
+        self.feature_net, self.identity = feature_net, identity
+        self.perceptual = PerceptualLoss(feature_net) if feature_net is not None else None
+        # dlib for both perceptual and identity: one pass gives the feature maps and the embedding.
+        self.shared_dlib = (isinstance(feature_net, DlibFeatures) and identity is not None
+                            and identity.kind == "dlib")
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if p.bf16 else nullcontext()
+        w = p.weights
+        self.use_components = w.component_gan > 0 or w.component_style > 0
+
+    # -- checkpoint state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"config": self.config, "net_g": self.net_g.state_dict(), "net_d": self.net_d.state_dict(),
+                "net_c": self.net_c.state_dict(), "ema": self.ema.model.state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "opt_c": self.opt_c.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        check_resume_config(state, self.config)
+        for name in ("net_g", "net_d", "net_c", "opt_g", "opt_d", "opt_c"):
+            getattr(self, name).load_state_dict(state[name])
+        self.ema.model.load_state_dict(state["ema"])
+
+    # -- losses -----------------------------------------------------------------------------------------------
+    def _feature_terms(self, out: Tensor, gt: Tensor) -> dict[str, Tensor]:
+        terms: dict[str, Tensor] = {}
+        w = self.p.weights
+        if self.shared_dlib and (w.perceptual > 0 or w.perceptual_style > 0 or w.identity > 0):
+            layers = (*self.feature_net.layer_weights, "embedding")
+            net = self.feature_net.network
+            out_feats = net.features(out, layers=layers, frame="ffhq", value_range=(-1, 1))
+            with torch.no_grad():
+                gt_feats = net.features(gt, layers=layers, frame="ffhq", value_range=(-1, 1))
+            terms["perceptual"], terms["perceptual_style"] = feature_losses(
+                out_feats, gt_feats, self.feature_net.layer_weights)
+            terms["identity"] = identity_loss(out_feats["embedding"], gt_feats["embedding"])
+            return terms
+        if self.perceptual is not None and (w.perceptual > 0 or w.perceptual_style > 0):
+            terms["perceptual"], terms["perceptual_style"] = self.perceptual(out, gt)
+        if self.identity is not None and w.identity > 0:
+            with torch.no_grad():
+                gt_embedding = self.identity(gt)
+            terms["identity"] = identity_loss(self.identity(out), gt_embedding)
+        return terms
+
+    def step(self, batch: dict, step: int) -> dict[str, Tensor]:
+        p, w = self.p, self.p.weights
+        factor = lr_at(step, 1.0, p.lr_milestones, p.lr_gamma)
+        for opt in (self.opt_g, self.opt_d, self.opt_c):
+            set_lr(opt, self.base_lr * factor)
+        lq = batch["lq"].to(self.device, non_blocking=True)
+        gt = batch["gt"].to(self.device, non_blocking=True)
+        boxes = {k: v.to(self.device) for k, v in batch["boxes"].items()} if "boxes" in batch else None
+
+        # ---- generator
+        requires_grad(self.net_d, False)
+        requires_grad(self.net_c, False)
+        with self.autocast:
+            out, rgbs = self.net_g(lq)
+        out = out.float()
+        terms: dict[str, Tensor] = {"pixel": l1_loss(out, gt)}
+        weights = {name: getattr(w, name) for name in TERMS}
+        weights["pyramid"] = w.pyramid if step <= w.pyramid_until else w.pyramid_after
+        if weights["pyramid"] > 0:
+            terms["pyramid"] = pyramid_loss([r.float() for r in rgbs], gt)
+        terms.update(self._feature_terms(out, gt))
+        if w.gan > 0:
+            with self.autocast:
+                terms["gan"] = generator_loss(self.net_d(out).float())
+        crops_out = crops_gt = None
+        if self.use_components and boxes is not None:
+            crops_out = crop_components(out, boxes, self.crop_sizes)
+            crops_gt = crop_components(gt, boxes, self.crop_sizes)
+            comp_gan, comp_style = out.new_zeros(()), out.new_zeros(())
+            for name in COMPONENTS:
+                logits, fake_feats = self.net_c[name](crops_out[name], return_feats=True)
+                comp_gan = comp_gan + generator_loss(logits)
+                if w.component_style > 0:
+                    with torch.no_grad():
+                        _, real_feats = self.net_c[name](crops_gt[name], return_feats=True)
+                    comp_style = comp_style + component_style_loss(fake_feats, real_feats)
+            terms["component_gan"], terms["component_style"] = comp_gan, comp_style
+        total = sum(weights[name] * value for name, value in terms.items())
+        self.net_g.zero_grad(set_to_none=True)
+        total.backward()
+        average_gradients([q for q in self.net_g.parameters() if q.requires_grad], self.info)
+        self.opt_g.step()
+        images = p.batch_size * self.info.world_size
+        self.ema.update(self.net_g, ema_decay(images, p.ema_half_life_images, images * step, p.ema_rampup))
+        losses = {name: value.detach() * weights[name] for name, value in terms.items()}
+        losses["g_total"] = total.detach()
+
+        # ---- global discriminator (+ lazy R1)
+        if w.gan > 0:
+            requires_grad(self.net_d, True)
+            with self.autocast:
+                fake_logits, real_logits = self.net_d(out.detach()).float(), self.net_d(gt).float()
+            d_loss = discriminator_loss(real_logits, fake_logits)
+            self.net_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            losses["d_gan"] = d_loss.detach()
+            if p.r1_weight > 0 and step % p.r1_interval == 0:
+                real = gt.detach().requires_grad_(True)
+                with self.autocast:
+                    logits = self.net_d(real).float()
+                penalty = r1_penalty(logits, real)
+                (lazy_r1_loss(penalty, p.r1_weight, p.r1_interval) + 0 * logits[0]).sum().backward()
+                losses["r1"] = penalty.detach()
+            average_gradients(list(self.net_d.parameters()), self.info)
+            self.opt_d.step()
+
+        # ---- component discriminators
+        if crops_out is not None and w.component_gan > 0:
+            requires_grad(self.net_c, True)
+            d_comp = out.new_zeros(())
+            for name in COMPONENTS:
+                fake_logits, _ = self.net_c[name](crops_out[name].detach())
+                real_logits, _ = self.net_c[name](crops_gt[name])
+                d_comp = d_comp + discriminator_loss(real_logits, fake_logits)
+            self.net_c.zero_grad(set_to_none=True)
+            d_comp.backward()
+            average_gradients(list(self.net_c.parameters()), self.info)
+            self.opt_c.step()
+            losses["d_component"] = d_comp.detach()
+        losses["lr"] = torch.tensor(self.base_lr * factor)
+        return losses
+
+
+# ---------------------------------------------------------------------------------------------- validation
+def load_pairs(pairs_dir: Path, preset: str, size: int, count: int | None = None) -> tuple[Tensor, Tensor, list]:
+    """Fixed test pairs of a preset, resized to the model's resolution: (lq, gt) in [-1, 1], keys."""
+    index = read_index(pairs_dir)
+    if preset not in index.get("presets", {}):
+        raise ValueError(f"{pairs_dir}: no pairs for preset {preset!r} (have {sorted(index.get('presets', {}))})")
+    lq, gt, keys = [], [], []
+    for sample in iter_samples(pairs_dir, index["presets"][preset]["shards"]):
+        lq.append(to_tensor(resize_square(decode_png_bytes(sample["lq.png"]), size)))
+        gt.append(to_tensor(resize_square(decode_png_bytes(sample["gt.png"]), size)))
+        keys.append(sample["__key__"])
+        if count is not None and len(keys) >= count:
+            break
+    if not keys:
+        raise ValueError(f"{pairs_dir}: preset {preset!r} has no pairs")
+    return torch.stack(lq), torch.stack(gt), keys
+
+
+def quantise(images: Tensor) -> Tensor:
+    """[-1, 1] -> 8-bit values as float (what a PNG of the result would hold)."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round()
+
+
+def psnr_8bit(a: Tensor, b: Tensor) -> Tensor:
+    """Per-image PSNR (dB) of 8-bit images given in [-1, 1]; identical images count as 100 dB."""
+    mse = (quantise(a) - quantise(b)).pow(2).flatten(1).mean(1)
+    return torch.where(mse > 0, 10 * torch.log10(255.0**2 / mse.clamp_min(1e-12)), torch.full_like(mse, 100.0))
+
+
+class Validator:
+    """PSNR and dlib identity match rate of restored vs LQ-input pairs against GT."""
+
+    def __init__(self, lq: Tensor, gt: Tensor, embedder: nn.Module, device: torch.device) -> None:
+        self.lq, self.gt, self.device = lq, gt, device
+        self.embedder = embedder
+        self.gt_embedding = self._embed(gt)
+        self.baseline = self._metrics(lq)
+
+    @torch.no_grad()
+    def _embed(self, images: Tensor) -> Tensor:
+        chunks = [self.embedder.embed(c.to(self.device), frame="ffhq", value_range=(-1, 1)).cpu()
+                  for c in images.split(VAL_BATCH)]
+        return torch.cat(chunks)
+
+    def _metrics(self, images: Tensor) -> dict[str, float]:
+        distance = (self._embed(quantise(images) / 127.5 - 1) - self.gt_embedding).norm(dim=1)
+        return {"psnr": float(psnr_8bit(images, self.gt).mean()),
+                "identity_match": float((distance < MATCH_THRESHOLD).float().mean()),
+                "identity_distance": float(distance.mean())}
+
+    @torch.no_grad()
+    def restore(self, model: GFPGANv1Clean) -> Tensor:
+        was_fixed, was_training = model.fixed_noise, model.training
+        model.fixed_noise = True
+        model.eval()
+        out = torch.cat([model(c.to(self.device), return_rgb=False)[0].float().clamp(-1, 1).cpu()
+                         for c in self.lq.split(VAL_BATCH)])
+        model.fixed_noise = was_fixed
+        model.train(was_training)
+        return out
+
+    def __call__(self, model: GFPGANv1Clean) -> dict[str, float]:
+        metrics = self._metrics(self.restore(model))
+        return {"pairs": len(self.lq), **metrics,
+                **{f"{k}_lq": v for k, v in self.baseline.items()}}
+
+
+# ----------------------------------------------------------------------------------------------------- stage
+def run(params: Params, shards_dir: Path, prior_path: Path, pairs_dir: Path, out_dir: Path, *,
+        stop_after: int | None = None) -> dict:
+    """Train GFP-GAN on the train shards from prior.pth; see the module docstring for the outputs."""
+    started = time.monotonic()
+    p = params.train
+    shards_dir, prior_path, pairs_dir, out_dir = map(Path, (shards_dir, prior_path, pairs_dir, out_dir))
+    if p.preset not in params.degrade.presets:
+        raise ValueError(f"train.preset {p.preset!r} is not a degrade preset ({sorted(params.degrade.presets)})")
+    torch.set_num_threads(p.threads)
+    info = init_distributed(p.device)
+    device = resolve_device(p.device, info)
+    with work_folder(out_dir, p.resume, info) as work:
+        summary = _train(params, shards_dir, prior_path, pairs_dir, work, info, device, stop_after)
+        if info.is_main:
+            write_receipt(work, stage="train", params_hash=params.section_hash("seed", "degrade", "train"),
+                          seed=params.seed, counts={"steps": summary["steps"],
+                                                    "train_samples": summary["train_samples"]},
+                          inputs={"shards": str(shards_dir),
+                                  "shards_index_sha256": file_digest(shards_dir / "index.json"),
+                                  "prior": str(prior_path), "prior_sha256": file_digest(prior_path),
+                                  "pairs": str(pairs_dir)},
+                          packages=("torch", "torchvision", "webdataset", "albumentations"),
+                          extra={"config": summary["config"], "validation": summary["validation"]})
+    summary.update(out=str(out_dir), seconds=round(time.monotonic() - started, 1))
+    if info.is_main:
+        val = {k: float(v) for k, v in (summary["validation"] or {}).items()}
+        nan = math.nan
+        print(f"train: {summary['steps']} steps in {summary['seconds']} s -> {out_dir / MODEL_FILE}; "
+              f"{p.val_preset} pairs: PSNR {val.get('psnr', nan):.2f} dB (LQ {val.get('psnr_lq', nan):.2f}), "
+              f"identity match {val.get('identity_match', nan):.3f} (LQ {val.get('identity_match_lq', nan):.3f})")
+    return summary
+
+
+def _train(params: Params, shards_dir: Path, prior_path: Path, pairs_dir: Path, work: Path, info: DistInfo,
+           device: torch.device, stop_after: int | None) -> dict:
+    p = params.train
+    if info.distributed:
+        dist.barrier()
+    prior_state, prior_cfg = load_prior(prior_path)
+    feature_net = select_feature_network(p.perceptual_network, device) \
+        if (p.weights.perceptual > 0 or p.weights.perceptual_style > 0) else None
+    identity = load_identity_embedder(p.identity_network, device, p.arcface_path) if p.weights.identity > 0 else None
+    trainer = GFPGANTrainer(p, prior_state, prior_cfg, params.seed, info, device, feature_net, identity)
+    size = trainer.config["out_size"]
+
+    checkpoint = load_checkpoint(work, info) if p.resume else None
+    start_step, data_state = 0, {"epoch": 0, "offset": 0}
+    if checkpoint is not None:
+        trainer.load_state_dict(checkpoint["state"])
+        start_step, data_state = checkpoint["step"], checkpoint["data"]
+        log.info("train: resuming at step %d", start_step)
+    else:
+        seed_everything(rank_seed(params.seed, info.rank))
+    records = train_records(shards_dir)
+    recipe = SampleRecipe(seed=params.seed, out_size=size, preset=params.degrade.presets[p.preset])
+    stream = ShardStream(shards_dir, records, recipe, rank=info.rank, world_size=info.world_size,
+                         start_epoch=data_state["epoch"], start_offset=data_state["offset"],
+                         shuffle_buffer=p.shuffle_buffer)
+    batches = Batches(stream, p.batch_size, p.workers)
+
+    validator = None
+    if info.is_main:
+        lq, gt, _ = load_pairs(pairs_dir, p.val_preset, size, p.val_count)
+        metric_net = identity.network if identity is not None and identity.kind == "dlib" else load_dlib_resnet(device)
+        validator = Validator(lq, gt, metric_net, device)
+        write_json_atomic(work / LOSSES_ACTIVE, _losses_active(trainer, p, info, device, prior_path))
+    loss_log = LossLog(work, LOSS_COLUMNS, start_step, p.tensorboard) if info.is_main else None
+    last_validation: dict = {}
+
+    def on_step_end(step: int) -> None:
+        nonlocal last_validation
+        if not info.is_main:
+            return
+        if step % p.val_every == 0 or step == p.iters:
+            last_validation = validator(trainer.ema.model)
+            append_csv_row(work / VALIDATION_CSV, VALIDATION_COLUMNS,
+                           [step, *(_round(last_validation[c]) for c in VALIDATION_COLUMNS[1:])])
+            for name, value in last_validation.items():
+                loss_log.scalar(f"val/{name}", value, step)
+            log.info("train: step %d validation %s", step, last_validation)
+        if step % p.sample_every == 0 or step == p.iters:
+            restored = validator.restore(trainer.ema.model)[:GRID_SAMPLES]
+            save_image_grid(work / SAMPLES_DIR / f"step-{step:06d}.png",
+                            [validator.lq[:GRID_SAMPLES], restored, validator.gt[:GRID_SAMPLES]])
+
+    if info.is_main:
+        _truncate_validation(work / VALIDATION_CSV, start_step)
+    config = LoopConfig(total_steps=p.iters, checkpoint_every=p.checkpoint_every, start_step=start_step,
+                        stop_after=stop_after, desc="train")
+    try:
+        last = train_loop(trainer.step, batches, trainer.state_dict, work, config, info, loss_log, on_step_end)
+    finally:
+        if loss_log is not None:
+            loss_log.close()
+    if info.is_main:
+        if not last_validation:
+            last_validation = validator(trainer.ema.model)
+        save_official(trainer.ema.model, work / MODEL_FILE)
+        write_json_atomic(work / CONFIG_FILE, {
+            "arch": "GFPGANv1Clean", "config": trainer.config, "value_range": [-1, 1],
+            "input": f"RGB face aligned like FFHQ, resized to {size} px (cv2.INTER_AREA when shrinking)",
+            "weights_key": "params_ema", "prior": str(prior_path)})
+        if not p.keep_checkpoints:
+            shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    return {"steps": last, "train_samples": stream.samples_per_epoch(), "config": trainer.config,
+            "validation": last_validation}
+
+
+def _round(value: float) -> float | int:
+    return value if isinstance(value, int) else round(float(value), 5)
+
+
+def _truncate_validation(path: Path, last_step: int) -> None:
+    if path.exists():
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0]) <= last_step]
+        path.write_text("".join(kept), encoding="utf-8")
+
+
+def _losses_active(trainer: GFPGANTrainer, p: TrainParams, info: DistInfo, device: torch.device,
+                   prior_path: Path) -> dict:
+    """Every term's weight and the networks really used (for the report)."""
+    w = p.weights
+    feature = trainer.feature_net
+    active = {
+        "pixel": {"weight": w.pixel, "definition": "L1(output, GT)"},
+        "pyramid": {"weight": w.pyramid, "after_step": w.pyramid_until, "weight_after": w.pyramid_after},
+        "perceptual": {"weight": w.perceptual if feature is not None else 0.0,
+                       "network": getattr(feature, "name", None), "source": getattr(feature, "source", None),
+                       "layers": dict(feature.layer_weights) if feature is not None else None,
+                       "note": None if feature is not None else "off: no feature network (asked for "
+                                                                f"{p.perceptual_network!r})"},
+        "perceptual_style": {"weight": w.perceptual_style if feature is not None else 0.0,
+                             "definition": "L1 of Gram / (c h w) on the perceptual layers"},
+        "gan": {"weight": w.gan, "loss": "non-saturating logistic", "r1": {"weight": p.r1_weight,
+                                                                          "interval": p.r1_interval}},
+        "component_gan": {"weight": w.component_gan, "crops": trainer.crop_sizes},
+        "component_style": {"weight": w.component_style, "feature_weights": [0.5, 1.0]},
+        "identity": {"weight": w.identity if trainer.identity is not None else 0.0,
+                     "network": trainer.identity.kind if trainer.identity is not None else None,
+                     "source": trainer.identity.source if trainer.identity is not None else None},
+    }
+    return {"terms": active, "config": trainer.config, "fix_decoder": p.fix_decoder, "prior": str(prior_path),
+            "ema_decay": trainer.ema.decay, "ema_rampup": p.ema_rampup, "lr": trainer.base_lr,
+            "batch_size": p.batch_size, "world_size": info.world_size, "bf16": p.bf16, "device": str(device),
+            "preset": p.preset,
+            "validation": {"preset": p.val_preset, "identity_network": "dlib", "resolution": trainer.config["out_size"],
+                           "match_threshold": MATCH_THRESHOLD},
+            "numpy": np.__version__}

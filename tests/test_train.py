@@ -1,0 +1,373 @@
+"""Training: data determinism and flips, a learning step, exact resume, SIGTERM, NaN stop, data parallel (gloo).
+
+Everything runs on tiny networks (64 px, narrow widths) over synthetic shards written with the project's own
+shard writer, so the tests need neither the shared faces nor model weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from dlfp.data.degrade import degrade, sample_seed
+from dlfp.data.shards import ShardSetWriter, json_bytes
+from dlfp.io.atomic import write_json_atomic
+from dlfp.io.images import encode_png
+from dlfp.params import DegradationParams, parse_params
+from dlfp.train import gfpgan, prior
+from dlfp.train.data import Batches, SampleRecipe, ShardStream, make_sample, train_records
+from dlfp.train.loop import EMA, DistInfo, NonFiniteLossError, TrainingInterrupted, checkpoint_path, ema_decay
+
+torch.set_num_threads(1)
+
+SIZE = 64
+TRAIN_COUNT = 12
+PAIR_COUNT = 4
+TINY_NET = dict(out_size=SIZE, num_style_feat=32, num_mlp=1, channel_multiplier=1, narrow=0.0625)
+BOXES = {"left_eye": [20.0, 26.0, 6.0], "right_eye": [43.0, 26.0, 6.0], "mouth": [32.0, 46.0, 8.0]}
+QUIET = dict(workers=0, tensorboard=False, threads=1, batch_size=2, shuffle_buffer=4)
+
+
+def _face(rng: np.random.Generator) -> np.ndarray:
+    """A smooth synthetic image (uint8 64x64x3): coarse random colours, upsampled, plus a dark 'eye' band."""
+    import cv2
+
+    coarse = rng.integers(40, 220, size=(8, 8, 3), dtype=np.uint8)
+    image = cv2.resize(coarse, (SIZE, SIZE), interpolation=cv2.INTER_CUBIC)
+    image[22:30, 14:50] //= 3
+    return image
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("train_data")
+    rng = np.random.default_rng(0)
+    shards, pairs = root / "shards", root / "pairs"
+    writer = ShardSetWriter(shards, "train/clean-{:06d}.tar", samples_per_shard=TRAIN_COUNT // 2)
+    for i in range(TRAIN_COUNT):
+        key = f"face{i:03d}"
+        meta = {"id": key, "boxes": {k: [v[0] + i % 3, v[1], v[2]] for k, v in BOXES.items()}, "split": "train"}
+        writer.write({"__key__": key, "gt.png": encode_png(_face(rng)), "json": json_bytes(meta)})
+    records = [r.__dict__ for r in writer.close()]
+    write_json_atomic(shards / "index.json", {"splits": {"train": {"count": TRAIN_COUNT, "shards": records}}})
+    preset = DegradationParams(blur_sigma=(1.0, 3.0), downscale=(2.0, 3.0), noise_sigma=(5.0, 10.0),
+                               jpeg_quality=(70, 90), color_shift_prob=0, gray_prob=0, jitter_prob=0)
+    writer = ShardSetWriter(pairs, "moderate/pairs-{:06d}.tar", samples_per_shard=100)
+    for i in range(PAIR_COUNT):
+        key, gt = f"test{i:03d}", _face(rng)
+        lq, _ = degrade(gt, preset, sample_seed(1, key, "moderate"))
+        writer.write({"__key__": key, "lq.png": encode_png(lq), "gt.png": encode_png(gt),
+                      "json": json_bytes({"id": key})})
+    records = [r.__dict__ for r in writer.close()]
+    write_json_atomic(pairs / "index.json", {"presets": {"moderate": {"count": PAIR_COUNT, "shards": records}}})
+    return {"shards": shards, "pairs": pairs, "root": root}
+
+
+def make_params(train_prior: dict | None = None, train: dict | None = None):
+    raw = {"seed": 7, "data": {"source": "folder", "folder": "unused", "size": SIZE},
+           "degrade": {"presets": {"paper": {}, "moderate": {"blur_sigma": [1.0, 3.0]}}},
+           "train_prior": {**TINY_NET, **QUIET, "iters": 4, "checkpoint_every": 100, "sample_every": 100,
+                           **(train_prior or {})},
+           "train": {**QUIET, "iters": 4, "checkpoint_every": 100, "sample_every": 100, "val_every": 100,
+                     "perceptual_network": "off", "identity_network": "off", "r1_interval": 2,
+                     **(train or {})}}
+    return parse_params(raw)
+
+
+@pytest.fixture(scope="module")
+def prior_file(data: dict[str, Path]) -> Path:
+    """A tiny prior (2 training steps) shared by the GFP-GAN tests."""
+    out = data["root"] / "prior"
+    prior.run(make_params({"iters": 2}), data["shards"], out)
+    return out / prior.PRIOR_FILE
+
+
+def _raw_samples(data: dict[str, Path]) -> list[tuple[bytes, dict]]:
+    from dlfp.data.shards import iter_samples
+
+    records = train_records(data["shards"])
+    return [(s["gt.png"], json.loads(s["json"])) for s in iter_samples(data["shards"], records)]
+
+
+# ------------------------------------------------------------------------------------------------- data
+def test_flip_mirrors_boxes_is_deterministic_and_leaves_meta_alone(data: dict[str, Path]) -> None:
+    gt_png, meta = _raw_samples(data)[0]
+    frozen = json.dumps(meta, sort_keys=True)
+    recipe = SampleRecipe(seed=3, out_size=32, preset=DegradationParams())
+    samples = {epoch: make_sample(gt_png, meta, epoch, recipe) for epoch in range(8)}
+    again = make_sample(gt_png, meta, 5, recipe)
+    assert torch.equal(again["gt"], samples[5]["gt"]) and torch.equal(again["lq"], samples[5]["lq"])
+    assert json.dumps(meta, sort_keys=True) == frozen  # cached meta untouched
+    plain = make_sample(gt_png, meta, 0, SampleRecipe(seed=3, out_size=32, flip_prob=0.0))
+    flipped = [e for e, s in samples.items() if not torch.equal(s["gt"], plain["gt"])]
+    assert 0 < len(flipped) < 8  # some epochs flip, some do not
+    s = samples[flipped[0]]
+    assert torch.equal(s["gt"], plain["gt"].flip(-1))
+    scale = 32 / SIZE
+    left, right = meta["boxes"]["left_eye"], meta["boxes"]["right_eye"]
+    # the flipped image's left eye is the mirrored right eye, in pixel-index coordinates at 32 px
+    assert s["boxes"][0].tolist() == pytest.approx([(SIZE - 1 - right[0] + 0.5) * scale - 0.5,
+                                                    (right[1] + 0.5) * scale - 0.5, right[2] * scale])
+    assert plain["boxes"][0].tolist() == pytest.approx([(left[0] + 0.5) * scale - 0.5,
+                                                        (left[1] + 0.5) * scale - 0.5, left[2] * scale])
+
+
+def _keys(stream: ShardStream, count: int) -> list[tuple[int, int, str]]:
+    out = []
+    for epoch, index, sample in stream:
+        out.append((epoch, index, sample["key"]))
+        if len(out) == count:
+            return out
+    return out
+
+
+def test_stream_order_is_seeded_resumable_and_split_equally(data: dict[str, Path]) -> None:
+    records = train_records(data["shards"])
+    recipe = SampleRecipe(seed=3, out_size=32)
+    full = _keys(ShardStream(data["shards"], records, recipe, shuffle_buffer=4), 30)
+    assert full == _keys(ShardStream(data["shards"], records, recipe, shuffle_buffer=4), 30)
+    epoch0 = [k for e, _, k in full if e == 0]
+    assert sorted(epoch0) == sorted({k for _, _, k in full})  # every sample once per epoch
+    assert [k for e, _, k in full if e == 1] != epoch0  # reshuffled per epoch
+    resumed = _keys(ShardStream(data["shards"], records, recipe, shuffle_buffer=4, start_epoch=0,
+                                start_offset=7), 23)
+    assert resumed == full[7:]
+    for one_shard in (False, True):  # shard-level split (2 shards) and sample-level split (1 shard)
+        recs = records[:1] if one_shard else records
+        ranks = [[k for e, _, k in _keys(ShardStream(data["shards"], recs, recipe, rank=r, world_size=2), 200)
+                  if e == 0] for r in range(2)]
+        assert len(ranks[0]) == len(ranks[1]) > 0
+        assert not set(ranks[0]) & set(ranks[1])
+
+
+def test_ema_half_life_is_counted_in_images() -> None:
+    decay = ema_decay(images_per_step=8, half_life_images=80)
+    assert decay ** 10 == pytest.approx(0.5)
+    # ramp-up: after 160 images the half-life is at most 0.05 * 160 = 8 images (one step)
+    assert ema_decay(8, 80, images_seen=160, rampup=0.05) == pytest.approx(0.5)
+    assert ema_decay(8, 80, images_seen=10**6, rampup=0.05) == pytest.approx(decay)
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = EMA(model, decay)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    for _ in range(10):
+        ema.update(model)
+    assert ema.model.weight.item() == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------------------------------------- steps
+def test_a_few_steps_reduce_the_pixel_loss(data: dict[str, Path], prior_file: Path) -> None:
+    only_pixels = {"pixel": 1.0, "pyramid": 1.0, "gan": 0, "component_gan": 0, "component_style": 0,
+                   "perceptual": 0, "perceptual_style": 0, "identity": 0}
+    params = make_params(train={"fix_decoder": True, "weights": only_pixels})
+    state, cfg = prior.load_prior(prior_file)
+    trainer = gfpgan.GFPGANTrainer(params.train, state, cfg, 7, DistInfo(), torch.device("cpu"), None, None)
+    stream = ShardStream(data["shards"], train_records(data["shards"]),
+                         SampleRecipe(seed=7, out_size=SIZE, preset=DegradationParams()))
+    batch = next(Batches(stream, 4))
+    losses = [trainer.step(batch, step)["pixel"].item() for step in range(1, 9)]
+    assert losses[-1] < 0.8 * losses[0], losses
+    decoder = trainer.net_g.stylegan_decoder
+    assert all(not q.requires_grad for q in decoder.parameters())  # the prior stays frozen
+    assert torch.equal(decoder.constant_input.weight, state["constant_input.weight"])
+
+
+def _run_gfpgan(data: dict[str, Path], prior_file: Path, out: Path, stop_after: int | None = None,
+                **train) -> dict:
+    params = make_params(train={"iters": 6, "checkpoint_every": 2, "val_every": 3, "sample_every": 6, **train})
+    return gfpgan.run(params, data["shards"], prior_file, data["pairs"], out, stop_after=stop_after)
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(data: dict[str, Path], prior_file: Path,
+                                                         tmp_path: Path) -> None:
+    straight = tmp_path / "straight"
+    summary = _run_gfpgan(data, prior_file, straight)
+    assert summary["steps"] == 6
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(TrainingInterrupted, match="step 3"):
+        _run_gfpgan(data, prior_file, interrupted, stop_after=3)
+    assert torch.load(checkpoint_path(Path(f"{interrupted}.partial")), weights_only=True)["step"] == 3
+    _run_gfpgan(data, prior_file, interrupted)
+    a = torch.load(straight / gfpgan.MODEL_FILE, weights_only=True)["params_ema"]
+    b = torch.load(interrupted / gfpgan.MODEL_FILE, weights_only=True)["params_ema"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (straight / "losses.csv").read_text() == (interrupted / "losses.csv").read_text()
+    # official format, loadable by the restore stage; config and logs beside it
+    from dlfp.models.checkpoints import load_into
+    from dlfp.models.gfpgan import GFPGANv1Clean
+
+    config = json.loads((straight / gfpgan.CONFIG_FILE).read_text())["config"]
+    load_into(GFPGANv1Clean(**config), straight / gfpgan.MODEL_FILE)
+    active = json.loads((straight / gfpgan.LOSSES_ACTIVE).read_text())
+    assert active["terms"]["perceptual"]["weight"] == 0 and "off" in active["terms"]["perceptual"]["note"]
+    assert active["terms"]["pixel"]["weight"] == 0.1 and active["terms"]["identity"]["network"] is None
+    rows = (straight / gfpgan.VALIDATION_CSV).read_text().splitlines()
+    assert rows[0].startswith("step,pairs,psnr,psnr_lq") and [r.split(",")[0] for r in rows[1:]] == ["3", "6"]
+    assert (straight / "samples" / "step-000006.png").is_file() and not (straight / "checkpoints").exists()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data: dict[str, Path], prior_file: Path,
+                                                                  tmp_path: Path, monkeypatch) -> None:
+    original = gfpgan.GFPGANTrainer.step
+
+    def poisoned(self, batch: dict, step: int) -> dict:
+        losses = original(self, batch, step)
+        if step == 3:
+            losses["pixel"] = torch.tensor(float("nan"))
+        return losses
+
+    monkeypatch.setattr(gfpgan.GFPGANTrainer, "step", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(NonFiniteLossError, match=r"step 3: pixel=nan"):
+        _run_gfpgan(data, prior_file, out)
+    assert torch.load(checkpoint_path(Path(f"{out}.partial")), weights_only=True)["step"] == 2
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------ signals
+SIGTERM_SCRIPT = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    import torch
+    sys.path.insert(0, {tests!r})
+    torch.set_num_threads(1)
+    from dlfp.train import prior
+    from dlfp.train.loop import TrainingInterrupted
+    import test_train as t
+    params = t.make_params({{"iters": 10000, "checkpoint_every": 10000}})
+    try:
+        prior.run(params, Path({shards!r}), Path({out!r}))
+    except TrainingInterrupted as error:
+        print("INTERRUPTED", error.step, flush=True)
+        sys.exit(3)
+""")
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "prior"
+    script = SIGTERM_SCRIPT.format(tests=str(Path(__file__).parent), shards=str(data["shards"]), out=str(out))
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    losses = Path(f"{out}.partial") / "losses.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if losses.exists() and len(losses.read_text().splitlines()) >= 3:  # header + 2 steps
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 3, stderr[-2000:]
+    step = int(stdout.split("INTERRUPTED")[1].split()[0])
+    assert step >= 2
+    checkpoint = torch.load(checkpoint_path(Path(f"{out}.partial")), weights_only=True)
+    assert checkpoint["step"] == step
+    assert "SIGTERM" in stderr
+
+
+# ---------------------------------------------------------------------------------------- data parallel
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, shards: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from dlfp.train.loop import init_distributed
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    info = init_distributed("cpu")
+    params = make_params({"r1_interval": 1})
+    p = params.train_prior
+    trainer = prior.PriorTrainer(p, params.seed, info, torch.device("cpu"))
+    torch.manual_seed(100 + rank)  # ranks draw different latents, as rank_seed makes them
+    stream = ShardStream(Path(shards), train_records(Path(shards)), SampleRecipe(seed=params.seed, out_size=SIZE),
+                         rank=info.rank, world_size=info.world_size, shuffle_buffer=4)
+    batches = Batches(stream, p.batch_size)
+    keys = []
+    for step in (1, 2):
+        batch = next(batches)
+        keys += batch["key"]
+        trainer.step(batch, step)
+    torch.save({"state": trainer.state_dict(), "keys": keys}, Path(out) / f"rank{rank}.pth")
+    dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_end_with_identical_weights(data: dict[str, Path], tmp_path: Path) -> None:
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(data["shards"]), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pth", weights_only=True) for r in range(2)]
+    assert not set(ranks[0]["keys"]) & set(ranks[1]["keys"])  # each rank trained on its own samples
+    for name in ("generator", "discriminator", "ema"):
+        a, b = ranks[0]["state"][name], ranks[1]["state"][name]
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    initial = prior.PriorTrainer(make_params().train_prior, 7, DistInfo(), torch.device("cpu")).generator.state_dict()
+    trained = ranks[0]["state"]["generator"]
+    assert any(not torch.equal(initial[k], trained[k]) for k in initial)  # and they did train
+
+
+# --------------------------------------------------------------------------------------------- stage files
+def test_prior_stage_writes_a_weights_only_prior_with_config(prior_file: Path) -> None:
+    from dlfp.models.stylegan2 import StyleGAN2GeneratorClean
+
+    state, config = prior.load_prior(prior_file)
+    assert config == TINY_NET
+    StyleGAN2GeneratorClean(**config).load_state_dict(state, strict=True)
+    folder = prior_file.parent
+    assert (folder / "samples" / "step-000002.png").is_file()
+    assert (folder / "losses.csv").read_text().splitlines()[0].startswith("step,g_gan,d_gan,r1")
+    receipt = json.loads((folder / "receipt.json").read_text())
+    assert receipt["stage"] == "train_prior" and receipt["counts"]["steps"] == 2
+    assert "path_length" in json.loads((folder / prior.LOSSES_ACTIVE).read_text())["terms"]
+
+
+def test_official_weights_are_converted_strictly(tmp_path: Path, data: dict[str, Path]) -> None:
+    from dlfp.models.checkpoints import CheckpointMismatchError, save_official
+    from dlfp.models.stylegan2 import StyleGAN2GeneratorClean
+
+    official = save_official(StyleGAN2GeneratorClean(**TINY_NET), tmp_path / "official.pth")
+    summary = prior.run(make_params({"official_weights": str(official)}), data["shards"], tmp_path / "out")
+    assert summary["mode"] == "official_weights"
+    state, _ = prior.load_prior(tmp_path / "out" / prior.PRIOR_FILE)
+    expected = torch.load(official, weights_only=True)["params_ema"]
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
+    with pytest.raises(CheckpointMismatchError, match="shape mismatches"):
+        prior.run(make_params({"official_weights": str(official), "narrow": 0.125}), data["shards"],
+                  tmp_path / "bad")
+
+
+def test_resume_refuses_a_checkpoint_of_another_architecture(data: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "prior"
+    with pytest.raises(TrainingInterrupted):
+        prior.run(make_params({"iters": 4}), data["shards"], out, stop_after=1)
+    with pytest.raises(RuntimeError, match="resume: false"):
+        prior.run(make_params({"iters": 4, "num_style_feat": 16}), data["shards"], out)
+
+
+def test_paper_parameters_validate_and_match_the_published_recipe() -> None:
+    from dlfp.params import load_params
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params-paper.yaml")
+    t = params.train
+    assert (params.data.size, t.iters, t.lr, t.lr_milestones, t.fix_decoder) == (512, 800000, 2e-3,
+                                                                                 [600000, 700000], True)
+    assert t.batch_size * 4 == 12
+    assert ema_decay(12, t.ema_half_life_images) == pytest.approx(0.5 ** (32 / 10000))
+    assert (t.weights.pixel, t.weights.perceptual_style, t.weights.component_style, t.weights.identity) == (
+        0.1, 50.0, 200.0, 10.0)
