@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: venv browser demo test test-slow test-all lint bench snakemake-demo clean
+.PHONY: venv browser demo test test-fast test-slow lint bench snakemake-demo clean
 
 venv: $(VENV)/.installed
 
@@ -32,14 +32,16 @@ demo: venv
 snakemake-demo: venv
 	snakemake --cores 2 report
 
+# Everything, slow tests included (about 7 minutes on 2 cores); CI runs this.
 test: venv browser
+	$(PY) -m pytest -q
+
+# Without the tests marked slow (the 200-face identity parity, the CNN detector, the GPU-script smoke run).
+test-fast: venv browser
 	$(PY) -m pytest -q -m "not slow"
 
 test-slow: venv browser
 	$(PY) -m pytest -q -m slow
-
-test-all: venv browser
-	$(PY) -m pytest -q
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks
