@@ -3,10 +3,14 @@
 Layout: <out>/<split>/clean-NNNNNN.tar and <out>/index.json (per shard: path, sample count, sha256).
 Each sample holds `gt.png` (the aligned PNG, byte for byte) and `json` (id, source, landmarks, boxes, licence,
 split). The same writer and index format serve the degrade stage's pair tars.
+
+The readers (read_index, verify_shards, iter_samples) also take streamed locations: http(s) URLs, `pipe:`
+commands and brace ranges (dlfp.data.streams); streamed shards are checked against the index as they are read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -18,6 +22,7 @@ from typing import Literal
 import webdataset as wds
 from tqdm import tqdm
 
+from dlfp.data import streams
 from dlfp.io.atomic import atomic_path, staged_output, write_json_atomic
 from dlfp.io.hashing import derive_seed, file_digest
 from dlfp.io.receipt import write_receipt
@@ -116,8 +121,13 @@ class ShardSetWriter:
             with open(tmp, "wb") as handle:
                 writer = wds.TarWriter(handle, user=TAR_USER, group=TAR_USER, mode=TAR_MODE, mtime=TAR_MTIME,
                                        encoder=False)
-                for sample in self._buffer:
-                    writer.write(sample)
+                try:
+                    for sample in self._buffer:
+                        writer.write(sample)
+                except BaseException:  # e.g. a full disk: close quietly, the temp file is discarded anyway
+                    with contextlib.suppress(Exception):
+                        writer.close()
+                    raise
                 writer.close()
         self.records.append(ShardRecord(relative, len(self._buffer), file_digest(path)))
         self._buffer = []
@@ -128,15 +138,23 @@ def json_bytes(payload: Mapping) -> bytes:
 
 
 # ------------------------------------------------------------------------------------------- reading
-def read_index(folder: Path) -> dict:
+def read_index(folder: Path | str) -> dict:
+    """The shard index of a local folder or of a streamed location (a URL, `pipe:` command or brace range)."""
+    if streams.is_streamed(folder):
+        return streams.resolve(folder).index
     path = Path(folder) / INDEX_NAME
     if not path.exists():
         raise FileNotFoundError(f"{path}: shard index missing; run the stage that writes {folder} first")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def verify_shards(folder: Path, records: Iterable[Mapping]) -> None:
-    """Check every shard against the sha256 in the index, naming the first bad one."""
+def verify_shards(folder: Path | str, records: Iterable[Mapping]) -> None:
+    """Check every shard against the sha256 in the index, naming the first bad one.
+
+    Streamed shards cannot be checked before reading; iter_samples checks each one as it streams."""
+    if streams.is_streamed(folder):
+        log.debug("%s: streamed shards are checked against the index while they are read", folder)
+        return
     for record in records:
         path = Path(folder) / record["path"]
         if not path.exists():
@@ -151,9 +169,14 @@ def split_records(index: Mapping, split: str) -> list[dict]:
     return list(index["splits"].get(split, {}).get("shards", []))
 
 
-def iter_samples(folder: Path, records: Iterable[Mapping], verify: bool = True) -> Iterator[dict]:
-    """Yield raw samples ({'__key__', 'gt.png': bytes, 'json': bytes, ...}) from local shards in index order."""
+def iter_samples(folder: Path | str, records: Iterable[Mapping], verify: bool = True) -> Iterator[dict]:
+    """Yield raw samples ({'__key__', 'gt.png': bytes, 'json': bytes, ...}) from shards in index order.
+
+    Local shards are verified before the first sample; streamed ones as each shard ends (dlfp.data.streams)."""
     records = list(records)
+    if streams.is_streamed(folder):
+        yield from streams.iter_streamed_samples(streams.resolve(folder), records)
+        return
     if verify:
         verify_shards(folder, records)
     urls = [str(Path(folder) / record["path"]) for record in records]

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dlfp.data import streams
 from dlfp.data.shards import iter_samples, read_index
 from dlfp.evaluate import metrics as m
 from dlfp.io.atomic import staged_output, write_csv_atomic, write_json_atomic
-from dlfp.io.hashing import file_digest
 from dlfp.io.images import decode_png_bytes, encode_png
 from dlfp.io.receipt import write_receipt
 from dlfp.params import Params
@@ -307,8 +307,8 @@ def run(params: Params, pairs_dir: Path, restored_dir: Path, out_dir: Path, metr
         counts = {preset: {name: r.get("count", 0) for name, r in per.items()} for preset, per in results.items()}
         write_receipt(staging, stage="evaluate", params_hash=params.section_hash("evaluate"), seed=None,
                       counts=counts, inputs={"pairs": str(pairs_dir), "restored": str(restored_dir),
-                                             "pairs_index_sha256": file_digest(pairs_dir / INDEX_NAME),
-                                             "restored_index_sha256": file_digest(restored_dir / INDEX_NAME)},
+                                             "pairs_index_sha256": streams.index_digest(pairs_dir),
+                                             "restored_index_sha256": streams.index_digest(restored_dir)},
                       packages=("torch", "pyiqa", "dlib-bin", "scipy", "numpy"),
                       extra={"not_computed": {name: info.reason for name, info in scorers.pyiqa.items()
                                               if not info.available}, "not_run": not_run})

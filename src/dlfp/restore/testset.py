@@ -20,9 +20,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from dlfp.data import streams
 from dlfp.data.shards import ShardSetWriter, iter_samples, json_bytes, read_index
 from dlfp.io.atomic import staged_output, write_csv_atomic, write_json_atomic
-from dlfp.io.hashing import file_digest
 from dlfp.io.images import decode_png_bytes, encode_png
 from dlfp.io.receipt import write_receipt
 from dlfp.params import Params
@@ -115,7 +115,7 @@ def run(params: Params, pairs_dir: Path, out_dir: Path) -> dict:
         not_run = {name: entry["reason"] for name, entry in ordered.items() if entry["status"] == STATUS_NOT_RUN}
         write_receipt(staging, stage="restore", params_hash=params.section_hash("shard", "restore"), seed=None,
                       counts=counts, inputs={"pairs": str(pairs_dir),
-                                             "pairs_index_sha256": file_digest(pairs_dir / INDEX_NAME)},
+                                             "pairs_index_sha256": streams.index_digest(pairs_dir)},
                       packages=("torch", "opencv-python-headless", "numpy", "webdataset"),
                       extra={"restorers": {name: entry["status"] for name, entry in ordered.items()},
                              "not_run": not_run})

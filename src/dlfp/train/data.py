@@ -10,6 +10,8 @@ sample order derives from (seed, epoch) alone: shard order, then a seeded shuffl
   as ranks, rank r reads shards r, r + W, ... of the epoch's shard order (wds.split_by_node's rule) and every
   rank stops at the smallest rank's count; with fewer shards, every rank reads all shards and keeps the
   samples at positions r, r + W, ... (N // W each).
+The shards may be a local folder or a streamed location (an http(s) URL, a `pipe:` command, a brace range:
+dlfp.data.streams); both give the same samples in the same order.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import webdataset as wds
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from dlfp.data import streams
 from dlfp.data.degrade import degrade, sample_seed
 from dlfp.data.landmarks import COMPONENTS, mirror_component_boxes
 from dlfp.data.shards import read_index, split_records, verify_shards
@@ -49,7 +52,7 @@ class SampleRecipe:
     flip_prob: float = FLIP_PROB
 
 
-def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+def resize_for_model(image: np.ndarray, size: int) -> np.ndarray:
     """uint8 (H, W, 3) -> (size, size, 3): area averaging when shrinking (no aliasing), bilinear when growing.
 
     Used for training inputs and for validation pairs alike, so both see the same resampling."""
@@ -88,10 +91,10 @@ def make_sample(gt_png: bytes, meta: Mapping, epoch: int, recipe: SampleRecipe) 
     if flip_decision(recipe.seed, key, epoch, recipe.flip_prob):
         gt = np.ascontiguousarray(gt[:, ::-1])
         boxes = mirror_component_boxes(boxes, gt.shape[1]) if boxes else None
-    sample: dict = {"key": key, "gt": to_tensor(resize_square(gt, recipe.out_size))}
+    sample: dict = {"key": key, "gt": to_tensor(resize_for_model(gt, recipe.out_size))}
     if recipe.preset is not None:
         lq, _ = degrade(gt, recipe.preset, sample_seed(recipe.seed, key, f"epoch{epoch}"))
-        sample["lq"] = to_tensor(resize_square(lq, recipe.out_size))
+        sample["lq"] = to_tensor(resize_for_model(lq, recipe.out_size))
     if boxes:
         sample["boxes"] = scale_boxes(boxes, recipe.out_size / gt.shape[1])
     return sample
@@ -104,6 +107,8 @@ class ShardStream(IterableDataset):
                  rank: int = 0, world_size: int = 1, start_epoch: int = 0, start_offset: int = 0,
                  shuffle_buffer: int = 1000) -> None:
         super().__init__()
+        self.location = streams.normalise_location(folder)
+        self.streamed = streams.resolve(self.location) if streams.is_streamed(self.location) else None
         self.folder = Path(folder)
         self.records = [dict(r) for r in records]
         if not self.records or sum(int(r["count"]) for r in self.records) < world_size:
@@ -133,9 +138,12 @@ class ShardStream(IterableDataset):
     def _raw_epoch(self, epoch: int) -> Iterator[dict]:
         """This rank's undecoded samples of `epoch`, in their seeded order, exactly `limit` of them."""
         shards, limit, shared = self.epoch_plan(epoch)
-        urls = [str(self.folder / s["path"]) for s in shards]
-        stream = wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=None,
-                                empty_check=False)
+        if self.streamed is not None:
+            stream = streams.iter_streamed_samples(self.streamed, shards)
+        else:
+            urls = [str(self.folder / s["path"]) for s in shards]
+            stream = wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=None,
+                                    empty_check=False)
         stream_id = "all" if shared else f"rank{self.rank}"
         rng = np.random.default_rng(derive_seed(self.recipe.seed, ORDER_NAMESPACE, "buffer", epoch, stream_id))
         position, taken = 0, 0
@@ -218,7 +226,17 @@ class Batches:
 
 
 def train_records(shards_dir: Path | str, verify: bool = True) -> list[dict]:
-    """The train split's shard records (count, sha256) from the index, optionally checked on disk."""
+    """The train split's shard records (count, sha256) from the index, optionally checked on disk.
+
+    For a streamed location only the train shards it names are kept (all of them for a folder URL); they are
+    checked while they stream."""
+    if streams.is_streamed(shards_dir):
+        source = streams.resolve(shards_dir)
+        records = source.records(split_records(source.index, TRAIN_SPLIT))
+        if not records:
+            raise ValueError(f"{streams.normalise_location(shards_dir)}: names no train shard listed in "
+                             f"{source.index_url}")
+        return records
     shards_dir = Path(shards_dir)
     records = split_records(read_index(shards_dir), TRAIN_SPLIT)
     if not records:

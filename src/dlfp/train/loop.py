@@ -15,6 +15,7 @@ import csv
 import logging
 import math
 import os
+import pickle
 import random
 import shutil
 import signal
@@ -297,9 +298,14 @@ def load_checkpoint(work_dir: Path, info: DistInfo) -> dict | None:
     path = checkpoint_path(work_dir)
     if not path.is_file():
         return None
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise RuntimeError(f"{path}: unknown checkpoint format {payload.get('format')!r}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise RuntimeError(f"{path}: refused to load (not a plain-tensor checkpoint; weights_only=True): "
+                           f"{str(error).splitlines()[0]}") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise RuntimeError(f"{path}: unknown checkpoint format {found!r}")
     rng_path = _rng_path(work_dir, info.rank)
     rng = torch.load(rng_path, map_location="cpu", weights_only=True) if rng_path.is_file() else None
     if rng is not None and rng["step"] == payload["step"] and payload.get("world_size") == info.world_size:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from dlfp.data import streams
 from dlfp.io.atomic import atomic_path, write_json_atomic
 from dlfp.io.hashing import derive_seed, file_digest
 from dlfp.io.receipt import write_receipt
@@ -218,7 +219,7 @@ def run(params: Params, shards_dir: Path, out_dir: Path, *, stop_after: int | No
                           seed=params.seed, counts={"steps": summary["steps"],
                                                     "train_samples": summary["train_samples"]},
                           inputs={"shards": str(shards_dir),
-                                  "shards_index_sha256": file_digest(shards_dir / "index.json")},
+                                  "shards_index_sha256": streams.index_digest(shards_dir)},
                           packages=("torch", "webdataset"), extra={"config": summary["config"]})
     summary.update(out=str(out_dir), seconds=round(time.monotonic() - started, 1))
     if info.is_main:
