@@ -47,19 +47,100 @@ def _stage(name: str) -> Callable[[Params, argparse.Namespace], object]:
         if name == "restore":
             from dlfp.restore import testset
 
-            return testset.run(params, pairs_dir=args.inp, out_dir=args.out)
+            return testset.run(params, pairs_dir=args.inp or RESTORE_STAGE_IN, out_dir=args.out or RESTORE_STAGE_OUT)
         if name == "evaluate":
             from dlfp.evaluate import stage
 
             return stage.run(params, pairs_dir=args.inp, restored_dir=args.restored, out_dir=args.out,
                              metrics_path=args.metrics)
+        if name == "bias":
+            from dlfp.bias import stage as bias_stage
+
+            labels = args.labels if args.labels is not None else params.bias.labels
+            return bias_stage.run(params, shards_dir=args.shards, pairs_dir=args.pairs, restored_dir=args.restored,
+                                  evaluation_dir=args.evaluation, out_dir=args.out, summary_path=args.summary,
+                                  labels_path=Path(labels) if labels is not None else None)
         if name == "report":
             from dlfp.report import build
 
-            return build.run(params, data_dir=args.data, out_dir=args.out)
+            return build.run(params, data_dir=args.data, out_dir=args.out, models_dir=args.models)
         raise AssertionError(name)
 
     return call
+
+
+RESTORE_STAGE_IN, RESTORE_STAGE_OUT = Path("data/pairs"), Path("data/restored")
+# Literal copies of dlfp.restore.photos' defaults (kept out of the import so `dlfp --help` stays light);
+# tests/test_restore_photos.py checks they agree.
+PHOTOS_DEFAULT_WEIGHTS, PHOTOS_DEFAULT_MIN_FACE, PHOTOS_DEFAULT_MAX_PIXELS = "models/gfpgan/gfpgan.pth", 24, 64_000_000
+
+
+def _add_restore(sp: argparse.ArgumentParser) -> None:
+    """The own-photo form of `restore`, selected by positional INPUTs (the stage form keeps --in/--out)."""
+    sp.set_defaults(inp=None, out=None)  # None = not given, so the two forms cannot be mixed silently
+    sp.usage = ("dlfp restore [--in PAIRS] [--out RESTORED]\n"
+                "       dlfp restore INPUT [INPUT ...] -o OUTDIR [--weights PATH] [--upscale N] [--only-center-face]"
+                " [--device cpu|cuda] [--detector hog|cnn] [--overwrite] [...]")
+    sp.epilog = ("Own photos, exit codes: 0 every photo succeeded ('no face' and 'face too small' are successes: "
+                 "the photo is copied through), 1 some photo failed or no weights were found, 2 usage error "
+                 "(including outputs that already exist without --overwrite).")
+    photos = sp.add_argument_group("own photos (dlfp restore INPUT... -o OUTDIR)")
+    photos.add_argument("inputs", nargs="*", type=Path, metavar="INPUT",
+                        help="photo files or folders (searched recursively)")
+    photos.add_argument("-o", "--output", type=Path, default=None, metavar="OUTDIR",
+                        help="output folder: restored/, faces/, summary.json, summary.csv, index.html")
+    photos.add_argument("--weights", type=Path, default=None,
+                        help=f"GFP-GAN weights: a dl-fp checkpoint or the official GFPGANv1.3/1.4 file "
+                             f"(default {PHOTOS_DEFAULT_WEIGHTS}, the train stage's output)")
+    photos.add_argument("--upscale", type=int, default=1, metavar="N", help="output size = input size x N (default 1)")
+    photos.add_argument("--only-center-face", action="store_true", help="restore only the face nearest the centre")
+    photos.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto")
+    photos.add_argument("--detector", choices=("hog", "cnn"), default="hog",
+                        help="dlib face detector: hog (default) or cnn (mmod, slower, finds more)")
+    photos.add_argument("--overwrite", action="store_true", help="replace outputs of an earlier run")
+    photos.add_argument("--min-face-size", type=int, default=PHOTOS_DEFAULT_MIN_FACE, metavar="PX",
+                        help=f"skip (and report) faces whose box is smaller (default {PHOTOS_DEFAULT_MIN_FACE})")
+    photos.add_argument("--max-pixels", type=int, default=PHOTOS_DEFAULT_MAX_PIXELS,
+                        help=f"refuse photos whose output would be larger (default {PHOTOS_DEFAULT_MAX_PIXELS})")
+    photos.add_argument("--batch-size", type=int, default=4, help="faces per network batch, across photos")
+
+
+def _restore_usage_error(args: argparse.Namespace) -> str | None:
+    """Why the restore arguments mix the two forms, or None when they are consistent."""
+    if args.inputs:
+        if args.output is None:
+            return "INPUT given without -o/--output OUTDIR (own photos need an output folder)"
+        if args.inp is not None or args.out is not None:
+            return "--in/--out belong to the test-pair stage form; with INPUT photos use only -o/--output OUTDIR"
+    elif args.output is not None:
+        return "-o/--output is for own photos: give the INPUT files or folders too (dlfp restore INPUT... -o OUTDIR)"
+    return None
+
+
+def _restore_photos(args: argparse.Namespace) -> int:
+    """`dlfp restore INPUT... -o OUTDIR`: 0 all photos succeeded, 1 some failed (or no weights), 2 usage."""
+    from dlfp.restore import photos
+
+    try:
+        summary = photos.run_photos(
+            args.inputs, args.output, weights=args.weights, upscale=args.upscale,
+            only_center_face=args.only_center_face, detector=args.detector, device=args.device,
+            overwrite=args.overwrite, min_face_size=args.min_face_size, max_pixels=args.max_pixels,
+            batch_size=args.batch_size)
+    except photos.PhotosUsageError as error:
+        print(f"dlfp restore: usage error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except photos.WeightsNotFoundError as error:
+        print(f"dlfp restore: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("dlfp restore: interrupted; finished photos are in place, the summary was not written", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, RuntimeError) as error:
+        log.debug("restore failed", exc_info=True)
+        print(f"dlfp restore: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    return photos.exit_code(summary)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,16 +170,28 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the facial prior (default models/prior/prior.pth)")
     train.add_argument("--pairs", type=Path, default=Path("data/pairs"),
                        help="fixed test pairs for validation (default data/pairs)")
-    stage("restore", "Restore the fixed test pairs with every restorer (baselines and GFP-GAN).", "data/pairs",
-          "data/restored")
+    _add_restore(stage("restore", "Restore the fixed test pairs with every restorer (baselines and GFP-GAN), or "
+                       "your own photos: dlfp restore INPUT... -o OUTDIR.", str(RESTORE_STAGE_IN),
+                       str(RESTORE_STAGE_OUT)))
     evaluate = stage("evaluate", "Score restored faces: PSNR/SSIM (pyiqa), identity, landmarks, FD-dlib128.",
                      "data/pairs", "data/evaluation")
     evaluate.add_argument("--restored", type=Path, default=Path("data/restored"),
                           help="restored test pairs (default data/restored)")
     evaluate.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"),
                           help="summary for `dvc metrics show` (default reports/metrics.json)")
+    bias = stage("bias", "Skin tone, age and gender groups: per-group metrics with CIs, gaps, tone shift, flips.",
+                 None, "data/bias")
+    for flag, default, what in (("--shards", "data/shards", "clean shards (splits, landmarks)"),
+                                ("--pairs", "data/pairs", "fixed test pairs"),
+                                ("--restored", "data/restored", "restored test pairs"),
+                                ("--evaluation", "data/evaluation", "evaluate stage output"),
+                                ("--summary", "reports/bias.json", "compact summary for `dvc metrics show`")):
+        bias.add_argument(flag, type=Path, default=Path(default), help=f"{what} (default {default})")
+    bias.add_argument("--labels", type=Path, default=None,
+                      help="FFHQ attribute CSV (ffhq_id, gender, age); default: params bias.labels")
     report = stage("report", "Build the static HTML reports.", None, "reports")
     report.add_argument("--data", type=Path, default=Path("data"), help="data folder (default data)")
+    report.add_argument("--models", type=Path, default=Path("models"), help="models folder (default models)")
     return parser
 
 
@@ -115,6 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose, args.log)
+    if args.stage == "restore":  # own photos need no params.yaml; the stage form falls through
+        problem = _restore_usage_error(args)
+        if problem is not None:
+            print(f"dlfp restore: usage error: {problem}", file=sys.stderr)
+            return EXIT_USAGE
+        if args.inputs:
+            return _restore_photos(args)
     try:
         params = load_params(args.params)
     except ParamsError as error:

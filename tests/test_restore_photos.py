@@ -1,0 +1,392 @@
+"""`dlfp restore INPUT... -o OUTDIR`: own photos end to end, every bad-input case, exit codes, official weights.
+
+Fast by construction: a random-init GFPGANv1Clean at 64 px (narrow 0.125) saved with save_official; the bad-input
+cases are generated from one small real photo in tmp_path; real photos are read from ../shared/faces/wild.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import dlib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dlfp import cli
+from dlfp.data.landmarks import template_5_points, template_points
+from dlfp.io.images import load_rgb
+from dlfp.models.checkpoints import read_state_dict, save_official
+from dlfp.models.gfpgan import GFPGANv1Clean, release_model
+from dlfp.restore import photos
+
+REPO = Path(__file__).resolve().parents[1]
+WILD = REPO.parent / "shared" / "faces" / "wild"
+MANIFEST_512 = REPO.parent / "shared" / "reference" / "state_dicts" / "gfpganv1clean_512.json"
+PARAMS = ["--params", str(REPO / "params.yaml")]
+TINY = dict(out_size=64, num_style_feat=64, channel_multiplier=1, num_mlp=2, narrow=0.125)
+BASE_PHOTO = "dfdnet_test1.jpg"         # 262x181, one face (HOG box 75 px)
+TINY_FACE_SCALE = 0.6                   # -> a 44 px face box: found by HOG, below MIN_FACE
+MIN_FACE = 60
+WILD_PHOTOS = ("codeformer_00.jpg", "facerec_two_people.jpg", "dfdnet_test3.jpg")
+SCRIPT_DIR, SCRIPT_FILE = "<script>alert(1)<", "script>.png"  # together: <script>alert(1)</script>.png
+SHELL_NAME = "my photo ü $(touch pwned); `id` 'q' \"d\" &.jpg"
+HUGE_SIDE = 9000                        # 81 M pixels in the header: above the run's limit, below Pillow's bomb limit
+RGBA_GRADIENT_FROM = 40
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _dlib_hog_count(rgb: np.ndarray) -> int:
+    """dlib's own detector, independent of dlfp's wrapper (same upsampling as the command)."""
+    return len(dlib.get_frontal_face_detector()(np.ascontiguousarray(rgb), photos.HOG_UPSAMPLE))
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    return save_official(GFPGANv1Clean(**TINY), tmp_path_factory.mktemp("weights") / "tiny.pth")
+
+
+def _png_with_header_size(width: int, height: int) -> bytes:
+    """A small PNG whose IHDR claims width x height (CRC fixed): only the header says it is huge."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    ihdr = 8 + 8  # signature, then length + b"IHDR"
+    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
+    data[ihdr + 13:ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4:ihdr + 13])))
+    return bytes(data)
+
+
+def _save(image: Image.Image, path: Path, **options) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, **options)
+    return path
+
+
+@pytest.fixture(scope="module")
+def case_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every bad-input case of the issue, generated from one real photo; two INPUT folders (for a name clash)."""
+    rgb = load_rgb(WILD / BASE_PHOTO)
+    base = Image.fromarray(rgb)
+    root = tmp_path_factory.mktemp("inputs")
+    first, second = root / "first", root / "second"
+    jpeg = (WILD / BASE_PHOTO).read_bytes()
+    cases: dict[str, Path] = {}
+    cases["plain"] = _save(base, first / "same.jpg", quality=95)
+    cases["clash"] = _save(base, second / "same.jpg", quality=95)
+    cases["zero"] = first / "zero.png"
+    cases["zero"].write_bytes(b"")
+    cases["truncated"] = first / "truncated.jpg"
+    cases["truncated"].write_bytes(jpeg[: len(jpeg) // 2])
+    png = io.BytesIO()
+    base.save(png, format="PNG")
+    corrupt = bytearray(png.getvalue())
+    corrupt[len(corrupt) // 2] ^= 0xFF  # inside IDAT: the chunk CRC no longer matches
+    cases["corrupt"] = first / "corrupt.png"
+    cases["corrupt"].write_bytes(bytes(corrupt))
+    cases["text"] = first / "notes.jpg"
+    cases["text"].write_text("this is not a photo\n")
+    cases["cmyk"] = _save(base.convert("CMYK"), first / "cmyk.jpg", quality=95)
+    grey16 = (np.asarray(base.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    cases["grey16"] = _save(Image.fromarray(grey16), first / "grey16.png")
+    cases["rgb16"] = first / "rgb16.png"
+    assert cv2.imwrite(str(cases["rgb16"]), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR).astype(np.uint16) * 257)
+    cases["grey"] = _save(base.convert("L"), first / "grey.png")
+    cases["palette"] = _save(base.convert("P", palette=Image.Palette.ADAPTIVE), first / "palette.png")
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    alpha[:, :RGBA_GRADIENT_FROM] = np.linspace(0, 255, RGBA_GRADIENT_FROM, dtype=np.uint8)[None, :]
+    cases["rgba"] = _save(Image.fromarray(np.dstack([rgb, alpha])), first / "rgba.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display": store the pixels turned 90 counter-clockwise
+    cases["exif"] = _save(base.transpose(Image.Transpose.ROTATE_90), first / "exif_rotated.jpg", quality=95,
+                          exif=exif.tobytes())
+    cases["noface"] = _save(Image.fromarray(np.full((120, 160, 3), 90, np.uint8)), first / "wall.png")
+    small = base.resize((round(base.width * TINY_FACE_SCALE), round(base.height * TINY_FACE_SCALE)),
+                        Image.Resampling.LANCZOS)
+    cases["tiny"] = _save(small, first / "tiny_face.png")
+    cases["huge"] = first / "huge.png"
+    cases["huge"].write_bytes(_png_with_header_size(HUGE_SIDE, HUGE_SIDE))
+    cases["shell"] = _save(base, first / SHELL_NAME, quality=95)
+    cases["script"] = _save(base, first / SCRIPT_DIR / SCRIPT_FILE)
+    (first / "readme.txt").write_text("ignored: no image suffix\n")
+    return cases
+
+
+@pytest.fixture(scope="module")
+def case_run(case_inputs: dict[str, Path], tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One run over both folders (one model load); hashes of every input before and after."""
+    folders = [case_inputs["plain"].parent, case_inputs["clash"].parent]
+    files = sorted(path for folder in folders for path in folder.rglob("*") if path.is_file())
+    before = {path: _sha(path) for path in files}
+    out = tmp_path_factory.mktemp("run") / "out"
+    summary = photos.run_photos(folders, out, weights=tiny_weights, min_face_size=MIN_FACE, progress=False,
+                                max_pixels=photos.DEFAULT_MAX_PIXELS, batch_size=3)
+    after = {path: _sha(path) for path in files}
+    rows = {row["input"]: row for row in summary["photos"]}
+    return summary, rows, out, before, after
+
+
+def _row(case_run, case_inputs: dict[str, Path], case: str) -> dict:
+    return case_run[1][str(case_inputs[case])]
+
+
+# ------------------------------------------------------------------------------------ bad input cases
+@pytest.mark.parametrize("case, reason", [
+    ("zero", "empty file"), ("truncated", "truncated or corrupt"), ("corrupt", "truncated or corrupt"),
+    ("text", "not an image"), ("huge", "too large")])
+def test_unusable_files_fail_with_a_reason_and_no_output(case_run, case_inputs, case, reason):
+    row = _row(case_run, case_inputs, case)
+    assert row["status"] == photos.STATUS_FAILED
+    assert reason in row["reason"]
+    assert row["output"] == ""
+    assert not (case_run[2] / photos.RESTORED_DIR / f"{case_inputs[case].stem}.png").exists()
+
+
+def test_huge_image_is_refused_from_its_header(case_run, case_inputs):
+    row = _row(case_run, case_inputs, "huge")
+    assert f"{HUGE_SIDE * HUGE_SIDE}" in row["reason"] and "not decoded" in row["reason"]
+
+
+@pytest.mark.parametrize("case", ["plain", "clash", "cmyk", "grey16", "rgb16", "grey", "palette", "rgba", "exif",
+                                  "shell", "script"])
+def test_every_decodable_variant_restores_its_face(case_run, case_inputs, case):
+    row = _row(case_run, case_inputs, case)
+    assert row["status"] == photos.STATUS_OK, row["reason"]
+    assert row["faces_found"] == row["faces_restored"] == 1
+    output = case_run[2] / row["output"]
+    with Image.open(output) as image:
+        assert image.size == (row["width"], row["height"])
+    assert len(row["crops"]) == 1
+    for crop in row["crops"][0].values():
+        with Image.open(case_run[2] / crop) as image:
+            assert image.size == (TINY["out_size"],) * 2
+
+
+def test_exif_rotated_photo_is_searched_upright(case_run, case_inputs):
+    stored = np.asarray(Image.open(case_inputs["exif"]).convert("RGB"))
+    assert _dlib_hog_count(stored) == 0  # the stored (sideways) pixels show no face to dlib
+    row = _row(case_run, case_inputs, "exif")
+    assert (row["width"], row["height"]) == (stored.shape[0], stored.shape[1])  # the displayed orientation
+    assert "EXIF orientation 6 applied" in row["notes"]
+
+
+def test_alpha_is_kept(case_run, case_inputs):
+    row = _row(case_run, case_inputs, "rgba")
+    with Image.open(case_run[2] / row["output"]) as out, Image.open(case_inputs["rgba"]) as source:
+        assert out.mode == "RGBA"
+        np.testing.assert_array_equal(np.asarray(out)[:, :, 3], np.asarray(source)[:, :, 3])
+        # opaque background far from the face keeps its colours exactly (upscale 1)
+        far = (slice(0, 10), slice(RGBA_GRADIENT_FROM, RGBA_GRADIENT_FROM + 10))
+        np.testing.assert_array_equal(np.asarray(out)[far], np.asarray(source)[far])
+
+
+def test_photo_without_a_face_is_copied_through(case_run, case_inputs):
+    row = _row(case_run, case_inputs, "noface")
+    assert (row["status"], row["faces_found"], row["faces_restored"]) == (photos.STATUS_NO_FACE, 0, 0)
+    np.testing.assert_array_equal(load_rgb(case_run[2] / row["output"]), load_rgb(case_inputs["noface"]))
+
+
+def test_tiny_face_is_reported_and_skipped(case_run, case_inputs):
+    row = _row(case_run, case_inputs, "tiny")
+    assert (row["status"], row["faces_found"], row["faces_restored"], row["faces_skipped_small"]) == \
+        (photos.STATUS_TOO_SMALL, 1, 0, 1)
+    assert f"minimum face size {MIN_FACE} px" in row["reason"]
+    np.testing.assert_array_equal(load_rgb(case_run[2] / row["output"]), load_rgb(case_inputs["tiny"]))
+
+
+def test_names_are_kept_disambiguated_and_stay_inside_outdir(case_run, case_inputs):
+    summary, _, out, _, _ = case_run
+    outputs = [row["output"] for row in summary["photos"] if row["output"]]
+    assert len(outputs) == len(set(outputs))
+    assert _row(case_run, case_inputs, "plain")["output"] == "restored/same.png"
+    assert _row(case_run, case_inputs, "clash")["output"] == "restored/same-2.png"
+    shell = _row(case_run, case_inputs, "shell")["output"]
+    assert shell == f"restored/{Path(SHELL_NAME).stem}.png" and (out / shell).is_file()
+    assert not list(case_inputs["plain"].parents[2].rglob("pwned"))
+    assert all((out / output).resolve().is_relative_to(out.resolve()) for output in outputs)
+    assert [path.name for path in out.parent.iterdir()] == [out.name]  # nothing written beside OUTDIR
+    assert "readme.txt" not in {Path(row["input"]).name for row in summary["photos"]}
+
+
+def test_inputs_are_never_modified(case_run):
+    _, _, _, before, after = case_run
+    assert before == after
+
+
+def test_summary_files_have_one_row_per_photo(case_run, case_inputs):
+    summary, _, out, _, _ = case_run
+    expected = len(case_inputs)
+    assert len(summary["photos"]) == expected
+    on_disk = json.loads((out / photos.SUMMARY_JSON).read_text(encoding="utf-8"))
+    assert on_disk["photos"] == summary["photos"]
+    lines = (out / photos.SUMMARY_CSV).read_text(encoding="utf-8").splitlines()
+    assert lines[0].split(",") == list(photos.SUMMARY_COLUMNS) and len(lines) == expected + 1
+    for row in summary["photos"]:
+        assert row["seconds"] > 0
+        assert row["faces_found"] == (row["faces_restored"] + row["faces_skipped_small"]
+                                      + row["faces_skipped_landmarks"] + row["faces_skipped_off_centre"])
+    assert photos.exit_code(summary) == 1  # the corrupt files failed
+
+
+def test_index_escapes_names_and_links_existing_files(case_run):
+    from urllib.parse import unquote
+
+    out = case_run[2]
+    page = (out / photos.INDEX_HTML).read_text(encoding="utf-8")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;.png" in page
+    assert "<script" not in page.lower()
+    sources = [part.split('"', 1)[0] for part in page.split('src="')[1:]]
+    assert sources and all((out / unquote(source)).is_file() for source in sources)
+
+
+# ------------------------------------------------------------------------------------ real photos, CLI
+def test_wild_photos_upscaled_through_the_cli(tiny_weights, tmp_path, capsys):
+    inputs = [WILD / name for name in WILD_PHOTOS]
+    if not all(path.is_file() for path in inputs):
+        pytest.skip(f"photos missing in {WILD}")
+    out = tmp_path / "out"
+    code = cli.main([*PARAMS, "restore", *map(str, inputs), "-o", str(out), "--weights", str(tiny_weights),
+                     "--upscale", "2", "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / photos.SUMMARY_JSON).read_text(encoding="utf-8"))
+    for path, row in zip(inputs, summary["photos"], strict=True):
+        rgb = load_rgb(path)
+        assert row["status"] == photos.STATUS_OK
+        assert row["faces_restored"] == row["faces_found"] == _dlib_hog_count(rgb) > 0
+        with Image.open(out / row["output"]) as restored:
+            assert restored.size == (rgb.shape[1] * 2, rgb.shape[0] * 2)
+        assert len(list((out / photos.FACES_DIR / path.stem).glob("face_*_after.png"))) == row["faces_restored"]
+    assert "restore: 3 photos (3 ok, 0 failed)" in capsys.readouterr().out
+
+
+def test_only_center_face_restores_one(tiny_weights, tmp_path):
+    summary = photos.run_photos([WILD / "codeformer_00.jpg"], tmp_path / "out", weights=tiny_weights,
+                                only_center_face=True, progress=False)
+    row = summary["photos"][0]
+    assert (row["faces_restored"], row["faces_skipped_off_centre"]) == (1, row["faces_found"] - 1)
+
+
+def test_outputs_are_not_overwritten_without_the_flag(tiny_weights, tmp_path):
+    args = [*PARAMS, "restore", str(WILD / BASE_PHOTO), "-o", str(tmp_path / "out"), "--weights", str(tiny_weights)]
+    assert cli.main(args) == 0
+    restored = tmp_path / "out" / photos.RESTORED_DIR / f"{Path(BASE_PHOTO).stem}.png"
+    stamp = (restored.stat().st_mtime_ns, _sha(restored))
+    assert cli.main(args) == cli.EXIT_USAGE
+    assert (restored.stat().st_mtime_ns, _sha(restored)) == stamp
+    stale = restored.parent.parent / photos.FACES_DIR / Path(BASE_PHOTO).stem / "face_07_after.png"
+    stale.write_bytes(b"from an earlier run with more faces")
+    assert cli.main([*args, "--overwrite"]) == 0
+    assert restored.stat().st_mtime_ns != stamp[0]
+    assert not stale.exists()
+
+
+def test_missing_weights_say_where_to_put_them(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no models/gfpgan/gfpgan.pth here
+    code = cli.main([*PARAMS, "restore", str(WILD / BASE_PHOTO), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_FAILED
+    assert str(photos.DEFAULT_WEIGHTS) in err and photos.OFFICIAL_WEIGHTS_NAME in err and "--weights" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["restore", "photo.jpg"],                                          # INPUT without -o
+    ["restore", "photo.jpg", "-o", "out", "--in", "data/pairs"],       # the two forms mixed
+    ["restore", "photo.jpg", "-o", "out", "--out", "data/restored"],
+    ["restore", "-o", "out"],                                          # -o without INPUT
+    ["restore", "photo.jpg", "-o", "out", "--upscale", "0"],           # value out of range
+])
+def test_usage_errors_exit_2(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photo.jpg").write_bytes((WILD / BASE_PHOTO).read_bytes())
+    (tmp_path / "models" / "gfpgan").mkdir(parents=True)
+    assert cli.main([*PARAMS, *argv]) == cli.EXIT_USAGE
+    assert "usage error" in capsys.readouterr().err
+
+
+def test_bad_option_value_is_an_argparse_usage_error():
+    with pytest.raises(SystemExit) as raised:
+        cli.main([*PARAMS, "restore", "photo.jpg", "-o", "out", "--device", "tpu"])
+    assert raised.value.code == cli.EXIT_USAGE
+
+
+def test_stage_form_is_unchanged(monkeypatch, tmp_path):
+    from dlfp.restore import testset
+
+    calls = []
+    monkeypatch.setattr(testset, "run", lambda params, pairs_dir, out_dir: calls.append((pairs_dir, out_dir)))
+    assert cli.main([*PARAMS, "restore", "--in", "data/pairs", "--out", "data/restored"]) == 0
+    assert cli.main([*PARAMS, "restore"]) == 0
+    assert cli.main([*PARAMS, "restore", "--in", str(tmp_path), "--out", str(tmp_path / "r")]) == 0
+    assert calls == [(Path("data/pairs"), Path("data/restored"))] * 2 + [(tmp_path, tmp_path / "r")]
+
+
+def test_cli_defaults_match_the_module():
+    args = cli.build_parser().parse_args(["restore", "x.jpg", "-o", "out"])
+    assert args.weights is None and cli.PHOTOS_DEFAULT_WEIGHTS == str(photos.DEFAULT_WEIGHTS)
+    assert (args.min_face_size, args.max_pixels, args.batch_size, args.upscale) == (
+        photos.DEFAULT_MIN_FACE_SIZE, photos.DEFAULT_MAX_PIXELS, photos.DEFAULT_BATCH_SIZE, photos.DEFAULT_UPSCALE)
+
+
+# ------------------------------------------------------------------------------------------- geometry
+def test_crop_then_paste_back_reproduces_the_face():
+    """With an identity 'restorer' the pasted-back photo equals the input up to two resamplings."""
+    rgb = load_rgb(WILD / "facexlib_test.jpg")
+    landmarker = photos._landmarker("hog")  # the run's cached detector: loading the 68-point model is slow
+    box = landmarker.detect(rgb)[0]
+    points = template_points(landmarker.landmarks(rgb, box))
+    size = 256
+    matrix = photos.similarity_to_template(points, size)
+    mapped = cv2.transform(points[None].astype(np.float64), matrix)[0]
+    assert np.abs(mapped - template_5_points(size)).max() < 0.1 * size  # the 5 points land near the template
+    crop = photos.crop_face(rgb, matrix, size)
+    for upscale in (1, 2):
+        canvas = photos.resample(rgb, upscale)
+        background = canvas.copy()
+        photos.paste_face(canvas, crop, matrix, upscale)
+        inner = (slice(box.top * upscale, box.bottom * upscale), slice(box.left * upscale, box.right * upscale))
+        difference = np.abs(canvas[inner].astype(int) - background[inner].astype(int)).mean()
+        assert difference < 3.0, (upscale, difference)
+        changed = np.any(canvas != background, axis=2)
+        assert not changed[:, : max(box.left * upscale - size, 1)].any()  # nothing pasted far from the face
+
+
+def test_feathered_mask_fades_at_the_edge():
+    square = np.zeros((200, 200), np.float32)
+    square[20:180, 20:180] = 1.0
+    mask = photos.feathered_mask(square)
+    profile = mask[100, 15:100]
+    assert mask[100, 100] == pytest.approx(1.0, abs=1e-5) and profile[0] == 0.0 and profile[5] < 0.01
+    assert np.all(np.diff(profile) >= -1e-6)  # rises monotonically from the edge inwards
+    assert np.count_nonzero((profile > 0.05) & (profile < 0.95)) >= 3  # over several pixels, not a step
+
+
+# ------------------------------------------------------------------------------------ official weights
+@pytest.mark.slow
+def test_official_format_release_checkpoint_restores_a_face(tmp_path):
+    """Our 512 release-config model saved as {'params_ema': ...}: the official layout, and it restores a face."""
+    torch.manual_seed(0)
+    path = save_official(release_model(), tmp_path / "GFPGANv1.4.pth")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    assert list(payload) == ["params_ema"]
+    manifest = json.loads(MANIFEST_512.read_text(encoding="utf-8"))
+    state = read_state_dict(path)
+    assert {key: list(value.shape) for key, value in state.items()} == manifest
+    del state, payload
+    summary = photos.run_photos([WILD / BASE_PHOTO], tmp_path / "out", weights=path, progress=False)
+    row = summary["photos"][0]
+    assert (row["status"], row["faces_restored"]) == (photos.STATUS_OK, 1)
+    assert summary["run"]["model"]["out_size"] == 512
+    with Image.open(tmp_path / "out" / row["crops"][0]["after"]) as face:
+        assert face.size == (512, 512)
