@@ -2,6 +2,20 @@
 configfile: "params.yaml"
 
 
+# The default target: the whole chain through restore -> evaluate -> bias -> report, like `dvc repro`:
+# `snakemake --cores 8 evaluate` (or no target). The `dlfp evaluate` stage itself is the rule `evaluate_metrics`.
+rule evaluate:
+    localrule: True
+    input:
+        "reports/index.html",
+        "reports/data.html",
+        "reports/training.html",
+        "reports/evaluation.html",
+        "reports/bias.html",
+        "reports/metrics.json",
+        "reports/bias.json",
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"

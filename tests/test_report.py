@@ -179,19 +179,19 @@ def assert_image_resolves(src: str, page: Path) -> None:
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("report")
     data = make_data(root)
-    summary = build.run(make_params(), data_dir=data, out_dir=root / "reports")
+    summary = build.run(make_params(), data_dir=data, out_dir=root / "reports", models_dir=root / "models")
     return root / "reports", summary
 
 
 # ------------------------------------------------------------------------------------------------- tests
 def test_builds_index_and_data_pages(built: tuple[Path, dict]) -> None:
     out, summary = built
-    assert summary["pages"] == ["data.html", "index.html"]
+    assert summary["pages"] == ["data.html", "training.html", "evaluation.html", "bias.html", "index.html"]
     index = (out / "index.html").read_text(encoding="utf-8")
     for stage in report_pkg.STAGES:
         assert f"<td>{stage}</td>" in index
     assert 'href="data.html#acquire"' in index and 'href="data.html#degrade"' in index
-    assert index.count("no page yet") == 6  # train_prior .. report have no page yet
+    assert index.count("no page yet") == 1  # only the report stage itself has no page
     assert "20260101" in index and make_params().section_hash("degrade") in index
     assert "samples_in_grid: 4" in index  # params dump
 
@@ -199,7 +199,7 @@ def test_builds_index_and_data_pages(built: tuple[Path, dict]) -> None:
 def test_untrusted_strings_are_escaped(built: tuple[Path, dict]) -> None:
     out, _ = built
     pages = {path.name: path.read_text(encoding="utf-8") for path in out.glob("*.html")}
-    assert set(pages) == {"index.html", "data.html"}
+    assert set(pages) == {"index.html", "data.html", "training.html", "evaluation.html", "bias.html"}
     for name, html in pages.items():
         assert SCRIPT not in html, name
         assert "<img src=x" not in html, name
@@ -250,7 +250,7 @@ def test_missing_stages_are_reported_not_fatal(tmp_path: Path) -> None:
     raw.mkdir(parents=True)
     # acquire ran but left no receipt and no rejects; nothing else ran
     write_csv(raw / "manifest.csv", ["id", "source", "licence"], [["a", "a.png", "cc"]])
-    build.run(make_params(), data_dir=data, out_dir=tmp_path / "reports")
+    build.run(make_params(), data_dir=data, out_dir=tmp_path / "reports", models_dir=tmp_path / "models")
     html = (tmp_path / "reports" / "data.html").read_text(encoding="utf-8")
     for stage in ("align", "shard", "degrade"):
         assert f"Stage <code>{stage}</code> not run yet" in html
@@ -261,9 +261,10 @@ def test_missing_stages_are_reported_not_fatal(tmp_path: Path) -> None:
 
 
 def test_no_data_folder_at_all(tmp_path: Path) -> None:
-    summary = build.run(make_params(), data_dir=tmp_path / "nothing", out_dir=tmp_path / "reports")
+    summary = build.run(make_params(), data_dir=tmp_path / "nothing", out_dir=tmp_path / "reports",
+                        models_dir=tmp_path / "no-models")
     html = (tmp_path / "reports" / "data.html").read_text(encoding="utf-8")
-    assert summary["pages"] == ["data.html", "index.html"]
+    assert summary["pages"] == ["data.html", "training.html", "evaluation.html", "bias.html", "index.html"]
     assert html.count("stage not run yet") >= 4 and "not run yet" in html
 
 
@@ -272,7 +273,7 @@ def test_damaged_inputs_show_errors(tmp_path: Path) -> None:
     (data / "aligned" / "meta.jsonl").write_text('{"id": "a000"}\nnot json\n', encoding="utf-8")
     (data / "shards" / "index.json").write_text("{broken", encoding="utf-8")
     (data / "pairs" / "moderate" / "pairs-000000.tar").write_bytes(b"not a tar at all" * 100)
-    build.run(make_params(), data_dir=data, out_dir=tmp_path / "reports")
+    build.run(make_params(), data_dir=data, out_dir=tmp_path / "reports", models_dir=tmp_path / "models")
     html = (tmp_path / "reports" / "data.html").read_text(encoding="utf-8")
     assert "1 line(s) are not JSON objects" in html
     assert "index.json: unreadable" in html
@@ -281,7 +282,8 @@ def test_damaged_inputs_show_errors(tmp_path: Path) -> None:
 
 def test_rebuild_is_byte_identical(tmp_path: Path, built: tuple[Path, dict]) -> None:
     out, _ = built
-    build.run(make_params(), data_dir=out.parent / "data", out_dir=tmp_path / "again")
+    build.run(make_params(), data_dir=out.parent / "data", out_dir=tmp_path / "again",
+              models_dir=out.parent / "models")
     for name in ("data.html", "index.html"):
         assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes(), name
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporaries
@@ -304,15 +306,17 @@ def test_tar_reader_skips_links_and_keeps_images_in_memory(tmp_path: Path) -> No
 def test_registered_page_joins_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(report_pkg, "_REGISTRY", dict(report_pkg._REGISTRY))
     def render(ctx: report_pkg.PageContext) -> str:
-        return ctx.render("base.html", current="bias.html", title="Bias <&>")
+        return ctx.render("base.html", current="extra.html", title="Extra <&>")
 
-    report_pkg.register(Page(slug="bias", title="Bias <&>", filename="bias.html", stages=("bias",),
+    report_pkg.register(Page(slug="extra", title="Extra <&>", filename="extra.html", stages=("report",),
                              render=render))
-    summary = build.run(make_params(), data_dir=tmp_path / "data", out_dir=tmp_path / "reports")
-    assert summary["pages"] == ["data.html", "bias.html", "index.html"]
+    summary = build.run(make_params(), data_dir=tmp_path / "data", out_dir=tmp_path / "reports",
+                        models_dir=tmp_path / "models")
+    assert summary["pages"] == ["data.html", "training.html", "evaluation.html", "bias.html", "extra.html",
+                                "index.html"]
     index = (tmp_path / "reports" / "index.html").read_text(encoding="utf-8")
-    assert 'href="bias.html#bias">Bias &lt;&amp;&gt;</a>' in index
-    assert 'href="bias.html">Bias &lt;&amp;&gt;</a>' in (tmp_path / "reports" / "data.html").read_text()
+    assert 'href="extra.html#report">Extra &lt;&amp;&gt;</a>' in index
+    assert 'href="extra.html">Extra &lt;&amp;&gt;</a>' in (tmp_path / "reports" / "data.html").read_text()
     with pytest.raises(ValueError, match="unknown stages"):
         Page(slug="x", title="x", filename="x.html", stages=("nope",), render=lambda ctx: "")
 
@@ -323,7 +327,8 @@ def test_cli_report(tmp_path: Path) -> None:
     params_file = tmp_path / "params.yaml"
     params_file.write_text("data: {folder: faces}\nreport: {samples_in_grid: 2, pairs_per_preset: 1}\n")
     data = make_data(tmp_path)
-    code = main(["--params", str(params_file), "report", "--data", str(data), "--out", str(tmp_path / "r")])
+    code = main(["--params", str(params_file), "report", "--data", str(data), "--out", str(tmp_path / "r"),
+                 "--models", str(tmp_path / "models")])
     assert code == 0
     assert (tmp_path / "r" / "index.html").is_file() and (tmp_path / "r" / "data.html").is_file()
 

@@ -185,6 +185,23 @@ def test_a_few_steps_reduce_the_pixel_loss(data: dict[str, Path], prior_file: Pa
     assert torch.equal(decoder.constant_input.weight, state["constant_input.weight"])
 
 
+def test_gradient_clipping_bounds_the_update_and_logs_the_norm(data: dict[str, Path], prior_file: Path) -> None:
+    """grad_clip_norm rescales the generator gradient to the limit; the pre-clip norm is logged."""
+    only_pixels = {"pixel": 1.0, "pyramid": 1.0, "gan": 0, "component_gan": 0, "component_style": 0,
+                   "perceptual": 0, "perceptual_style": 0, "identity": 0}
+    limit = 1e-3
+    params = make_params(train={"weights": only_pixels, "grad_clip_norm": limit})
+    state, cfg = prior.load_prior(prior_file)
+    trainer = gfpgan.GFPGANTrainer(params.train, state, cfg, 7, DistInfo(), torch.device("cpu"), None, None)
+    stream = ShardStream(data["shards"], train_records(data["shards"]),
+                         SampleRecipe(seed=7, out_size=SIZE, preset=DegradationParams()))
+    losses = trainer.step(next(Batches(stream, 4)), 1)
+    grads = [q.grad for q in trainer.net_g.parameters() if q.grad is not None]
+    clipped = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    assert losses["g_grad_norm"].item() > limit  # a random network's gradient is far above the limit
+    assert clipped.item() == pytest.approx(limit, rel=1e-3)
+
+
 def _run_gfpgan(data: dict[str, Path], prior_file: Path, out: Path, stop_after: int | None = None,
                 **train) -> dict:
     params = make_params(train={"iters": 6, "checkpoint_every": 2, "val_every": 3, "sample_every": 6, **train})

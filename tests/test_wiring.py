@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -58,16 +59,37 @@ def _lookup(config: dict, dotted: str) -> object:
     return value
 
 
+# In Snakemake `evaluate` is the default target (the chain up to the reports, as `dvc repro`), so the stage that
+# runs `dlfp evaluate` is named differently there. Every other stage has the same name in both.
+SNAKEMAKE_NAME = {"evaluate": "evaluate_metrics"}
+TARGET = "evaluate"
+
+
+def _rule(smk: dict, stage: str) -> dict:
+    return smk[SNAKEMAKE_NAME.get(stage, stage)]
+
+
 def test_same_stage_names(both: tuple[dict, dict]) -> None:
     dvc, smk = both
-    assert set(dvc) == set(smk)
-    assert {"acquire", "align", "shard", "degrade", "report"} <= set(dvc)
+    assert {SNAKEMAKE_NAME.get(name, name) for name in dvc} == set(smk) - {TARGET}
+    assert {"acquire", "align", "shard", "degrade", "train_prior", "train", "restore", "evaluate", "bias",
+            "report"} == set(dvc)
+
+
+def test_evaluate_target_reaches_every_report(both: tuple[dict, dict]) -> None:
+    """`snakemake evaluate` must do what `dvc repro` does: its inputs are the outputs of the last stages."""
+    dvc, smk = both
+    target = smk[TARGET]
+    assert target["cmd"] is None
+    html = {out for out in dvc["report"]["outs"] if out.endswith(".html")}
+    assert html <= set(target["deps"])
+    assert {"reports/metrics.json", "reports/bias.json"} <= set(target["deps"])
 
 
 def test_same_commands_inputs_outputs(both: tuple[dict, dict]) -> None:
     dvc, smk = both
     for name, stage in dvc.items():
-        rule = smk[name]
+        rule = _rule(smk, name)
         assert " ".join(stage["cmd"].split()) == " ".join(rule["cmd"].split()), name
         assert stage["cmd"].startswith(f"dlfp {name} "), name
         assert stage["deps"] == rule["deps"], name
@@ -81,7 +103,7 @@ def test_same_parameters_trigger_reruns(both: tuple[dict, dict]) -> None:
     config = yaml.safe_load((REPO / "params.yaml").read_text())
     for name, stage in dvc.items():
         expected = sorted(json.dumps(_lookup(config, key), sort_keys=True) for key in stage["params"])
-        actual = sorted(json.dumps(value, sort_keys=True) for value in smk[name]["params"].values())
+        actual = sorted(json.dumps(value, sort_keys=True) for value in _rule(smk, name)["params"].values())
         assert expected == actual, name
 
 
@@ -104,3 +126,47 @@ def test_snakemake_dry_run_and_lint_are_clean() -> None:
     assert dry.returncode == 0, dry.stdout + dry.stderr
     for rule in ("acquire", "align", "shard", "degrade", "report"):
         assert f"rule {rule}:" in dry.stdout + dry.stderr
+
+
+# ------------------------------------------------------------------------------------------- SLURM profile
+SLURM_GPU_RULES = ("train_prior", "train", "restore", "evaluate_metrics")
+
+
+def _planned_resources(output: str) -> dict[str, str]:
+    """{rule: its 'resources:' line} from a Snakemake dry run's printout."""
+    planned, rule = {}, None
+    for line in output.splitlines():
+        if line.startswith("rule ") and line.rstrip().endswith(":"):
+            rule = line[len("rule "):].rstrip(":").strip()
+        elif rule and line.strip().startswith("resources:"):
+            planned[rule] = line.strip()
+    return planned
+
+
+@pytest.mark.skipif(importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,
+                    reason="snakemake-executor-plugin-slurm not installed")
+def test_slurm_profile_plans_every_rule_with_its_resources(tmp_path: Path) -> None:
+    """`snakemake --profile profiles/slurm -n evaluate` plans every stage with the profile's gpu/mem/runtime from
+    an empty folder (the target alone pulls in training: the models are directory() outputs); lint is clean."""
+    for name in ("dvc.yaml", "Snakefile", "workflow", "profiles", "src", "params.yaml"):
+        (tmp_path / name).symlink_to(REPO / name)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    rules = sorted(SNAKEMAKE_NAME.get(name, name) for name in _dvc_stages())
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    for stacked in ([], ["--workflow-profile", "none"]):  # profiles/default is stacked on top unless turned off
+        dry = subprocess.run([str(BIN / "snakemake"), "--profile", "profiles/slurm", *stacked, "-n", "--forceall",
+                              TARGET], cwd=tmp_path, env=env,
+                             capture_output=True, text=True)
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        planned = _planned_resources(dry.stdout + dry.stderr)
+        assert planned.pop(TARGET, None) is not None  # the target itself: a local rule, no job script
+        assert sorted(planned) == rules
+        for rule in rules:
+            wanted = {**profile["default-resources"], **profile["set-resources"][rule]}
+            for key, value in wanted.items():
+                assert f"{key}={value}" in planned[rule], (rule, key, planned[rule])
+        for rule in SLURM_GPU_RULES:
+            assert "gpu=1" in planned[rule] and "slurm_partition=gpu" in planned[rule], rule
+    lint = subprocess.run([str(BIN / "snakemake"), "--profile", "profiles/slurm", "--workflow-profile", "none",
+                           "--lint"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert lint.returncode == 0 and "Lints for rule" not in lint.stdout + lint.stderr, lint.stdout + lint.stderr

@@ -235,6 +235,39 @@ class EvaluateParams(_Section):
                                 description="side the restored face is resized to for dlib landmark detection")
 
 
+
+# ------------------------------------------------------------------------------------------------ bias
+class BiasParams(_Section):
+    """The bias stage (../shared/docs/bias-method.md): skin-tone grouping, labels, bootstrap settings."""
+
+    correction: Literal["none", "sclera", "brightest", "both"] = Field(
+        default="both", description="illumination correction of the GT skin tone used for GROUPING (the shift "
+        "restored vs GT is always measured plainly on the GT mask)")
+    min_group_size: int = Field(default=30, ge=1, description="smaller adjacent groups are merged and flagged")
+    resamples: int = Field(default=2000, ge=100, le=100000, description="bootstrap resamples per interval")
+    confidence: float = Field(default=0.95, gt=0.5, lt=1, description="confidence level of every interval")
+    equivalence_deg: float = Field(default=2.0, gt=0, description="|median dITA| tolerance for 'no shift'")
+    age_bins: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: {"0-19": (0, 20), "20-39": (20, 40), "40-59": (40, 60), "60+": (60, 200)},
+        description="named age groups [low, high), in order")
+    labels: str | None = Field(default="../shared/faces/labels/aligned_hq_ffhq_attributes.csv",
+                               description="CSV with ffhq_id, gender, age (FFHQ attributes); null: none")
+    restorers: list[str] | None = Field(default=None, description="restorers to analyse (null: all evaluated)")
+    presets: list[str] | None = Field(default=None, description="presets to analyse (null: all evaluated)")
+    baseline: str = Field(default="bicubic", description="control restorer: every model is also shown minus it")
+    worst_cases: int = Field(default=3, ge=0, le=50, description="worst faces (largest |dITA|) kept per group")
+    examples: int = Field(default=4, ge=0, le=50, description="GT example faces kept per skin-tone group")
+
+    @field_validator("age_bins")
+    @classmethod
+    def _age_bins_ordered(cls, value: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        previous_high = -float("inf")
+        for name, (low, high) in value.items():
+            if not low < high or low < previous_high:
+                raise ValueError(f"age bin {name!r}: [{low}, {high}) must be non-empty and after the previous bin")
+            previous_high = high
+        return value
+
 # ------------------------------------------------------------------------------------------ training
 class OptimParams(_Section):
     """What the demo and the paper recipes share: optimiser, schedule, EMA, checkpoints, precision."""
@@ -311,6 +344,9 @@ class TrainParams(OptimParams):
     perceptual_network: Literal["auto", "vgg19", "dlib", "off"] = "auto"
     identity_network: Literal["dlib", "arcface", "off"] = "dlib"
     arcface_path: str | None = None
+    grad_clip_norm: float | None = Field(
+        default=None, gt=0, description="clip the generator's gradient norm to this (null: off, as published); "
+        "keeps an unfrozen small decoder from blowing up: the SFT scales multiply activations level by level")
     val_preset: str = Field(default="moderate", description="fixed test pairs used for validation")
     val_every: int = Field(default=100, ge=1)
     val_count: int | None = Field(default=200, ge=1, description="first N validation pairs (null: all)")
@@ -325,6 +361,7 @@ class Params(_Section):
     restore: RestoreParams = RestoreParams()
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()
+    bias: BiasParams = BiasParams()
     train_prior: TrainPriorParams = TrainPriorParams()
     train: TrainParams = TrainParams()
 

@@ -1,10 +1,12 @@
-# Restoration of the fixed test pairs and their evaluation. `snakemake --cores 8 evaluate` runs up to here.
+# Restoration of the fixed test pairs, their evaluation and the bias analysis.
+# The DVC stage `evaluate` is the rule `evaluate_metrics` here: in Snakemake, `evaluate` is the target that runs
+# the whole chain up to the reports (Snakefile), so `snakemake --cores 8 evaluate` == `dvc repro`.
 
 
 rule restore:
     input:
         "data/pairs",
-        "models/gfpgan/gfpgan.pth",
+        "models/gfpgan",
         "src/dlfp/restore/testset.py",
         "src/dlfp/restore/restorers.py",
     output:
@@ -22,7 +24,7 @@ rule restore:
         "dlfp restore --in data/pairs --out data/restored --log logs/restore.log"
 
 
-rule evaluate:
+rule evaluate_metrics:
     input:
         "data/pairs",
         "data/restored",
@@ -42,3 +44,25 @@ rule evaluate:
     shell:
         "dlfp evaluate --in data/pairs --restored data/restored --out data/evaluation --metrics reports/metrics.json"
         " --log logs/evaluate.log"
+
+
+rule bias:
+    input:
+        "data/shards",
+        "data/pairs",
+        "data/restored",
+        "data/evaluation",
+        "src/dlfp/bias",
+    output:
+        directory("data/bias"),
+        "reports/bias.json",
+    params:
+        seed=config["seed"],
+        bias=config["bias"],
+    log:
+        "logs/bias.log",
+    conda:
+        "../envs/dlfp.yaml"
+    shell:
+        "dlfp bias --shards data/shards --pairs data/pairs --restored data/restored --evaluation data/evaluation"
+        " --out data/bias --summary reports/bias.json --log logs/bias.log"

@@ -27,7 +27,7 @@ rule train:
     input:
         "data/shards",
         "data/pairs",
-        "models/prior/prior.pth",
+        "models/prior",
         "src/dlfp/train/gfpgan.py",
         "src/dlfp/train/loop.py",
         "src/dlfp/train/data.py",

@@ -124,7 +124,7 @@ def input_to_output_affine(quad: Quad, size: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------- image steps
-def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+def resize_aligned(image: np.ndarray, size: int) -> np.ndarray:
     """High-quality resize of an already-aligned face (Lanczos, antialiased when shrinking)."""
     if image.shape[0] == size and image.shape[1] == size:
         return image
@@ -230,7 +230,7 @@ def align_image(image: np.ndarray, landmarker: FaceLandmarker, *, size: int, min
     quad = ffhq_quad(points)
     height, width = image.shape[:2]
     if is_aligned(quad, width, height, tolerance):
-        out = resize_square(image, size)
+        out = resize_aligned(image, size)
         points = scale_points(points, size / width, size / height)
         alignment = ALIGNMENT_PASSTHROUGH
     else:

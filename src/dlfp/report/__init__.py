@@ -30,6 +30,7 @@ class PageContext:
     out_dir: Path
     env: jinja2.Environment
     nav: tuple[tuple[str, str], ...] = ()  # (title, relative href) of every page in this run
+    models_dir: Path = Path("models")  # the training stages' outputs (models/prior, models/gfpgan)
 
     def render(self, template: str, current: str, **values: Any) -> str:
         """Render with the shared navigation; autoescaping is on for every value passed here."""

@@ -19,7 +19,8 @@ from dlfp.params import Params
 from dlfp.report import STAGES, Page, PageContext, registered_pages
 from dlfp.report.data_page import STAGE_FOLDERS
 
-PAGE_MODULES = ("dlfp.report.data_page",)
+PAGE_MODULES = ("dlfp.report.data_page", "dlfp.report.training_page", "dlfp.report.evaluation_page",
+                "dlfp.report.bias_page")
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 INDEX_NAME = "index.html"
 REPORTED_PACKAGES = ("torch", "torchvision", "numpy", "pillow", "opencv-python-headless", "albumentations",
@@ -71,13 +72,14 @@ def render_index(ctx: PageContext, pages: list[Page]) -> str:
     )
 
 
-def run(params: Params, data_dir: Path, out_dir: Path) -> dict:
+def run(params: Params, data_dir: Path, out_dir: Path, models_dir: Path = Path("models")) -> dict:
     """Write <out>/<page>.html for every registered page, then <out>/index.html; returns what was written."""
     started = time.monotonic()
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    data_dir, out_dir, models_dir = Path(data_dir), Path(out_dir), Path(models_dir)
     pages = load_pages()
     nav = ((("Index", INDEX_NAME),) + tuple((page.title, page.filename) for page in pages))
-    ctx = PageContext(params=params, data_dir=data_dir, out_dir=out_dir, env=make_env(), nav=nav)
+    ctx = PageContext(params=params, data_dir=data_dir, out_dir=out_dir, env=make_env(), nav=nav,
+                      models_dir=models_dir)
     written = []
     for page in pages:
         write_text_atomic(out_dir / page.filename, page.render(ctx))

@@ -12,7 +12,9 @@ import io
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
+import numpy as np
 from matplotlib import rc_context
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, UnidentifiedImageError
@@ -22,6 +24,8 @@ BOX_COLOURS = {"left_eye": (0, 200, 255), "right_eye": (255, 200, 0), "mouth": (
 LANDMARK_COLOUR = (60, 255, 60)
 MAX_LIST_LENGTH = 8  # longer lists in logged parameters are arrays, not scalars: not histogrammed
 Scalar = float | int | str | bool | None
+MAX_LINE_POINTS = 2000  # more points than this per curve are bucket-averaged
+LINE_COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2")
 
 
 def data_uri(payload: bytes, mime: str) -> str:
@@ -151,6 +155,71 @@ def histogram_grid(samples: Sequence[Mapping[str, Scalar]], title: str, columns:
         for ax, name in zip(axes, names, strict=False):
             _plot_one(ax, name, [sample.get(name) for sample in samples])
         for ax in axes[len(names):]:
+            ax.set_axis_off()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", metadata={"Software": None})
+    return data_uri(buffer.getvalue(), "image/png")
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line of a panel: x and y values (NaN where a step did not log the value), drawn thin or bold."""
+
+    label: str
+    x: Sequence[float]
+    y: Sequence[float]
+    emphasis: bool = True
+
+
+def decimate(x: np.ndarray, y: np.ndarray, max_points: int = MAX_LINE_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """Bucket means when a curve has more points than a plot can show (an 800k-step log would be a blur)."""
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if len(x) <= max_points:
+        return x, y
+    buckets = np.array_split(np.arange(len(x)), max_points)
+    return (np.array([x[b].mean() for b in buckets]), np.array([y[b].mean() for b in buckets]))
+
+
+def moving_average(y: np.ndarray, window: int) -> np.ndarray:
+    """Centred running mean of the finite values, so a noisy GAN loss shows its trend."""
+    if window <= 1 or len(y) < window:
+        return y
+    kernel = np.ones(window) / window
+    padded = np.pad(y, (window // 2, window - 1 - window // 2), mode="edge")
+    return np.convolve(padded, kernel, mode="valid")
+
+
+def line_panels(panels: Sequence[tuple[str, Sequence[Series]]], title: str, columns: int = 3,
+                xlabel: str = "step") -> str | None:
+    """Small multiples of line plots (one panel per quantity); None when no panel has a finite point."""
+    drawable = [(name, lines) for name, lines in panels
+                if any(np.isfinite(np.asarray(s.y, float)).any() for s in lines)]
+    if not drawable:
+        return None
+    columns = max(1, min(columns, len(drawable)))
+    rows = math.ceil(len(drawable) / columns)
+    with rc_context({"text.parse_math": False, "svg.hashsalt": "dlfp"}):
+        height = 2.4 * rows + 0.6
+        figure = Figure(figsize=(4.0 * columns, height), dpi=80)
+        figure.subplots_adjust(left=0.07, right=0.98, bottom=0.55 / height, top=1 - 0.55 / height,
+                               wspace=0.3, hspace=0.6)
+        figure.suptitle(title[:100], fontsize=10, y=1 - 0.12 / height)
+        axes = figure.subplots(rows, columns, squeeze=False).ravel()
+        for ax, (name, lines) in zip(axes, drawable, strict=False):
+            for number, series in enumerate(lines):
+                x, y = decimate(np.asarray(series.x, float), np.asarray(series.y, float))
+                colour = LINE_COLOURS[number % len(LINE_COLOURS)]
+                if series.emphasis:
+                    ax.plot(x, y, color=colour, linewidth=1.2, label=series.label[:40])
+                else:
+                    ax.plot(x, y, color=colour, linewidth=0.6, alpha=0.35, label=series.label[:40])
+            ax.set_title(name[:48], fontsize=8)
+            ax.set_xlabel(xlabel, fontsize=7)
+            ax.tick_params(labelsize=7)
+            if len(lines) > 1:
+                ax.legend(fontsize=6, loc="best")
+        for ax in axes[len(drawable):]:
             ax.set_axis_off()
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", metadata={"Software": None})

@@ -145,7 +145,7 @@ def gfpgan_restorer(weights: Path | str, arch: Mapping[str, object] | None = Non
 
     from dlfp.models.checkpoints import WeightsMissingError, check_state_dict, read_state_dict
     from dlfp.models.gfpgan import GFPGANv1Clean
-    from dlfp.train.data import resize_square
+    from dlfp.train.data import resize_for_model
 
     weights = Path(weights)
     try:
@@ -173,7 +173,7 @@ def gfpgan_restorer(weights: Path | str, arch: Mapping[str, object] | None = Non
         with torch.inference_mode():
             for shape, positions in by_shape.items():
                 # The same resampling the model saw in training (area when shrinking), not a second resizer.
-                inputs = [resize_square(images[p], out_size) for p in positions]
+                inputs = [resize_for_model(images[p], out_size) for p in positions]
                 batch = torch.from_numpy(np.stack(inputs)).to(device)
                 x = batch.permute(0, 3, 1, 2).float().div_(MAX_8BIT / 2).sub_(1.0)  # [-1, 1]
                 out, _ = model(x, return_rgb=False)
@@ -189,7 +189,7 @@ def gfpgan_restorer(weights: Path | str, arch: Mapping[str, object] | None = Non
     description = {"kind": "GFPGANv1Clean, deterministic (stored noise maps)", "weights": str(weights),
                    "arch": {key: config[key] for key in ARCH_KEYS}, "arch_from_params": sorted(overrides),
                    "device": device,
-                   "resize": "in: dlfp.train.data.resize_square (as in training); out: bilinear (antialiased) back"}
+                   "resize": "in: dlfp.train.data.resize_for_model (as in training); out: bilinear (antialiased) back"}
     return Restorer("gfpgan", run, batch_size=batch_size, description=description)
 
 

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from dlfp.data import streams
 from dlfp.data.shards import iter_samples, read_index
 from dlfp.io.atomic import write_json_atomic
 from dlfp.io.hashing import file_digest
@@ -40,7 +41,7 @@ from dlfp.models.gfpgan import GFPGANv1Clean
 from dlfp.models.identity import MATCH_THRESHOLD, load_dlib_resnet
 from dlfp.models.stylegan2 import StyleGAN2Discriminator
 from dlfp.params import Params, TrainParams
-from dlfp.train.data import Batches, SampleRecipe, ShardStream, resize_square, to_tensor, train_records
+from dlfp.train.data import Batches, SampleRecipe, ShardStream, resize_for_model, to_tensor, train_records
 from dlfp.train.loop import (
     EMA,
     DistInfo,
@@ -79,7 +80,7 @@ D_BETAS = (0.0, 0.99)  # raised to the lazy-R1 power
 COMPONENT_BETAS = (0.9, 0.99)
 TERMS = ["pixel", "pyramid", "perceptual", "perceptual_style", "gan", "component_gan", "component_style",
          "identity"]
-LOSS_COLUMNS = [*TERMS, "g_total", "d_gan", "r1", "d_component", "lr"]
+LOSS_COLUMNS = [*TERMS, "g_total", "g_grad_norm", "d_gan", "r1", "d_component", "lr"]
 VALIDATION_COLUMNS = ["step", "pairs", "psnr", "psnr_lq", "identity_match", "identity_match_lq",
                       "identity_distance", "identity_distance_lq"]
 
@@ -197,12 +198,18 @@ class GFPGANTrainer:
         total = sum(weights[name] * value for name, value in terms.items())
         self.net_g.zero_grad(set_to_none=True)
         total.backward()
-        average_gradients([q for q in self.net_g.parameters() if q.requires_grad], self.info)
+        trainable = [q for q in self.net_g.parameters() if q.requires_grad]
+        average_gradients(trainable, self.info)
+        grad_norm = None
+        if p.grad_clip_norm is not None:  # after averaging: every rank clips the same gradient
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, p.grad_clip_norm)
         self.opt_g.step()
         images = p.batch_size * self.info.world_size
         self.ema.update(self.net_g, ema_decay(images, p.ema_half_life_images, images * step, p.ema_rampup))
         losses = {name: value.detach() * weights[name] for name, value in terms.items()}
         losses["g_total"] = total.detach()
+        if grad_norm is not None:
+            losses["g_grad_norm"] = grad_norm.detach()
 
         # ---- global discriminator (+ lazy R1)
         if w.gan > 0:
@@ -248,8 +255,8 @@ def load_pairs(pairs_dir: Path, preset: str, size: int, count: int | None = None
         raise ValueError(f"{pairs_dir}: no pairs for preset {preset!r} (have {sorted(index.get('presets', {}))})")
     lq, gt, keys = [], [], []
     for sample in iter_samples(pairs_dir, index["presets"][preset]["shards"]):
-        lq.append(to_tensor(resize_square(decode_png_bytes(sample["lq.png"]), size)))
-        gt.append(to_tensor(resize_square(decode_png_bytes(sample["gt.png"]), size)))
+        lq.append(to_tensor(resize_for_model(decode_png_bytes(sample["lq.png"]), size)))
+        gt.append(to_tensor(resize_for_model(decode_png_bytes(sample["gt.png"]), size)))
         keys.append(sample["__key__"])
         if count is not None and len(keys) >= count:
             break
@@ -326,7 +333,7 @@ def run(params: Params, shards_dir: Path, prior_path: Path, pairs_dir: Path, out
                           seed=params.seed, counts={"steps": summary["steps"],
                                                     "train_samples": summary["train_samples"]},
                           inputs={"shards": str(shards_dir),
-                                  "shards_index_sha256": file_digest(shards_dir / "index.json"),
+                                  "shards_index_sha256": streams.index_digest(shards_dir),
                                   "prior": str(prior_path), "prior_sha256": file_digest(prior_path),
                                   "pairs": str(pairs_dir)},
                           packages=("torch", "torchvision", "webdataset", "albumentations"),
@@ -452,7 +459,8 @@ def _losses_active(trainer: GFPGANTrainer, p: TrainParams, info: DistInfo, devic
     }
     return {"terms": active, "config": trainer.config, "fix_decoder": p.fix_decoder, "prior": str(prior_path),
             "ema_decay": trainer.ema.decay, "ema_rampup": p.ema_rampup, "lr": trainer.base_lr,
-            "batch_size": p.batch_size, "world_size": info.world_size, "bf16": p.bf16, "device": str(device),
+            "batch_size": p.batch_size, "world_size": info.world_size,
+            "grad_clip_norm": p.grad_clip_norm, "bf16": p.bf16, "device": str(device),
             "preset": p.preset,
             "validation": {"preset": p.val_preset, "identity_network": "dlib", "resolution": trainer.config["out_size"],
                            "match_threshold": MATCH_THRESHOLD},

@@ -1,0 +1,406 @@
+"""The bias stage and bias.html: known answers on synthetic tints, bootstrap coverage, and a small real run.
+
+The end-to-end fixture runs the real shard, degrade and restore stages on real faces from ../shared/faces and
+adds a restorer that lightens every face by a known L*; per_image.csv is written in the evaluate stage's format
+with known values (the real evaluate stage runs in the slow test).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import importlib.util
+import io
+import json
+import math
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from skimage.color import lab2rgb, rgb2lab
+
+from dlfp.bias import skin, stats
+from dlfp.bias import stage as bias_stage
+from dlfp.data import degrade, shards
+from dlfp.data.landmarks import FaceLandmarker
+from dlfp.data.shards import ShardSetWriter, iter_samples, json_bytes, read_index
+from dlfp.evaluate.stage import COLUMNS
+from dlfp.io.atomic import write_csv_atomic, write_json_atomic
+from dlfp.io.images import decode_png_bytes, encode_png, load_rgb
+from dlfp.params import parse_params
+from dlfp.report import PageContext, build
+from dlfp.restore import testset
+
+REPO = Path(__file__).resolve().parents[1]
+FACES = Path(__file__).resolve().parents[2] / "shared" / "faces" / "aligned_hq"
+SIZE = 128
+FACE_COUNT = 12
+PRESET = "mild"
+LIGHTEN_L = 5.0                      # the "lighter" restorer adds this much L* to every pixel
+HOSTILE_ID = "face_<script>alert(1)<"
+HOSTILE_GENDER = "<script>alert(2)</script>"
+MISSED_ID_INDEX = 3                  # the "lighter" restorer's landmarks are "not found" on this face
+CHROMIUM_ERRORS = ("Uncaught", "ERR_FILE_NOT_FOUND", "Failed to load resource", "Refused to")
+
+
+def _load_test_bias():
+    """tests/ is not a package: the synthetic face of test_bias.py is loaded by path."""
+    name = "_dlfp_test_bias_helpers"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_bias.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def lighten(image: np.ndarray, delta_l: float) -> np.ndarray:
+    """Add delta_l to L* of every pixel (a uniform lightening with a known size), back to sRGB uint8."""
+    lab = rgb2lab(image.astype(np.float64) / 255.0)
+    lab[..., 0] = np.clip(lab[..., 0] + delta_l, 0, 100)
+    return np.round(np.clip(lab2rgb(lab), 0, 1) * 255).astype(np.uint8)
+
+
+def _params(**bias: object):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["shard"].update(split="hash", fractions={"train": 0.3, "val": 0.0, "test": 0.7}, samples_per_shard=4)
+    raw["degrade"].update(workers=1, presets={PRESET: raw["degrade"]["presets"][PRESET]})
+    raw["restore"].update(restorers=["identity", "bicubic"], device="cpu", threads=1)
+    raw["evaluate"].update(device="cpu", threads=1, batch_size=8, headline_preset=PRESET, headline_restorer="bicubic")
+    raw["bias"].update({"min_group_size": 4, "resamples": 200, "worst_cases": 20, "examples": 20, **bias})
+    return parse_params(raw)
+
+
+# --------------------------------------------------------------------------------- known answers
+def test_lighter_tint_gives_the_expected_d_ita_sign_and_size() -> None:
+    """A uniform face lightened by +5 L*: dITA equals the analytic ITA change of the painted colours."""
+    helpers = _load_test_bias()
+    skin_rgb = helpers.lab_colour(helpers.SKIN_LAB)
+    gt, landmarks = helpers.synthetic_face(skin_rgb)
+    tinted_rgb = helpers.lab_colour((helpers.SKIN_LAB[0] + LIGHTEN_L, *helpers.SKIN_LAB[1:]))
+    restored, _ = helpers.synthetic_face(tinted_rgb)
+    face = bias_stage.measure_gt("synthetic", {"landmarks": landmarks.tolist()}, gt, "test", _params().bias, {})
+    assert face.measured is not None and face.band == skin.ita_band(face.measured.ita_deg)
+    shift = skin.tone_shift(gt, restored, face.mask)
+    expected = helpers.analytic_ita(helpers.painted_lab(tinted_rgb)) - helpers.analytic_ita(
+        helpers.painted_lab(skin_rgb))
+    assert expected > 8   # ~ +9.7 deg for (62, 12, 18) -> (67, 12, 18)
+    assert shift.d_ita == pytest.approx(expected, abs=0.2)
+    assert shift.d_l_star == pytest.approx(LIGHTEN_L, abs=0.3)
+    darker, _ = helpers.synthetic_face(helpers.lab_colour((helpers.SKIN_LAB[0] - LIGHTEN_L, *helpers.SKIN_LAB[1:])))
+    assert skin.tone_shift(gt, darker, face.mask).d_ita < -8
+
+
+def test_bootstrap_intervals_cover_the_true_mean() -> None:
+    """200 simulated groups: the 95% percentile-bootstrap CI of the mean covers the true mean ~95% of the time."""
+    rng = np.random.default_rng(20260101)
+    true_mean, simulations, n = 3.0, 200, 60
+    covered = sum(stats.bootstrap_ci(rng.normal(true_mean, 2.0, n), "mean", 1000, 0.95, seed=i).covers(true_mean)
+                  for i in range(simulations))
+    assert 0.92 <= covered / simulations <= 0.98, covered
+
+
+def test_age_bins_labels_and_bad_params(tmp_path: Path) -> None:
+    bins = _params().bias.age_bins
+    assert [bias_stage.age_group(a, bins) for a in (0.0, 19.9, 20, 59.5, 75, None)] == \
+        ["0-19", "0-19", "20-39", "40-59", "60+", "unknown"]
+    labels_path = tmp_path / "labels.csv"
+    labels_path.write_text("file,ffhq_id,gender,age\na.png,00007,female,31.0\nb.png,,male,\nc.png,00008,,\n")
+    labels, note = bias_stage.read_labels(labels_path)
+    assert labels == {7: {"gender": "female", "age": 31.0}, 8: {"gender": "unknown", "age": None}}
+    assert "2 FFHQ ids" in note
+    assert bias_stage.read_labels(tmp_path / "absent.csv")[0] == {}
+    (tmp_path / "bad.csv").write_text("file,id\nx,1\n")
+    with pytest.raises(ValueError, match="bad.csv.*lacks the column"):
+        bias_stage.read_labels(tmp_path / "bad.csv")
+    with pytest.raises(Exception, match="age bin"):
+        _params(age_bins={"old": [60, 100], "young": [0, 20]})
+    with pytest.raises(Exception, match="bias.correktion"):
+        _params(correktion="both")
+
+
+# ------------------------------------------------------------------------------------- end to end
+def _fake_restored(pairs_dir: Path, restored_dir: Path) -> None:
+    """Add the restorer "lighter" (GT + 5 L*) to the restore stage's folder, in its format."""
+    index = read_index(restored_dir)
+    pairs_index = read_index(pairs_dir)
+    per_preset = {}
+    for preset, entry in pairs_index["presets"].items():
+        writer = ShardSetWriter(restored_dir, f"lighter/{preset}/restored-{{:06d}}.tar", 4)
+        for sample in iter_samples(pairs_dir, entry["shards"]):
+            image = lighten(decode_png_bytes(sample["gt.png"]), LIGHTEN_L)
+            writer.write({"__key__": sample["__key__"], "restored.png": encode_png(image),
+                          "json": json_bytes({"id": sample["__key__"], "preset": preset, "restorer": "lighter"})})
+        records = [record.__dict__ for record in writer.close()]
+        per_preset[preset] = {"count": sum(r["count"] for r in records), "shards": records}
+    index["restorers"]["lighter"] = {"restorer": "lighter", "status": "ok", "presets": per_preset}
+    write_json_atomic(restored_dir / "index.json", index)
+
+
+def _evaluation(root: Path) -> list[str]:
+    """per_image.csv in the evaluate stage's columns: real PSNR, SSIM not computed, known identity distances."""
+    pairs_index = read_index(root / "pairs")
+    restored_index = read_index(root / "restored")
+    rows, ids = [], []
+    for restorer in ("identity", "bicubic", "lighter"):
+        entry = restored_index["restorers"][restorer]["presets"][PRESET]
+        restored = {s["__key__"]: s for s in iter_samples(root / "restored", entry["shards"])}
+        for number, pair in enumerate(iter_samples(root / "pairs", pairs_index["presets"][PRESET]["shards"])):
+            key = pair["__key__"]
+            gt = decode_png_bytes(pair["gt.png"]).astype(np.float64) / 255
+            image = decode_png_bytes(restored[key]["restored.png"]).astype(np.float64) / 255
+            psnr = 10 * math.log10(1 / max(float(np.mean((gt - image) ** 2)), 1e-10))
+            detected = not (restorer == "lighter" and number == MISSED_ID_INDEX)
+            values = {"preset": PRESET, "restorer": restorer, "id": key, "psnr": round(psnr, 6), "ssim": "",
+                      "lpips": "", "niqe": "", "identity_distance": 0.1 * (number % 3), "identity_angle_deg": "",
+                      "identity_match": "true", "landmarks_detected": "true" if detected else "false",
+                      "landmark_nme": 0.05 if detected else "", "landmark_error_px": ""}
+            rows.append([values[column] for column in COLUMNS])
+            ids.append(key)
+    write_csv_atomic(root / "evaluation" / "per_image.csv", COLUMNS, rows)
+    write_json_atomic(root / "evaluation" / "summary.json",
+                      {"metrics": {"ssim": {"status": "not computed: skipped in this test"}}})
+    return ids
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real faces at 128 px through the real shard, degrade and restore stages; one id holds <script>."""
+    paths = sorted(FACES.glob("ffhq256_*.jpg"))[:FACE_COUNT]
+    if len(paths) < FACE_COUNT:
+        pytest.skip(f"no faces in {FACES}")
+    root = tmp_path_factory.mktemp("bias_stage")
+    aligned = root / "aligned"
+    (aligned / "images").mkdir(parents=True)
+    landmarker = FaceLandmarker("hog", upsample=1)
+    lines, label_rows = [], []
+    for number, path in enumerate(paths):
+        full = load_rgb(path)
+        boxes = landmarker.detect(full)
+        assert boxes, f"{path.name}: no face"
+        points = (landmarker.landmarks(full, boxes[0]) + 0.5) * SIZE / full.shape[1] - 0.5
+        sample_id = HOSTILE_ID if number == 1 else f"face_{number:03d}"
+        ffhq_id = int(path.stem.split("_")[1])
+        image = cv2.resize(full, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+        (aligned / "images" / f"{sample_id}.png").write_bytes(encode_png(image))
+        lines.append(json.dumps({"id": sample_id, "source": path.name, "licence": "test", "ffhq_id": ffhq_id,
+                                 "landmarks": points.round(3).tolist()}))
+        gender = HOSTILE_GENDER if number == 1 else ("female" if number % 2 else "male")
+        label_rows.append([path.name, f"{ffhq_id:05d}", gender, str(10.0 + 5 * number)])
+    (aligned / "meta.jsonl").write_text("\n".join(lines) + "\n")
+    write_csv_atomic(root / "labels.csv", ["file", "ffhq_id", "gender", "age"], label_rows)
+    params = _params()
+    shards.run(params, aligned, root / "shards")
+    degrade.run(params, root / "shards", root / "pairs")
+    testset.run(params, root / "pairs", root / "restored")
+    _fake_restored(root / "pairs", root / "restored")
+    _evaluation(root)
+    return root
+
+
+def _run_bias(root: Path, out: Path, **bias: object) -> dict:
+    return bias_stage.run(_params(**bias), shards_dir=root / "shards", pairs_dir=root / "pairs",
+                          restored_dir=root / "restored", evaluation_dir=root / "evaluation", out_dir=out,
+                          summary_path=out.parent / "reports" / "bias.json", labels_path=root / "labels.csv")
+
+
+@pytest.fixture(scope="module")
+def result(project: Path) -> Path:
+    _run_bias(project, project / "bias")
+    return project / "bias"
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_stage_outputs_per_face_rows_and_known_shifts(project: Path, result: Path) -> None:
+    per_face = _csv(result / "per_face.csv")
+    test_ids = {s["__key__"] for s in iter_samples(project / "pairs", read_index(project / "pairs")["presets"][
+        PRESET]["shards"])}
+    assert len(per_face) == 3 * len(test_ids) and {r["restorer"] for r in per_face} == {"identity", "bicubic",
+                                                                                         "lighter"}
+    lighter = [r for r in per_face if r["restorer"] == "lighter"]
+    assert all(float(r["d_ita"]) > 0 for r in lighter)                        # every face lightened
+    assert all(abs(float(r["d_l_star"]) - LIGHTEN_L) < 0.6 for r in lighter)   # by the known amount
+    bicubic = [r for r in per_face if r["restorer"] == "bicubic"]
+    assert np.median([abs(float(r["d_ita"])) for r in bicubic]) < np.median([float(r["d_ita"]) for r in lighter])
+    for row in per_face:   # the GT groups do not depend on the restorer
+        assert row["band_gt"] in skin.ALL_GROUPS and row["group_skin_tone"].split("+")[0] in skin.BAND_ORDER
+        assert row["correction_applied"] in ("brightest", "sclera+brightest")
+    hostile = [r for r in per_face if r["id"] == HOSTILE_ID]
+    if hostile:
+        assert hostile[0]["gender"] == HOSTILE_GENDER
+
+    document = json.loads((result / "bias.json").read_text())
+    tone = [t for t in document["tone_shift"] if t["restorer"] == "lighter" and t["grouping"] == "skin_tone"]
+    assert tone and all(t["share_lightened"] == 1.0 and t["verdict"] in ("lightened", "inconclusive") for t in tone)
+    assert sum(t["n"] for t in tone) == len(test_ids)
+
+    # every group is reported, merged groups flagged, nothing dropped
+    for grouping, groups in document["group_info"].items():
+        assert sum(g["n"] for g in groups) == len(test_ids), grouping
+        for g in groups:
+            assert g["merged"] == ("+" in g["group"] and len(g["members"]) > 1)
+
+    # the missed landmark detection is one failure in the lighter set
+    failures = [f for f in document["failures"] if f["restorer"] == "lighter" and f["grouping"] == "skin_tone"]
+    assert sum(f["n_failed"] for f in failures) == 1
+    assert all(f["n_failed"] == 0 for f in document["failures"] if f["restorer"] != "lighter")
+
+    # gaps: PSNR computed with a CI around the estimate; SSIM says why not
+    gaps = {(g["restorer"], g["grouping"], g["metric"]): g for g in document["gaps"]}
+    psnr = gaps[("bicubic", "skin_tone", "psnr")]
+    assert psnr["status"] == "ok" and psnr["gap_low"] <= psnr["gap"] <= psnr["gap_high"] and psnr["gap"] <= 0
+    assert gaps[("bicubic", "skin_tone", "ssim")]["status"] == "not computed: skipped in this test"
+    assert document["not_computed"]["ssim"] == "not computed: skipped in this test"
+
+    # flips: every measured face counted once per restorer; the +5 L* restorer never moves a band darker
+    flips = [f for f in document["flips"] if f["restorer"] == "lighter"]
+    assert sum(f["count"] for f in flips) == len(test_ids)
+    order = list(skin.BAND_ORDER)
+    assert all(order.index(f["restored_band"]) <= order.index(f["gt_band"]) for f in flips if f["count"]
+               and f["gt_band"] in order and f["restored_band"] in order)
+
+    # baseline control: lighter minus bicubic on |dITA| is positive in every skin-tone group
+    control = [b for b in document["baseline"] if b["restorer"] == "lighter" and b["metric"] == "d_ita"
+               and b["grouping"] == "skin_tone"]
+    assert control and all(b["estimate"] > 0 and b["baseline"] == "bicubic" for b in control)
+
+    # composition covers the train and test splits; images are named by number, not by id
+    splits = {row["split"] for row in _csv(result / "composition.csv")}
+    assert "test" in splits
+    assert all(Path(w["file"]).name[:4].isdigit() and (result / w["file"]).is_file() for w in document["worst"])
+    summary = json.loads((project / "reports" / "bias.json").read_text())
+    assert summary["correction"] == "both" and set(summary["results"][PRESET]) == {"identity", "bicubic", "lighter"}
+    assert summary["results"][PRESET]["lighter"]["largest_gap"]["ssim"]["status"].startswith("not computed")
+    assert json.loads((result / "receipt.json").read_text())["stage"] == "bias"
+
+
+def test_rerun_is_identical_and_correction_is_a_parameter(project: Path, result: Path, tmp_path: Path) -> None:
+    _run_bias(project, tmp_path / "again")
+    for name in ("per_face.csv", "groups.csv", "gaps.csv", "tone_shift.csv", "flips.csv", "composition.csv"):
+        assert (tmp_path / "again" / name).read_bytes() == (result / name).read_bytes(), name
+    _run_bias(project, tmp_path / "plain", correction="none", worst_cases=0, examples=0)
+    plain = _csv(tmp_path / "plain" / "per_face.csv")
+    assert all(r["correction_applied"] == "none" and r["band_gt"] == r["band_gt_plain"] for r in plain)
+    assert json.loads((tmp_path / "plain" / "bias.json").read_text())["worst"] == []
+
+
+def test_evaluation_from_other_shards_is_refused(project: Path, tmp_path: Path) -> None:
+    evaluation = tmp_path / "evaluation"
+    shutil.copytree(project / "evaluation", evaluation)
+    rows = (evaluation / "per_image.csv").read_text().splitlines()
+    rows.append(rows[1].replace(rows[1].split(",")[2], "stranger", 1))
+    (evaluation / "per_image.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match="'stranger' is not in"):
+        bias_stage.run(_params(), shards_dir=project / "shards", pairs_dir=project / "pairs",
+                       restored_dir=project / "restored", evaluation_dir=evaluation, out_dir=tmp_path / "out",
+                       summary_path=tmp_path / "s.json", labels_path=None)
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------- page
+class _Images(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            self.sources += [value for name, value in attrs if name == "src" and value]
+
+
+def _images(html: str) -> list[str]:
+    parser = _Images()
+    parser.feed(html)
+    return parser.sources
+
+
+@pytest.fixture(scope="module")
+def pages(project: Path, result: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """data.html, bias.html and index.html built from the project folder (aligned, shards, pairs, bias)."""
+    out = tmp_path_factory.mktemp("bias_reports")
+    summary = build.run(_params(), data_dir=project, out_dir=out, models_dir=project / "models")
+    assert {"data.html", "bias.html", "index.html"} <= set(summary["pages"])
+    return out
+
+
+def test_page_shows_every_section_and_escapes_metadata(pages: Path) -> None:
+    html = (pages / "bias.html").read_text(encoding="utf-8")
+    for anchor in ("method", "composition", "examples", "gaps", "tone", "groups", "forest", "flips", "failures",
+                   "baseline", "worst"):
+        assert f'id="{anchor}"' in html, anchor
+    assert "correction used for the grouping: <code>both</code>" in html
+    assert "face_&lt;script&gt;alert(1)&lt;" in html and "&lt;script&gt;alert(2)&lt;/script&gt;" in html
+    for page in pages.glob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        assert "<script" not in text.lower(), page.name
+    assert "face_&lt;script&gt;alert(1)&lt;" in (pages / "data.html").read_text(encoding="utf-8")
+    sources = _images(html)
+    assert len(sources) >= 8   # composition, dITA plot, forests, flips, examples, worst cases
+    for src in sources:
+        header, _, payload = src.partition(",")
+        assert header in ("data:image/png;base64", "data:image/jpeg;base64"), header[:40]
+        with Image.open(io.BytesIO(base64.b64decode(payload, validate=True))) as image:
+            image.load()
+            assert image.width > 0
+    assert 'href="bias.html#bias"' in (pages / "index.html").read_text(encoding="utf-8")
+
+
+def test_page_before_the_stage_ran(tmp_path: Path) -> None:
+    from dlfp.report import bias_page
+
+    ctx = PageContext(params=_params(), data_dir=tmp_path, out_dir=tmp_path, env=build.make_env())
+    html = bias_page.render(ctx)
+    assert "Stage <code>bias</code> not run yet" in html
+    (tmp_path / "bias").mkdir()
+    (tmp_path / "bias" / "bias.json").write_text("{broken")
+    assert "bias.json: unreadable" in bias_page.render(ctx)
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (apt-get install -y chromium)")
+def test_pages_render_in_headless_chromium(pages: Path, tmp_path: Path) -> None:
+    page = pages / "bias.html"
+    shot = tmp_path / "bias.png"
+    run = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+         f"--screenshot={shot}", "--window-size=1280,4000", page.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert shot.is_file() and shot.stat().st_size > 1000, run.stderr[-2000:]
+    errors = [line for line in run.stderr.splitlines() if any(mark in line for mark in CHROMIUM_ERRORS)]
+    assert not errors, errors
+
+
+# ------------------------------------------------------------------------------------------- slow
+@pytest.mark.slow
+def test_on_the_real_evaluate_stage(project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bias stage reads what the real evaluate stage writes (dlib identity and landmarks, pyiqa PSNR/SSIM)."""
+    from dlfp.evaluate import stage as evaluate_stage
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))   # no pyiqa weights: LPIPS etc. not computed
+    evaluation = tmp_path / "evaluation"
+    evaluate_stage.run(_params(), project / "pairs", project / "restored", evaluation, tmp_path / "metrics.json")
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in ("shards", "pairs", "restored"):
+        (root / name).symlink_to(project / name)
+    (root / "evaluation").symlink_to(evaluation)
+    shutil.copy(project / "labels.csv", root / "labels.csv")
+    _run_bias(root, tmp_path / "bias")
+    document = json.loads((tmp_path / "bias" / "bias.json").read_text())
+    assert document["not_computed"]["lpips"].startswith("not computed: LPIPS")
+    ssim = [g for g in document["groups"] if g["metric"] == "ssim" and g["restorer"] == "lighter"]
+    assert ssim and all(0.5 < g["estimate"] <= 1 for g in ssim)
+    identity = [g for g in document["gaps"] if g["metric"] == "identity_distance" and g["grouping"] == "skin_tone"]
+    assert identity and all(g["status"] == "ok" for g in identity)

@@ -1,0 +1,339 @@
+"""training.html and evaluation.html on the outputs of the real stages, run on a few real faces at 64 px.
+
+One module fixture runs shard -> degrade -> train_prior -> train -> restore -> evaluate on 20 faces from
+../shared/faces (tiny networks, a few steps), under a folder whose name holds a <script> tag, with one face id
+that carries an attribute-injection payload. The pages are then checked for their numbers against the stage
+outputs, for escaping, for the not-run and not-computed messages, and in headless Chromium.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import cv2
+import pytest
+import torch
+from markupsafe import escape as html_escape
+
+from dlfp.data import degrade, shards
+from dlfp.data.shards import hash_split
+from dlfp.evaluate import stage as evaluate_stage
+from dlfp.io.images import encode_png, load_rgb
+from dlfp.params import Params, parse_params
+from dlfp.report import build, evaluation_page, training_page
+from dlfp.restore import testset
+from dlfp.train import gfpgan, prior
+
+TESTS = Path(__file__).resolve().parent
+FACES = TESTS.parents[1] / "shared" / "faces" / "aligned_hq"
+SIZE = 64
+FACE_COUNT = 20
+PRESETS = ("moderate", "paper")
+SCRIPT = "<script>alert(1)</script>"
+SCRIPT_ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
+HOSTILE_ID = 'face<img src=x onerror=alert(1)>"q"&'  # "/" cannot be in a tar key, so no <script> here
+HOSTILE_ID_ESCAPED = "face&lt;img src=x onerror=alert(1)&gt;&#34;q&#34;&amp;"
+SPLIT_FRACTIONS = {"train": 0.6, "val": 0.0, "test": 0.4}
+PAGES = ("index.html", "data.html", "training.html", "evaluation.html")
+
+
+def _load(name: str) -> ModuleType:
+    """tests/ is not a package (pyiqa installs a top-level `tests`): load a sibling module by path."""
+    module_name = f"_dlfp_test_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, TESTS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
+
+
+browser = _load("_browser")
+train_tests = _load("test_train")  # the tiny network and quiet loader settings of the training tests
+
+
+def make_params(root: Path, weights: Path, **report: int) -> Params:
+    return parse_params({
+        "seed": 7,
+        "data": {"source": "folder", "folder": f"faces/{SCRIPT}", "size": SIZE},
+        "shard": {"split": "hash", "fractions": SPLIT_FRACTIONS, "samples_per_shard": 8},
+        "degrade": {"workers": 1, "presets": {"moderate": {"blur_sigma": [1.0, 3.0], "downscale": [2.0, 3.0]},
+                                              "paper": {}}},
+        "train_prior": {**train_tests.TINY_NET, **train_tests.QUIET, "iters": 3, "checkpoint_every": 100,
+                        "sample_every": 2},
+        "train": {**train_tests.QUIET, "iters": 4, "checkpoint_every": 100, "sample_every": 2, "val_every": 2,
+                  "perceptual_network": "off", "identity_network": "dlib", "r1_interval": 2, "val_preset": "moderate",
+                  "val_count": 4},
+        "restore": {"weights": str(weights), "device": "cpu", "threads": 1, "batch_size": 4},
+        "evaluate": {"device": "cpu", "threads": 1, "batch_size": 8, "headline_preset": "paper"},
+        "report": {"samples_in_grid": 2, "pairs_per_preset": 3, **report},
+    })
+
+
+def hostile_test_id() -> str:
+    """HOSTILE_ID plus the first digit that puts it in the test split (hash split), so every page shows it."""
+    for digit in range(100):
+        candidate = f"{HOSTILE_ID}{digit}"
+        if hash_split(candidate, SPLIT_FRACTIONS) == "test":
+            return candidate
+    raise AssertionError("no test-split variant of the hostile id")
+
+
+def write_aligned(folder: Path) -> None:
+    """FACE_COUNT real faces at 64 px as an align-stage output (no landmarks: landmark metrics are 'not computed')."""
+    paths = sorted(FACES.glob("*.png"))[:FACE_COUNT]
+    if len(paths) < FACE_COUNT:
+        pytest.skip(f"fewer than {FACE_COUNT} faces in {FACES}")
+    (folder / "images").mkdir(parents=True)
+    lines = []
+    for number, path in enumerate(paths):
+        sample_id = hostile_test_id() if number == 0 else f"face_{number:03d}"
+        image = cv2.resize(load_rgb(path), (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+        (folder / "images" / f"{sample_id}.png").write_bytes(encode_png(image))
+        lines.append(json.dumps({"id": sample_id, "source": path.name, "licence": "test"}))
+    (folder / "meta.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def torch_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """No pyiqa or VGG weights: LPIPS, NIQE and FID must come out 'not computed' with the file named."""
+    home = tmp_path_factory.mktemp("torch_home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCH_HOME", str(home))
+        yield home
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory, torch_home: Path) -> dict[str, Path]:
+    """Every stage up to evaluate, for real, then the report."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("pages") / SCRIPT  # a folder name with a <script> tag in every path
+    data, models, reports = root / "data", root / "models", root / "reports"
+    params = make_params(root, models / "gfpgan" / gfpgan.MODEL_FILE)
+    write_aligned(data / "aligned")
+    shards.run(params, data / "aligned", data / "shards")
+    degrade.run(params, data / "shards", data / "pairs")
+    prior.run(params, data / "shards", models / "prior")
+    gfpgan.run(params, data / "shards", models / "prior" / prior.PRIOR_FILE, data / "pairs", models / "gfpgan")
+    testset.run(params, data / "pairs", data / "restored")
+    evaluate_stage.run(params, data / "pairs", data / "restored", data / "evaluation", reports / "metrics.json")
+    build.run(params, data, reports, models_dir=models)
+    return {"root": root, "data": data, "models": models, "reports": reports}
+
+
+def page(pipeline: dict[str, Path], name: str) -> str:
+    return (pipeline["reports"] / name).read_text(encoding="utf-8")
+
+
+def cell_texts(html: str) -> list[str]:
+    return [re.sub(r"<[^>]+>", "", cell).strip() for cell in re.findall(r"<td[^>]*>(.*?)</td>", html, re.S)]
+
+
+# -------------------------------------------------------------------------------------------------- training
+@pytest.mark.slow
+def test_training_page_shows_curves_grids_and_active_losses(pipeline: dict[str, Path]) -> None:
+    html = page(pipeline, "training.html")
+    assert "not run yet" not in html
+    images = browser.collect(html).images
+    plots = [src for src in images if src.startswith("data:image/png")]
+    assert len(plots) == 3  # prior losses, gfpgan losses, validation
+    grids = [src for src in images if src.startswith("training/")]
+    # sample_every 2: prior steps 2 and 3 (the last), gfpgan steps 2 and 4
+    assert grids == ["training/prior-step-000002.png", "training/prior-step-000003.png",
+                     "training/gfpgan-step-000002.png", "training/gfpgan-step-000004.png"]
+    for grid in grids:
+        copied = (pipeline["reports"] / grid).read_bytes()
+        stage_folder = "prior" if "prior" in grid else "gfpgan"
+        assert copied == (pipeline["models"] / stage_folder / "samples" / grid.split("-", 1)[1]).read_bytes()
+
+    active = json.loads((pipeline["models"] / "gfpgan" / "losses_active.json").read_text())["terms"]
+    with open(pipeline["models"] / "gfpgan" / "losses.csv", newline="") as handle:
+        logged = list(csv.DictReader(handle))
+    section = html.split('id="train-active"', 1)[1].split("</table>", 1)[0]
+    rows = [cell_texts(row) for row in re.findall(r"<tr>(.*?)</tr>", section, re.S)[1:]]
+    table = {row[0]: row[1:] for row in rows}
+    assert set(active) <= set(table), table.keys()
+    for term, (weight, paper, network, _source, steps, state, *_) in table.items():
+        entry = active[term]
+        assert float(weight) == entry["weight"], term
+        assert float(paper) == training_page.PAPER_LOSS_WEIGHTS[term]
+        count = sum(1 for row in logged if row[term] != "")
+        assert int(steps) == count, term
+        expected = "off (weight 0)" if entry["weight"] == 0 else "active" if count else "weight set but never logged"
+        assert state == expected, term
+        assert network == (str(entry.get("network")) if entry.get("network") else "—")
+    assert table["pixel"][5] == "active" and table["identity"][2] == "dlib"
+    assert table["perceptual"][5] == "off (weight 0)"  # perceptual_network off
+    # no boxes in the shards: component losses have weight but never ran, and the page says so
+    assert table["component_gan"][5] == "weight set but never logged"
+
+    validation = list(csv.DictReader(open(pipeline["models"] / "gfpgan" / "validation.csv", newline="")))
+    assert [row["step"] for row in validation] == ["2", "4"]
+    cells = cell_texts(html)
+    for row in validation:
+        for column in ("psnr", "psnr_lq", "identity_match"):
+            assert f"{float(row[column]):.6g}" in cells
+    assert "models/gfpgan" not in html or SCRIPT_ESCAPED in html
+
+
+def test_training_page_before_training(tmp_path: Path) -> None:
+    (tmp_path / "models" / "gfpgan.partial").mkdir(parents=True)
+    build.run(make_params(tmp_path, tmp_path / "absent.pth"), tmp_path / "data", tmp_path / "reports",
+              models_dir=tmp_path / "models")
+    html = (tmp_path / "reports" / "training.html").read_text(encoding="utf-8")
+    assert "Stage <code>train_prior</code> not run yet" in html and "run <code>dvc repro train_prior</code>" in html
+    assert "Stage <code>train</code> not run yet" in html and "run <code>dvc repro train</code>" in html
+    assert "gfpgan.partial</code> exists" in html
+    evaluation = (tmp_path / "reports" / "evaluation.html").read_text(encoding="utf-8")
+    for stage, command in (("evaluate", "evaluate"), ("restore", "restore"), ("degrade", "degrade")):
+        assert f"Stage <code>{stage}</code> not run yet" in evaluation
+        assert f"run <code>dvc repro {command}</code>" in evaluation
+    assert list((tmp_path / "reports" / "training").iterdir()) == []
+
+
+def test_damaged_training_files_are_reported(tmp_path: Path) -> None:
+    folder = tmp_path / "models" / "gfpgan"
+    (folder / "samples").mkdir(parents=True)
+    (folder / "losses.csv").write_text("step,pixel\n1,0.5\nx,\n2,\n3,0.25\n", encoding="utf-8")
+    (folder / "losses_active.json").write_text("{not json", encoding="utf-8")
+    (folder / "samples" / "step-000001.png").write_bytes(b"not a png")
+    (folder / "samples" / f"step-{HOSTILE_ID}.png").write_bytes(b"ignored: not a step file name")
+    build.run(make_params(tmp_path, tmp_path / "absent.pth"), tmp_path / "data", tmp_path / "reports",
+              models_dir=tmp_path / "models")
+    html = (tmp_path / "reports" / "training.html").read_text(encoding="utf-8")
+    assert "1 row(s) without a numeric step were skipped" in html
+    assert "losses_active.json: unreadable" in html and "receipt.json missing" in html
+    assert "not a readable PNG" in html and "1 of 1 grids" in html
+    assert re.search(r"<td>pixel</td><td class=\"num\">2</td><td class=\"num\">0.5</td>", html)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+@pytest.mark.slow
+def test_metrics_tables_equal_the_evaluation_output(pipeline: dict[str, Path]) -> None:
+    html = page(pipeline, "evaluation.html")
+    summary = json.loads((pipeline["data"] / "evaluation" / "summary.json").read_text())
+    results = summary["results"]
+    assert set(results) == set(PRESETS)
+    tables = re.findall(r"<h3 id=\"metrics-\d+\">Preset (\w+)</h3>.*?<table>(.*?)</table>", html, re.S)
+    assert [name for name, _ in tables] == list(results)
+    for preset, table in tables:
+        header = re.findall(r"<th>([^<]*)</th>", table)
+        restorers = header[2:-3]
+        assert restorers == ["identity", "bicubic", "gfpgan"]  # the LQ baseline first, then restore's order
+        assert set(restorers) == set(results[preset])
+        for spec in evaluation_page.METRICS:
+            label = re.escape(html_escape(spec.label))
+            row = re.search(rf"<tr><td>{label}</td><td>(.)[^<]*</td>(.*?)</tr>", table, re.S)
+            assert row, (preset, spec.key)
+            assert row.group(1) == evaluation_page.ARROWS[spec.direction]
+            cells = cell_texts(row.group(2))
+            for name, cell in zip(restorers, cells, strict=False):
+                value = results[preset][name][spec.key]
+                if isinstance(value, float):
+                    assert cell.startswith(f"{value:.4f}"), (preset, name, spec.key, cell)
+                elif isinstance(value, int):
+                    assert cell.startswith(str(value)), (preset, name, spec.key, cell)
+                else:
+                    assert value.startswith("not computed: ") and cell == value, (preset, name, spec.key)
+            if spec.paper_gfpgan is not None:
+                assert cells[len(restorers)] == f"{spec.paper_gfpgan:.4f}"
+    # pyiqa weights are absent: the reason names the missing file
+    lpips = results["paper"]["gfpgan"]["lpips"]
+    assert lpips.startswith("not computed: LPIPS_v0.1_alex") and lpips in cell_texts(html)
+    assert "no stored GT landmarks" in html
+    assert "roughly only, differs in test set" in html and "not comparable: the paper&#39;s Deg." in html
+    assert "resolution (64 px vs 512 px)" in html and "degradation (preset moderate vs the paper" in html
+    accuracy = results["paper"]["gfpgan"]["identity_match_rate"]
+    assert f"<b>{accuracy:.4f}</b>" in html
+
+
+@pytest.mark.slow
+def test_gallery_and_worst_cases(pipeline: dict[str, Path]) -> None:
+    html = page(pipeline, "evaluation.html")
+    images = browser.collect(html).images
+    gallery = [src for src in images if src.startswith("evaluation/gallery-")]
+    assert len(gallery) == len(PRESETS) * 3 * 4  # 3 faces x (LQ, bicubic, gfpgan, GT)
+    assert html.count('<div class="compare">') == len(PRESETS) * 3
+    assert html.count('type="radio"') == len(gallery) and "<script" not in html.lower()
+    rows = list(csv.DictReader(open(pipeline["data"] / "evaluation" / "per_image.csv", newline="")))
+    for restorer in ("identity", "bicubic", "gfpgan"):
+        mine = sorted((r for r in rows if r["restorer"] == restorer), key=lambda r: -float(r["identity_distance"]))
+        section = html.split(f"<h3>{restorer}</h3>", 1)[1].split("</table>", 1)[0]
+        shown = re.findall(r"<td class=\"num\">(\d+\.\d{4})</td>", section)
+        assert shown == [f"{float(r['identity_distance']):.4f}" for r in mine[:evaluation_page.WORST_PER_RESTORER]]
+    total = sum(path.stat().st_size for path in (pipeline["reports"] / "evaluation").iterdir())
+    assert total < 1_000_000  # small JPEGs, not copies of the PNGs
+
+
+@pytest.mark.slow
+def test_gfpgan_not_run_keeps_the_baselines(pipeline: dict[str, Path], tmp_path: Path) -> None:
+    absent = tmp_path / SCRIPT / "gfpgan.pth"
+    params = make_params(tmp_path, absent)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "pairs").symlink_to(pipeline["data"] / "pairs", target_is_directory=True)
+    testset.run(params, data / "pairs", data / "restored")
+    evaluate_stage.run(params, data / "pairs", data / "restored", data / "evaluation", tmp_path / "r" / "metrics.json")
+    build.run(params, data, tmp_path / "r", models_dir=tmp_path / "models")
+    html = (tmp_path / "r" / "evaluation.html").read_text(encoding="utf-8")
+    assert "Restorer <code>gfpgan</code> was not run" in html
+    reason = json.loads((data / "restored" / "index.json").read_text())["restorers"]["gfpgan"]["reason"]
+    assert SCRIPT in reason and SCRIPT not in html
+    assert reason.replace("<", "&lt;").replace(">", "&gt;").replace("'", "&#39;") in html
+    assert "not computed: restorer gfpgan not run" in html  # the headline
+    summary = json.loads((data / "evaluation" / "summary.json").read_text())
+    bicubic = summary["results"]["paper"]["bicubic"]["psnr"]
+    assert f"{bicubic:.4f}" in cell_texts(html)
+    gallery = [src for src in browser.collect(html).images if src.startswith("evaluation/gallery-")]
+    assert len(gallery) == len(PRESETS) * 3 * 3  # LQ, bicubic, GT
+
+
+@pytest.mark.slow
+def test_hostile_names_are_escaped_on_every_page(pipeline: dict[str, Path]) -> None:
+    for name in PAGES:
+        html = page(pipeline, name)
+        assert SCRIPT not in html and "<img src=x" not in html, name
+        assert "<script" not in html.lower(), name
+        assert SCRIPT_ESCAPED in html, name  # the data folder / path text, shown as text
+    assert HOSTILE_ID_ESCAPED in page(pipeline, "evaluation.html")
+
+
+@pytest.mark.slow
+def test_pages_link_locally_and_index_links_them(pipeline: dict[str, Path]) -> None:
+    for name in PAGES:
+        browser.assert_links_local(pipeline["reports"] / name)
+    index = page(pipeline, "index.html")
+    for stage, target in (("train_prior", "training"), ("train", "training"), ("restore", "evaluation"),
+                          ("evaluate", "evaluation")):
+        assert f'href="{target}.html#{stage}"' in index
+        assert f'id="{stage}"' in page(pipeline, f"{target}.html")
+
+
+@pytest.mark.slow
+def test_rebuild_is_byte_identical(pipeline: dict[str, Path]) -> None:
+    reports = pipeline["reports"]
+    before = {path.relative_to(reports): path.read_bytes() for path in reports.rglob("*") if path.is_file()}
+    params = make_params(pipeline["root"], pipeline["models"] / "gfpgan" / gfpgan.MODEL_FILE)
+    build.run(params, pipeline["data"], reports, models_dir=pipeline["models"])
+    after = {path.relative_to(reports): path.read_bytes() for path in reports.rglob("*") if path.is_file()}
+    assert after == before
+    assert not list(reports.rglob(".*.tmp")) and not list(reports.glob("*.partial"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(browser.chromium() is None,
+                    reason="chromium not installed (make setup installs it: apt-get install -y chromium)")
+@pytest.mark.slow
+def test_pages_render_in_headless_chromium(pipeline: dict[str, Path], tmp_path: Path) -> None:
+    for name in ("training.html", "evaluation.html"):
+        errors = browser.load_in_chromium(pipeline["reports"] / name, tmp_path / f"{Path(name).stem}.png",
+                                          tmp_path / "profile")
+        assert not errors, f"{name}: {errors}"
+    assert (tmp_path / "training.png").is_file() and (tmp_path / "evaluation.png").is_file()
