@@ -10,18 +10,23 @@ from pathlib import Path
 import pytest
 
 
-def _load_httpserver():
-    name = "_dlfp_test_httpserver"
+def load_helper(filename: str):
+    """Load a sibling helper module by path once, as `_dlfp_test_<stem>`, and return it."""
+    name = "_dlfp_test_" + Path(filename).stem.lstrip("_")
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_httpserver.py"))
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(filename))
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
 
 
+# Registered before any test module is imported, so tests can `import _dlfp_test_browser as browser`.
+load_helper("_browser.py")
+
+
 @pytest.fixture
 def server() -> Iterator[object]:
     """A local HTTP server on 127.0.0.1 with Range support and controllable failures (tests/_httpserver.py)."""
-    with _load_httpserver().FileServer() as running:
+    with load_helper("_httpserver.py").FileServer() as running:
         yield running

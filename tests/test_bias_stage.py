@@ -14,11 +14,11 @@ import io
 import json
 import math
 import shutil
-import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import _dlfp_test_browser as browser  # tests/_browser.py, registered by conftest.py
 import cv2
 import numpy as np
 import pytest
@@ -47,7 +47,6 @@ LIGHTEN_L = 5.0                      # the "lighter" restorer adds this much L* 
 HOSTILE_ID = "face_<script>alert(1)<"
 HOSTILE_GENDER = "<script>alert(2)</script>"
 MISSED_ID_INDEX = 3                  # the "lighter" restorer's landmarks are "not found" on this face
-CHROMIUM_ERRORS = ("Uncaught", "ERR_FILE_NOT_FOUND", "Failed to load resource", "Refused to")
 
 
 def _load_test_bias():
@@ -367,18 +366,10 @@ def test_page_before_the_stage_ran(tmp_path: Path) -> None:
     assert "bias.json: unreadable" in bias_page.render(ctx)
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (apt-get install -y chromium)")
+@pytest.mark.skipif(browser.chromium() is None, reason="chromium not installed (apt-get install -y chromium)")
 def test_pages_render_in_headless_chromium(pages: Path, tmp_path: Path) -> None:
     page = pages / "bias.html"
-    shot = tmp_path / "bias.png"
-    run = subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-         f"--screenshot={shot}", "--window-size=1280,4000", page.resolve().as_uri()],
-        capture_output=True, text=True, timeout=120, check=False)
-    assert shot.is_file() and shot.stat().st_size > 1000, run.stderr[-2000:]
-    errors = [line for line in run.stderr.splitlines() if any(mark in line for mark in CHROMIUM_ERRORS)]
+    errors = browser.load_in_chromium(page, tmp_path / "bias.png", tmp_path / "profile")
     assert not errors, errors
 
 

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import csv
 import io
 import json
 import re
-import shutil
-import subprocess
 import tarfile
-from html.parser import HTMLParser
 from pathlib import Path
 
+import _dlfp_test_browser as browser  # tests/_browser.py, registered by conftest.py
 import pytest
 from PIL import Image
 
@@ -28,7 +24,6 @@ QUOTES_ESCAPED = "&#34;quotes&#34; &amp; ampersands"
 # A file name cannot hold "/", so the hostile file name carries an attribute-injection payload instead.
 FILE_ID = 'face<img src=x onerror=alert(1)>"q"&'
 FILE_ID_ESCAPED = "face&lt;img src=x onerror=alert(1)&gt;&#34;q&#34;&amp;"
-CHROMIUM_ERRORS = ("Uncaught", "ERR_FILE_NOT_FOUND", "Failed to load resource", "Refused to")
 
 
 # --------------------------------------------------------------------------------------------- fixtures
@@ -138,43 +133,6 @@ def make_params(grid: int = 4, pairs: int = 3):
                          "report": {"samples_in_grid": grid, "pairs_per_preset": pairs}})
 
 
-class LinkCollector(HTMLParser):
-    """Every URL-bearing attribute and every <img src> of a page."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.urls: list[str] = []
-        self.images: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        for name, value in attrs:
-            if name in ("href", "src", "action", "srcset", "poster", "data") and value is not None:
-                self.urls.append(value)
-                if tag == "img" and name == "src":
-                    self.images.append(value)
-
-
-def collect(html: str) -> LinkCollector:
-    parser = LinkCollector()
-    parser.feed(html)
-    return parser
-
-
-def assert_image_resolves(src: str, page: Path) -> None:
-    if src.startswith("data:"):
-        header, _, payload = src.partition(",")
-        assert header in ("data:image/png;base64", "data:image/jpeg;base64"), header
-        try:
-            raw = base64.b64decode(payload, validate=True)
-        except binascii.Error as error:
-            raise AssertionError(f"bad base64 image on {page.name}") from error
-        with Image.open(io.BytesIO(raw)) as image:
-            image.load()
-            assert image.width > 0 and image.height > 0
-    else:
-        assert (page.parent / src.split("#")[0]).is_file(), f"{page.name}: image {src} missing"
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("report")
@@ -211,7 +169,7 @@ def test_untrusted_strings_are_escaped(built: tuple[Path, dict]) -> None:
 
 def test_data_page_content(built: tuple[Path, dict]) -> None:
     html = (built[0] / "data.html").read_text(encoding="utf-8")
-    images = collect(html).images
+    images = browser.collect(html).images
     # grid: first 4 ids in order; SCRIPT sorts first and has no image (placeholder), then 3 images;
     # 3 pairs x (LQ, GT); 1 histogram figure
     assert len(images) == 3 + 6 + 1
@@ -232,7 +190,7 @@ def test_links_are_local_and_resolve(built: tuple[Path, dict]) -> None:
     out, _ = built
     for page in out.glob("*.html"):
         html = page.read_text(encoding="utf-8")
-        links = collect(html)
+        links = browser.collect(html)
         assert not re.search(r"url\(\s*['\"]?\s*(https?:)?//", html)
         for url in links.urls:
             assert not re.match(r"^[a-z][a-z0-9+.-]*:", url) or url.startswith("data:image/"), url
@@ -241,7 +199,7 @@ def test_links_are_local_and_resolve(built: tuple[Path, dict]) -> None:
             if target and not url.startswith("data:"):
                 assert (page.parent / target).is_file(), f"{page.name}: link {url} has no target"
         for src in links.images:
-            assert_image_resolves(src, page)
+            browser.assert_image_resolves(src, page)
 
 
 def test_missing_stages_are_reported_not_fatal(tmp_path: Path) -> None:
@@ -333,23 +291,11 @@ def test_cli_report(tmp_path: Path) -> None:
     assert (tmp_path / "r" / "index.html").is_file() and (tmp_path / "r" / "data.html").is_file()
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None,
+@pytest.mark.skipif(browser.chromium() is None,
                     reason="chromium not installed (make setup installs it: apt-get install -y chromium)")
 def test_pages_render_in_headless_chromium(built: tuple[Path, dict], tmp_path: Path) -> None:
     out, _ = built
     for page in sorted(out.glob("*.html")):
-        shot = tmp_path / f"{page.stem}.png"
-        result = subprocess.run(
-            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-             f"--screenshot={shot}", "--window-size=1280,2000", page.resolve().as_uri()],
-            capture_output=True, text=True, timeout=120, check=False)
-        assert shot.is_file() and shot.stat().st_size > 1000, result.stderr[-2000:]
-        with Image.open(shot) as image:
-            assert image.size == (1280, 2000)
-        errors = [line for line in result.stderr.splitlines()
-                  if any(mark in line for mark in CHROMIUM_ERRORS)]
+        errors = browser.load_in_chromium(page, tmp_path / f"{page.stem}.png", tmp_path / "profile")
         assert not errors, f"{page.name}: {errors}"
-        for src in collect(page.read_text(encoding="utf-8")).images:
-            assert_image_resolves(src, page)
+        browser.assert_links_local(page)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import _dlfp_test_browser as browser  # tests/_browser.py, registered by conftest.py
 import cv2
 import pytest
 import torch
@@ -55,7 +56,6 @@ def _load(name: str) -> ModuleType:
     return sys.modules[module_name]
 
 
-browser = _load("_browser")
 train_tests = _load("test_train")  # the tiny network and quiet loader settings of the training tests
 
 
