@@ -30,9 +30,9 @@ demo: venv
 	dvc repro
 
 snakemake-demo: venv
-	snakemake --cores 2 report
+	snakemake --cores 2 evaluate
 
-# Everything, slow tests included (about 7 minutes on 2 cores); CI runs this.
+# Everything, slow tests included; CI runs this.
 test: venv browser
 	$(PY) -m pytest -q
 
@@ -51,6 +51,8 @@ bench: venv
 	$(PY) benchmarks/bench_identity.py
 	$(PY) benchmarks/bench_models.py
 	$(PY) benchmarks/bench_pipeline.py
+	$(PY) benchmarks/bench_train_step.py
+	$(PY) benchmarks/bench_restore_photos.py
 
 clean:
 	rm -rf data logs reports .snakemake

@@ -314,6 +314,8 @@ def test_pages_link_locally_and_index_links_them(pipeline: dict[str, Path]) -> N
                           ("evaluate", "evaluation")):
         assert f'href="{target}.html#{stage}"' in index
         assert f'id="{stage}"' in page(pipeline, f"{target}.html")
+        row = re.search(rf"<td>{stage}</td>.*?</tr>", index, re.S)
+        assert row is not None and "<td>ran</td>" in row.group(0), stage  # the receipt in its output folder
 
 
 @pytest.mark.slow

@@ -43,14 +43,22 @@ def load_pages() -> list[Page]:
     return registered_pages()
 
 
-def _stage_rows(pages: list[Page], data_dir: Path) -> list[dict]:
-    """Each pipeline stage with the pages covering it and, for data stages, whether a receipt exists."""
+def _stage_outputs(data_dir: Path, models_dir: Path) -> dict[str, Path]:
+    """The output folder of every stage that writes a receipt (the report itself writes none)."""
+    return {**{stage: data_dir / folder for stage, folder in STAGE_FOLDERS.items()},
+            "train_prior": models_dir / "prior", "train": models_dir / "gfpgan", "restore": data_dir / "restored",
+            "evaluate": data_dir / "evaluation", "bias": data_dir / "bias"}
+
+
+def _stage_rows(pages: list[Page], data_dir: Path, models_dir: Path) -> list[dict]:
+    """Each pipeline stage with the pages covering it and whether its output folder carries a receipt."""
+    outputs = _stage_outputs(data_dir, models_dir)
     rows = []
     for stage in STAGES:
         links = [(page.title, page.filename) for page in pages if stage in page.stages]
         status = None
-        if stage in STAGE_FOLDERS:
-            folder = data_dir / STAGE_FOLDERS[stage]
+        if stage in outputs:
+            folder = outputs[stage]
             status = "ran" if read_receipt(folder) is not None else "not run yet" if not folder.exists() \
                 else "incomplete (no receipt)"
         rows.append({"stage": stage, "links": links, "status": status})
@@ -62,7 +70,7 @@ def render_index(ctx: PageContext, pages: list[Page]) -> str:
     sections = list(type(params).model_fields)
     return ctx.render(
         INDEX_NAME, current=INDEX_NAME, title="dl-fp reports",
-        stages=_stage_rows(pages, ctx.data_dir),
+        stages=_stage_rows(pages, ctx.data_dir, ctx.models_dir),
         seed=params.seed,
         section_hashes=[(name, params.section_hash(name)) for name in sections]
         + [("all sections", params.section_hash(*sections))],
