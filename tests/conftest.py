@@ -23,6 +23,7 @@ def load_helper(filename: str):
 
 # Registered before any test module is imported, so tests can `import _dlfp_test_browser as browser`.
 load_helper("_browser.py")
+load_helper("_tars.py")
 
 
 @pytest.fixture

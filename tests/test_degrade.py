@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import tarfile
 from pathlib import Path
 
+import _dlfp_test_tars as tars  # tests/_tars.py, registered by conftest.py
 import cv2
 import numpy as np
 import pytest
@@ -256,15 +256,6 @@ def clean_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "shards"
 
 
-def _tar_samples(path: Path) -> dict[str, dict[str, bytes]]:
-    samples: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(path) as archive:
-        for member in archive.getmembers():
-            key, extension = member.name.split(".", 1)
-            samples.setdefault(key, {})[extension] = archive.extractfile(member).read()
-    return samples
-
-
 def test_stage_writes_pairs_for_every_preset(clean_shards: Path, tmp_path: Path) -> None:
     params = _stage_params(1)
     out = tmp_path / "pairs"
@@ -281,7 +272,7 @@ def test_stage_writes_pairs_for_every_preset(clean_shards: Path, tmp_path: Path)
         for record in entry["shards"]:
             assert record["path"].startswith(f"{name}/pairs-") and file_digest(out / record["path"]) == \
                 record["sha256"]
-            for key, sample in _tar_samples(out / record["path"]).items():
+            for key, sample in tars.tar_samples(out / record["path"]).items():
                 assert set(sample) == {"lq.png", "gt.png", "json"}
                 assert sample["gt.png"] == clean[key]["gt.png"]
                 meta = json.loads(sample["json"])

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 
+import _dlfp_test_tars as tars  # tests/_tars.py, registered by conftest.py
 import cv2
 import numpy as np
 import pytest
@@ -60,26 +60,17 @@ def pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "pairs"
 
 
-def _tar_samples(path: Path) -> dict[str, dict[str, bytes]]:
-    samples: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(path) as archive:
-        for member in archive.getmembers():
-            key, extension = member.name.split(".", 1)
-            samples.setdefault(key, {})[extension] = archive.extractfile(member).read()
-    return samples
-
-
 def _restored(out: Path, restorer: str, preset: str) -> dict[str, dict[str, bytes]]:
     merged: dict[str, dict[str, bytes]] = {}
     for path in sorted((out / restorer / preset).glob("restored-*.tar")):
-        merged.update(_tar_samples(path))
+        merged.update(tars.tar_samples(path))
     return merged
 
 
 def _pairs(pairs: Path, preset: str) -> dict[str, dict[str, bytes]]:
     merged: dict[str, dict[str, bytes]] = {}
     for path in sorted((pairs / preset).glob("pairs-*.tar")):
-        merged.update(_tar_samples(path))
+        merged.update(tars.tar_samples(path))
     return merged
 
 
