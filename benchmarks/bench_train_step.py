@@ -41,6 +41,7 @@ from dlfp.params import LossWeights, Params, load_params
 from dlfp.train.data import resize_for_model, to_tensor
 from dlfp.train.gfpgan import GFPGANTrainer
 from dlfp.train.loop import DistInfo
+from dlfp.train.prior import prior_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_models import PublishedFormulation  # noqa: E402
@@ -72,15 +73,14 @@ def real_batch(params: Params, size: int, count: int) -> dict:
 
 def make_trainer(params: Params, weights: LossWeights) -> GFPGANTrainer:
     p = params.train.model_copy(update={"weights": weights})
-    prior_config = {key: getattr(params.train_prior, key)
-                    for key in ("out_size", "num_style_feat", "channel_multiplier", "num_mlp", "narrow")}
+    config = prior_config(params.train_prior)
     torch.manual_seed(SEED)
-    prior = StyleGAN2GeneratorClean(**prior_config)
+    prior = StyleGAN2GeneratorClean(**config)
     device = torch.device("cpu")
     feature_net = select_feature_network(p.perceptual_network, device) \
         if weights.perceptual > 0 or weights.perceptual_style > 0 else None
     identity = load_identity_embedder(p.identity_network, device) if weights.identity > 0 else None
-    return GFPGANTrainer(p, prior.state_dict(), prior_config, SEED, DistInfo(), device, feature_net, identity)
+    return GFPGANTrainer(p, prior.state_dict(), config, SEED, DistInfo(), device, feature_net, identity)
 
 
 def time_steps(trainer: GFPGANTrainer, batch: dict, warmup: int, steps: int) -> list[float]:
