@@ -30,7 +30,7 @@ from dlfp.bias import skin, stats
 from dlfp.bias import stage as bias_stage
 from dlfp.data import degrade, shards
 from dlfp.data.landmarks import FaceLandmarker
-from dlfp.data.shards import ShardSetWriter, iter_samples, json_bytes, read_index
+from dlfp.data.shards import ShardSetWriter, iter_samples, json_bytes, pair_presets, read_index
 from dlfp.evaluate.stage import COLUMNS
 from dlfp.io.atomic import write_csv_atomic, write_json_atomic
 from dlfp.io.images import decode_png_bytes, encode_png, load_rgb
@@ -131,7 +131,7 @@ def _fake_restored(pairs_dir: Path, restored_dir: Path) -> None:
     index = read_index(restored_dir)
     pairs_index = read_index(pairs_dir)
     per_preset = {}
-    for preset, entry in pairs_index["presets"].items():
+    for preset, entry in pair_presets(pairs_index, "test").items():
         writer = ShardSetWriter(restored_dir, f"lighter/{preset}/restored-{{:06d}}.tar", 4)
         for sample in iter_samples(pairs_dir, entry["shards"]):
             image = lighten(decode_png_bytes(sample["gt.png"]), LIGHTEN_L)
@@ -151,7 +151,8 @@ def _evaluation(root: Path) -> list[str]:
     for restorer in ("identity", "bicubic", "lighter"):
         entry = restored_index["restorers"][restorer]["presets"][PRESET]
         restored = {s["__key__"]: s for s in iter_samples(root / "restored", entry["shards"])}
-        for number, pair in enumerate(iter_samples(root / "pairs", pairs_index["presets"][PRESET]["shards"])):
+        test_pairs = pair_presets(pairs_index, "test")[PRESET]["shards"]
+        for number, pair in enumerate(iter_samples(root / "pairs", test_pairs)):
             key = pair["__key__"]
             gt = decode_png_bytes(pair["gt.png"]).astype(np.float64) / 255
             image = decode_png_bytes(restored[key]["restored.png"]).astype(np.float64) / 255
@@ -223,8 +224,8 @@ def _csv(path: Path) -> list[dict[str, str]]:
 
 def test_stage_outputs_per_face_rows_and_known_shifts(project: Path, result: Path) -> None:
     per_face = _csv(result / "per_face.csv")
-    test_ids = {s["__key__"] for s in iter_samples(project / "pairs", read_index(project / "pairs")["presets"][
-        PRESET]["shards"])}
+    test_ids = {s["__key__"] for s in iter_samples(project / "pairs", pair_presets(read_index(project / "pairs"),
+                                                                                   "test")[PRESET]["shards"])}
     assert len(per_face) == 3 * len(test_ids) and {r["restorer"] for r in per_face} == {"identity", "bicubic",
                                                                                          "lighter"}
     lighter = [r for r in per_face if r["restorer"] == "lighter"]

@@ -234,14 +234,14 @@ def test_rejects_non_rgb_uint8() -> None:
 # ------------------------------------------------------------------------------------------ stage
 def _stage_params(workers: int) -> object:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["shard"].update(split="hash", fractions={"train": 0.0, "val": 0.0, "test": 1.0}, samples_per_shard=3)
+    raw["shard"].update(split="hash", fractions={"train": 0.0, "val": 0.5, "test": 0.5}, samples_per_shard=3)
     raw["degrade"]["workers"] = workers
     return parse_params(raw)
 
 
 @pytest.fixture(scope="module")
 def clean_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Eight real faces at 64..128 px, sharded by the real shard stage (all in the test split)."""
+    """Eight real faces at 64..128 px, sharded by the real shard stage (into the val and test splits)."""
     root = tmp_path_factory.mktemp("degrade_stage")
     aligned = root / "aligned"
     (aligned / "images").mkdir(parents=True)
@@ -261,29 +261,35 @@ def test_stage_writes_pairs_for_every_preset(clean_shards: Path, tmp_path: Path)
     out = tmp_path / "pairs"
     summary = dg.run(params, clean_shards, out)
     index = json.loads((out / "index.json").read_text())
-    clean = {s["__key__"]: s for s in shards.iter_samples(clean_shards, shards.split_records(
-        shards.read_index(clean_shards), "test"))}
-    assert set(index["presets"]) == set(params.degrade.presets) == set(summary["counts"])
+    shard_index = shards.read_index(clean_shards)
+    assert set(index["splits"]) == {"val", "test"} == set(summary["counts"])
     assert (out / "receipt.json").exists() and not (out.parent / "pairs.partial").exists()
-    for name, entry in index["presets"].items():
-        assert entry["count"] == 8 and [s["count"] for s in entry["shards"]] == [3, 3, 2]
-        assert entry["params"] == params.degrade.presets[name].model_dump(mode="json")
-        seen = []
-        for record in entry["shards"]:
-            assert record["path"].startswith(f"{name}/pairs-") and file_digest(out / record["path"]) == \
-                record["sha256"]
-            for key, sample in tars.tar_samples(out / record["path"]).items():
-                assert set(sample) == {"lq.png", "gt.png", "json"}
-                assert sample["gt.png"] == clean[key]["gt.png"]
-                meta = json.loads(sample["json"])
-                assert meta["id"] == key and meta["preset"] == name and meta["split"] == "test"
-                assert meta["sample_seed"] == dg.sample_seed(params.seed, key, name)
-                gt = decode_png_bytes(sample["gt.png"])
-                lq, applied = dg.degrade(gt, params.degrade.presets[name], meta["sample_seed"])
-                assert meta["degradation"] == applied
-                assert np.array_equal(decode_png_bytes(sample["lq.png"]), lq)
-                seen.append(key)
-        assert seen == sorted(clean)
+    for split in ("val", "test"):
+        clean = {s["__key__"]: s for s in shards.iter_samples(clean_shards, shards.split_records(shard_index, split))}
+        assert len(clean) >= 2  # both splits hold faces, so both are really exercised
+        presets = shards.pair_presets(index, split)
+        assert set(presets) == set(params.degrade.presets) == set(summary["counts"][split])
+        expected_shards = [3] * (len(clean) // 3) + ([len(clean) % 3] if len(clean) % 3 else [])
+        for name, entry in presets.items():
+            assert entry["count"] == len(clean) and [s["count"] for s in entry["shards"]] == expected_shards
+            assert entry["params"] == params.degrade.presets[name].model_dump(mode="json")
+            seen = []
+            for record in entry["shards"]:
+                assert record["path"].startswith(f"{split}/{name}/pairs-") and file_digest(out / record["path"]) == \
+                    record["sha256"]
+                for key, sample in tars.tar_samples(out / record["path"]).items():
+                    assert set(sample) == {"lq.png", "gt.png", "json"}
+                    assert sample["gt.png"] == clean[key]["gt.png"]
+                    meta = json.loads(sample["json"])
+                    assert meta["id"] == key and meta["preset"] == name and meta["split"] == split
+                    # the same seeding rule for val and test: (global seed, sample id, preset)
+                    assert meta["sample_seed"] == dg.sample_seed(params.seed, key, name)
+                    gt = decode_png_bytes(sample["gt.png"])
+                    lq, applied = dg.degrade(gt, params.degrade.presets[name], meta["sample_seed"])
+                    assert meta["degradation"] == applied
+                    assert np.array_equal(decode_png_bytes(sample["lq.png"]), lq)
+                    seen.append(key)
+            assert seen == sorted(clean)
 
 
 def test_stage_output_is_identical_for_one_and_two_workers(clean_shards: Path, tmp_path: Path) -> None:
@@ -294,7 +300,7 @@ def test_stage_output_is_identical_for_one_and_two_workers(clean_shards: Path, t
         digests.append({p.relative_to(out).as_posix(): file_digest(p) for p in sorted(out.rglob("*.tar"))})
         index = json.loads((out / "index.json").read_text())
         assert index == json.loads((tmp_path / "pairs_1" / "index.json").read_text())
-    assert digests[0] == digests[1] and len(digests[0]) == 4 * 3
+    assert digests[0] == digests[1] and {path.split("/")[0] for path in digests[0]} == {"val", "test"}
 
 
 def test_stage_names_missing_shards(tmp_path: Path) -> None:

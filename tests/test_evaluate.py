@@ -16,7 +16,7 @@ import yaml
 
 from dlfp.data import degrade, shards
 from dlfp.data.landmarks import FaceLandmarker
-from dlfp.data.shards import ShardSetWriter, iter_samples, json_bytes, read_index
+from dlfp.data.shards import ShardSetWriter, iter_samples, json_bytes, pair_presets, read_index
 from dlfp.evaluate import metrics as m
 from dlfp.evaluate import stage
 from dlfp.io.atomic import write_json_atomic
@@ -90,7 +90,7 @@ def _fake_restored(pairs_dir: Path, out: Path, makers: dict[str, Callable[[np.nd
     entries = {}
     for name, make in makers.items():
         per_preset = {}
-        for preset, entry in index["presets"].items():
+        for preset, entry in pair_presets(index, "test").items():
             writer = ShardSetWriter(out, f"{name}/{preset}/restored-{{:06d}}.tar", 3)
             for sample in iter_samples(pairs_dir, entry["shards"]):
                 image = make(decode_png_bytes(sample["gt.png"]), decode_png_bytes(sample["lq.png"]))
@@ -99,7 +99,7 @@ def _fake_restored(pairs_dir: Path, out: Path, makers: dict[str, Callable[[np.nd
             shards_ = [record.__dict__ for record in writer.close()]
             per_preset[preset] = {"count": sum(s["count"] for s in shards_), "shards": shards_}
         entries[name] = {"restorer": name, "status": "ok", "presets": per_preset}
-    write_json_atomic(out / "index.json", {"presets": sorted(index["presets"]), "restorers": entries})
+    write_json_atomic(out / "index.json", {"presets": sorted(pair_presets(index, "test")), "restorers": entries})
     return out
 
 
@@ -169,7 +169,8 @@ def test_frechet_distance_of_a_set_with_itself_is_zero_and_a_shift_adds_its_squa
 
 
 def test_identity_of_gt_with_itself_and_blank_landmarks(project: Path) -> None:
-    samples = list(iter_samples(project / "pairs", read_index(project / "pairs")["presets"]["mild"]["shards"]))
+    mild = pair_presets(read_index(project / "pairs"), "test")["mild"]
+    samples = list(iter_samples(project / "pairs", mild["shards"]))
     gts = [decode_png_bytes(s["gt.png"]) for s in samples]
     scorer = m.IdentityScorer("cpu", batch_size=2)
     embeddings = scorer.embed(gts)
@@ -197,7 +198,7 @@ def test_stage_writes_every_metric_with_reasons_and_reference_numbers(project: P
 
     # PSNR of the LQ input against a numpy reference (RGB, data range 1)
     pairs = {(preset, s["__key__"]): s for preset in PRESETS for s in iter_samples(
-        project / "pairs", read_index(project / "pairs")["presets"][preset]["shards"])}
+        project / "pairs", pair_presets(read_index(project / "pairs"), "test")[preset]["shards"])}
     for row in (r for r in rows if r["restorer"] == "identity"):
         sample = pairs[(row["preset"], row["id"])]
         lq = decode_png_bytes(sample["lq.png"]).astype(np.float64) / 255

@@ -62,7 +62,7 @@ def test_dvc_builds_shards_and_pairs_for_every_preset(dvc_project: Path) -> None
     assert any(name.startswith("data/shards/test/clean-") for name in hashes)
     presets = yaml.safe_load((REPO / "params.yaml").read_text())["degrade"]["presets"]
     for preset in presets:
-        assert any(name.startswith(f"data/pairs/{preset}/pairs-") for name in hashes), preset
+        assert any(name.startswith(f"data/pairs/test/{preset}/pairs-") for name in hashes), preset
     assert (dvc_project / "data" / "raw" / "manifest.csv").exists()
 
 

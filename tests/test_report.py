@@ -101,8 +101,8 @@ def make_data(root: Path) -> Path:
     write_receipt(shards, "shard", {"train": 4, "val": 0, "test": 2})
 
     pairs = data / "pairs"
-    (pairs / "moderate").mkdir(parents=True)
-    with tarfile.open(pairs / "moderate" / "pairs-000000.tar", "w") as tar:
+    (pairs / "test" / "moderate").mkdir(parents=True)
+    with tarfile.open(pairs / "test" / "moderate" / "pairs-000000.tar", "w") as tar:
         for n in range(5):
             key = f"k{n:03d}"
             sample = {"id": FILE_ID if n == 0 else key, "preset": "moderate", "sample_seed": 1000 + n,
@@ -118,12 +118,12 @@ def make_data(root: Path) -> Path:
         link = tarfile.TarInfo("k999.json")
         link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
         tar.addfile(link)
-    (pairs / "index.json").write_text(json.dumps({"presets": {
-        "moderate": {"count": 5, "shards": [{"path": "moderate/pairs-000000.tar", "count": 5, "sha256": "z"}],
+    (pairs / "index.json").write_text(json.dumps({"splits": {"test": {"presets": {
+        "moderate": {"count": 5, "shards": [{"path": "test/moderate/pairs-000000.tar", "count": 5, "sha256": "z"}],
                      "params": {"blur_sigma": [1.0, 5.0], "note": SCRIPT}},
         "escape": {"count": 1, "shards": [{"path": "../../outside.tar", "count": 1, "sha256": "z"}],
                    "params": {}},
-    }}), encoding="utf-8")
+    }}}}), encoding="utf-8")
     write_receipt(pairs, "degrade", {"moderate": 5, "escape": 1}, seed=11)
     return data
 
@@ -223,7 +223,7 @@ def test_damaged_inputs_show_errors(tmp_path: Path) -> None:
     data = make_data(tmp_path)
     (data / "aligned" / "meta.jsonl").write_text('{"id": "a000"}\nnot json\n', encoding="utf-8")
     (data / "shards" / "index.json").write_text("{broken", encoding="utf-8")
-    (data / "pairs" / "moderate" / "pairs-000000.tar").write_bytes(b"not a tar at all" * 100)
+    (data / "pairs" / "test" / "moderate" / "pairs-000000.tar").write_bytes(b"not a tar at all" * 100)
     build.run(make_params(), data_dir=data, out_dir=tmp_path / "reports", models_dir=tmp_path / "models")
     html = (tmp_path / "reports" / "data.html").read_text(encoding="utf-8")
     assert "1 line(s) are not JSON objects" in html
@@ -243,7 +243,7 @@ def test_rebuild_is_byte_identical(tmp_path: Path, built: tuple[Path, dict]) -> 
 def test_tar_reader_skips_links_and_keeps_images_in_memory(tmp_path: Path) -> None:
     data = make_data(tmp_path)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    samples = list(data_page.iter_tar_samples(data / "pairs" / "moderate" / "pairs-000000.tar", lambda: True))
+    samples = list(data_page.iter_tar_samples(data / "pairs" / "test" / "moderate" / "pairs-000000.tar", lambda: True))
     assert [key for key, _ in samples] == ["k000", "k001", "k002", "k003", "k004"]  # symlink k999 skipped
     assert set(samples[0][1]) == {"lq.png", "gt.png", "json"}
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

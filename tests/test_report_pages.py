@@ -41,7 +41,7 @@ SCRIPT = "<script>alert(1)</script>"
 SCRIPT_ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
 HOSTILE_ID = 'face<img src=x onerror=alert(1)>"q"&'  # "/" cannot be in a tar key, so no <script> here
 HOSTILE_ID_ESCAPED = "face&lt;img src=x onerror=alert(1)&gt;&#34;q&#34;&amp;"
-SPLIT_FRACTIONS = {"train": 0.6, "val": 0.0, "test": 0.4}
+SPLIT_FRACTIONS = {"train": 0.4, "val": 0.2, "test": 0.4}  # val > 0: training validates on val pairs
 PAGES = ("index.html", "data.html", "training.html", "evaluation.html")
 
 

@@ -69,7 +69,7 @@ def _restored(out: Path, restorer: str, preset: str) -> dict[str, dict[str, byte
 
 def _pairs(pairs: Path, preset: str) -> dict[str, dict[str, bytes]]:
     merged: dict[str, dict[str, bytes]] = {}
-    for path in sorted((pairs / preset).glob("pairs-*.tar")):
+    for path in sorted((pairs / "test" / preset).glob("pairs-*.tar")):
         merged.update(tars.tar_samples(path))
     return merged
 

@@ -46,17 +46,18 @@ def shard_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("stream")
     writer = ShardSetWriter(root / "shards", "train/clean-{:06d}.tar", PER_SHARD)
     for face in _faces(TRAIN_FACES):
-        writer.write({"__key__": face.stem, "gt.png": face.read_bytes(), "json": json_bytes({"id": face.stem})})
+        writer.write({"__key__": face.stem, "gt.png": face.read_bytes(),
+                      "json": json_bytes({"id": face.stem, "split": "train"})})
     records = [r.__dict__ for r in writer.close()]
     write_json_atomic(root / "shards" / "index.json",
                       {"splits": {"train": {"count": TRAIN_FACES, "shards": records}}})
-    writer = ShardSetWriter(root / "pairs", "moderate/pairs-{:06d}.tar", PER_SHARD)
+    writer = ShardSetWriter(root / "pairs", "val/moderate/pairs-{:06d}.tar", PER_SHARD)
     for face in _faces(PAIR_FACES, skip=TRAIN_FACES):
         writer.write({"__key__": face.stem, "gt.png": face.read_bytes(), "lq.png": face.read_bytes(),
-                      "json": json_bytes({"id": face.stem})})
+                      "json": json_bytes({"id": face.stem, "split": "val"})})
     records = [r.__dict__ for r in writer.close()]
-    write_json_atomic(root / "pairs" / "index.json", {"presets": {"moderate": {"count": PAIR_FACES,
-                                                                               "shards": records}}})
+    write_json_atomic(root / "pairs" / "index.json",
+                      {"splits": {"val": {"presets": {"moderate": {"count": PAIR_FACES, "shards": records}}}}})
     return {"root": root, "shards": root / "shards", "pairs": root / "pairs"}
 
 

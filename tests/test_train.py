@@ -64,14 +64,15 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     write_json_atomic(shards / "index.json", {"splits": {"train": {"count": TRAIN_COUNT, "shards": records}}})
     preset = DegradationParams(blur_sigma=(1.0, 3.0), downscale=(2.0, 3.0), noise_sigma=(5.0, 10.0),
                                jpeg_quality=(70, 90), color_shift_prob=0, gray_prob=0, jitter_prob=0)
-    writer = ShardSetWriter(pairs, "moderate/pairs-{:06d}.tar", samples_per_shard=100)
+    writer = ShardSetWriter(pairs, "val/moderate/pairs-{:06d}.tar", samples_per_shard=100)
     for i in range(PAIR_COUNT):
-        key, gt = f"test{i:03d}", _face(rng)
+        key, gt = f"val{i:03d}", _face(rng)
         lq, _ = degrade(gt, preset, sample_seed(1, key, "moderate"))
         writer.write({"__key__": key, "lq.png": encode_png(lq), "gt.png": encode_png(gt),
-                      "json": json_bytes({"id": key})})
+                      "json": json_bytes({"id": key, "split": "val"})})
     records = [r.__dict__ for r in writer.close()]
-    write_json_atomic(pairs / "index.json", {"presets": {"moderate": {"count": PAIR_COUNT, "shards": records}}})
+    write_json_atomic(pairs / "index.json",
+                      {"splits": {"val": {"presets": {"moderate": {"count": PAIR_COUNT, "shards": records}}}}})
     return {"shards": shards, "pairs": pairs, "root": root}
 
 

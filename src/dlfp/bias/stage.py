@@ -36,7 +36,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from dlfp.bias import skin, stats
-from dlfp.data.shards import iter_samples, read_index, split_records
+from dlfp.data.shards import TEST_SPLIT, iter_samples, pair_presets, read_index, split_records
 from dlfp.io.atomic import staged_output, write_bytes_atomic, write_csv_atomic, write_json_atomic
 from dlfp.io.hashing import derive_seed, file_digest
 from dlfp.io.images import decode_png_bytes
@@ -664,14 +664,15 @@ def run(params: Params, *, shards_dir: Path, pairs_dir: Path, restored_dir: Path
     labels, labels_note = read_labels(labels_path)
     shards_index = read_index(shards_dir)
     split_total = sum(int(entry.get("count", 0)) for entry in shards_index.get("splits", {}).values())
-    set_total = sum(int(pairs_index["presets"][p]["count"]) for p in presets) * len(restorers)
+    test_presets = pair_presets(pairs_index, TEST_SPLIT)
+    set_total = sum(int(test_presets[p]["count"]) for p in presets) * len(restorers)
 
     with staged_output(out_dir) as staging:
         with tqdm(total=split_total + set_total, desc="bias", unit="img") as progress:
             progress.set_postfix_str("GT skin tone")
             faces = measure_splits(shards_dir, options, labels, progress)
             test_ids = sorted(set(evaluation["id"]))
-            first_records = pairs_index["presets"][presets[0]]["shards"]
+            first_records = test_presets[presets[0]]["shards"]
             unknown = [i for i in test_ids if i not in faces]
             if unknown:
                 raise ValueError(f"{evaluation_dir}: test face {unknown[0]!r} is not in {shards_dir}; the "
@@ -682,7 +683,7 @@ def run(params: Params, *, shards_dir: Path, pairs_dir: Path, restored_dir: Path
             for preset in presets:
                 progress.set_postfix_str(preset)
                 sources = _sources(pairs_index, restored_dir, restored_index, preset, restorers)
-                shift += shift_rows(preset, pairs_dir, pairs_index["presets"][preset]["shards"], sources, faces,
+                shift += shift_rows(preset, pairs_dir, test_presets[preset]["shards"], sources, faces,
                                     options, worst, assigned["skin_tone"], progress)
         table = _per_face_table(pd.DataFrame(shift, columns=SHIFT_COLUMNS), evaluation, faces, assigned)
         reasons = {metric: _metric_reason(eval_summary, metric) for metric in EVAL_METRICS}

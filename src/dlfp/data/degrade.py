@@ -1,4 +1,4 @@
-"""The GFP-GAN degradation model (gfpgan-spec section 3) and the `degrade` stage that writes fixed test pairs.
+"""The GFP-GAN degradation model (gfpgan-spec section 3) and the `degrade` stage that writes fixed val/test pairs.
 
 One function, `degrade(gt, params, seed)`, serves both the stage and training, so test pairs and training
 pairs come from the same code. Every random choice derives from `seed` alone (see `sample_seed`): a pair
@@ -39,7 +39,16 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from dlfp.data.shards import ShardSetWriter, iter_samples, json_bytes, read_index, split_records
+from dlfp.data.shards import (
+    TEST_SPLIT,
+    VAL_SPLIT,
+    ShardSetWriter,
+    iter_samples,
+    json_bytes,
+    pair_presets,
+    read_index,
+    split_records,
+)
 from dlfp.io.atomic import staged_output, write_json_atomic
 from dlfp.io.hashing import derive_seed, file_digest
 from dlfp.io.images import decode_png_bytes, encode_png
@@ -56,9 +65,11 @@ NEGLIGIBLE_TAP = 1e-10
 SEED_NAMESPACE = "degrade"
 POST_NAMESPACE = "albumentations"
 JITTER_NAMES = ("brightness", "contrast", "saturation", "hue")
-TEST_SPLIT = "test"
+# Fixed pairs are written for these splits: val for tuning and training's validation, test for the reported
+# figures. The train split is degraded on the fly by the training data loader (same `degrade` function).
+PAIR_SPLITS = (VAL_SPLIT, TEST_SPLIT)
 INDEX_NAME = "index.json"
-PAIRS_PATTERN = "{preset}/pairs-{{:06d}}.tar"
+PAIRS_PATTERN = "{split}/{preset}/pairs-{{:06d}}.tar"
 CHUNK_SIZE = 4
 WINDOW_PER_WORKER = 32  # samples in flight per worker: bounds memory (Pool.imap reads its input eagerly)
 
@@ -270,7 +281,7 @@ def _sorted_tasks(samples: Iterable[Mapping], presets: dict[str, DegradationPara
     for sample in samples:
         key = sample["__key__"]
         if previous is not None and key <= previous:
-            raise ValueError(f"test shards are not in ascending id order ({previous!r} then {key!r}); "
+            raise ValueError(f"shards are not in ascending id order ({previous!r} then {key!r}); "
                              "rerun `dlfp shard`")
         previous = key
         yield key, sample["gt.png"], sample["json"], presets, global_seed
@@ -310,40 +321,49 @@ def _write_pairs(tasks: Iterable[Task], writers: dict[str, ShardSetWriter], work
 
 
 def run(params: Params, shards_dir: Path, out_dir: Path) -> dict:
-    """Write fixed degraded test pairs for every preset, byte-identical whatever params.degrade.workers is."""
+    """Write fixed degraded val and test pairs for every preset, byte-identical whatever degrade.workers is.
+
+    index.json: {"splits": {"val": {"presets": {name: {count, shards, params}}}, "test": {...}}}; read it with
+    dlfp.data.shards.pair_presets(index, split), which names the split explicitly.
+    """
     started = time.monotonic()
     shards_dir, out_dir = Path(shards_dir), Path(out_dir)
     index = read_index(shards_dir)
-    records = split_records(index, TEST_SPLIT)
-    total = sum(int(record["count"]) for record in records)
     presets = dict(params.degrade.presets)
+    split_records_by_name = {split: split_records(index, split) for split in PAIR_SPLITS}
+    total = sum(int(record["count"]) for records in split_records_by_name.values() for record in records)
 
     with staged_output(out_dir) as staging:
-        writers = {name: ShardSetWriter(staging, PAIRS_PATTERN.format(preset=name),
-                                        params.shard.samples_per_shard) for name in presets}
-        tasks = _sorted_tasks(iter_samples(shards_dir, records), presets, params.seed)
+        out_index: dict = {"splits": {}}
         with tqdm(total=total, desc="degrade", unit="img") as progress:
-            _write_pairs(tasks, writers, params.degrade.workers, progress)
-        out_index = {"split": TEST_SPLIT, "presets": {}}
-        for name, writer in writers.items():
-            shards = [record.__dict__ for record in writer.close()]
-            out_index["presets"][name] = {"count": sum(shard["count"] for shard in shards), "shards": shards,
-                                          "params": presets[name].model_dump(mode="json")}
+            for split, records in split_records_by_name.items():
+                writers = {name: ShardSetWriter(staging, PAIRS_PATTERN.format(split=split, preset=name),
+                                                params.shard.samples_per_shard) for name in presets}
+                tasks = _sorted_tasks(iter_samples(shards_dir, records), presets, params.seed)
+                _write_pairs(tasks, writers, params.degrade.workers, progress)
+                entries = {}
+                for name, writer in writers.items():
+                    shards = [record.__dict__ for record in writer.close()]
+                    entries[name] = {"count": sum(shard["count"] for shard in shards), "shards": shards,
+                                     "params": presets[name].model_dump(mode="json")}
+                out_index["splits"][split] = {"presets": entries}
         write_json_atomic(staging / INDEX_NAME, out_index)
-        counts = {name: entry["count"] for name, entry in out_index["presets"].items()}
+        counts = {split: {name: entry["count"] for name, entry in pair_presets(out_index, split).items()}
+                  for split in PAIR_SPLITS}
         _write_stage_receipt(staging, params, counts, shards_dir)
 
     elapsed = time.monotonic() - started
-    pairs = sum(counts.values())
+    pairs = sum(sum(per_preset.values()) for per_preset in counts.values())
     rate = pairs / elapsed if elapsed > 0 else 0.0
-    per_preset = ", ".join(f"{name} {count}" for name, count in counts.items())
-    print(f"degrade: {per_preset} pairs ({pairs} total) in {elapsed:.1f} s, {rate:.1f} pairs/s "
+    per_split = "; ".join(f"{split}: " + ", ".join(f"{name} {count}" for name, count in per_preset.items())
+                          for split, per_preset in counts.items())
+    print(f"degrade: {per_split} pairs ({pairs} total) in {elapsed:.1f} s, {rate:.1f} pairs/s "
           f"with {params.degrade.workers} workers -> {out_dir}")
     return {"counts": counts, "seconds": round(elapsed, 1), "pairs_per_s": round(rate, 2),
             "out": str(out_dir)}
 
 
-def _write_stage_receipt(staging: Path, params: Params, counts: dict[str, int], shards_dir: Path) -> None:
+def _write_stage_receipt(staging: Path, params: Params, counts: dict[str, dict[str, int]], shards_dir: Path) -> None:
     """The input is named by its index hash too: the same path can hold different shards."""
     write_receipt(staging, stage="degrade", params_hash=params.section_hash("seed", "shard", "degrade"),
                   seed=params.seed, counts=counts,

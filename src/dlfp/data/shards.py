@@ -31,6 +31,7 @@ from dlfp.params import Params
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+TRAIN_SPLIT, VAL_SPLIT, TEST_SPLIT = SPLITS
 Split = Literal["train", "val", "test"]
 INDEX_NAME = "index.json"
 META_NAME = "meta.jsonl"
@@ -167,6 +168,29 @@ def verify_shards(folder: Path | str, records: Iterable[Mapping]) -> None:
 
 def split_records(index: Mapping, split: str) -> list[dict]:
     return list(index["splits"].get(split, {}).get("shards", []))
+
+
+class SplitLeakError(ValueError):
+    """A sample of one split reached a reader of another (e.g. a test face in training or validation)."""
+
+
+def require_split(meta: Mapping, split: str, where: str) -> None:
+    """Stop when a sample's recorded split is not `split`: tuning and training must never see test faces."""
+    if meta.get("split") != split:
+        raise SplitLeakError(f"{where}: sample {meta.get('id')!r} belongs to split {meta.get('split')!r}, but only "
+                             f"{split!r} samples may be read here")
+
+
+def pair_presets(index: Mapping, split: str) -> dict[str, dict]:
+    """The per-preset entries ({count, shards, params}) of one split of a pairs index (the degrade stage's).
+
+    Readers name the split they want: training validates on "val", the reported stages read "test".
+    """
+    splits = index.get("splits", {})
+    if split not in splits or "presets" not in splits[split]:
+        raise ValueError(f"the pairs index holds no {split!r} pairs (splits: {sorted(splits)}); "
+                         "rerun `dlfp degrade`")
+    return dict(splits[split]["presets"])
 
 
 def iter_samples(folder: Path | str, records: Iterable[Mapping], verify: bool = True) -> Iterator[dict]:

@@ -104,7 +104,10 @@ def _load_index(url: str) -> dict | None:
 
 
 def _index_paths(index: Mapping) -> set[str]:
-    groups = list(index.get("splits", {}).values()) + list(index.get("presets", {}).values())
+    """Shard paths of a shards index ({splits: {split: {shards}}}) or a pairs index ({splits: {split: {presets}}})."""
+    groups = []
+    for split in index.get("splits", {}).values():
+        groups += [split, *split.get("presets", {}).values()]
     return {record["path"] for group in groups for record in group.get("shards", [])}
 
 

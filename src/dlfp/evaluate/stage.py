@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from dlfp.data import streams
-from dlfp.data.shards import iter_samples, read_index
+from dlfp.data.shards import TEST_SPLIT, iter_samples, pair_presets, read_index
 from dlfp.evaluate import metrics as m
 from dlfp.io.atomic import staged_output, write_csv_atomic, write_json_atomic
 from dlfp.io.images import decode_png_bytes, encode_png
@@ -78,12 +78,13 @@ def _device(name: str) -> torch.device:
 def _sources(pairs_dir: Path, pairs_index: Mapping, restored_dir: Path, restored_index: Mapping
              ) -> tuple[list[Source], dict[str, str]]:
     """Every (restorer, preset) to evaluate, and {restorer: reason} for those the restore stage did not run."""
-    presets = list(pairs_index["presets"])
+    test_presets = pair_presets(pairs_index, TEST_SPLIT)
+    presets = list(test_presets)
     sources: list[Source] = []
     not_run: dict[str, str] = {}
     entries = restored_index.get("restorers", {})
     if LQ_RESTORER not in entries or entries[LQ_RESTORER].get("status") != STATUS_OK:
-        sources += [Source(LQ_RESTORER, preset, pairs_dir, pairs_index["presets"][preset]["shards"], "lq.png")
+        sources += [Source(LQ_RESTORER, preset, pairs_dir, test_presets[preset]["shards"], "lq.png")
                     for preset in presets]
     for name, entry in entries.items():
         if entry.get("status") != STATUS_OK:
@@ -265,7 +266,8 @@ def run(params: Params, pairs_dir: Path, restored_dir: Path, out_dir: Path, metr
 
     results: dict[str, dict[str, dict]] = {}
     csv_rows: list[list[object]] = []
-    total = sum(int(pairs_index["presets"][s.preset]["count"]) for s in sources)
+    test_presets = pair_presets(pairs_index, TEST_SPLIT)
+    total = sum(int(test_presets[s.preset]["count"]) for s in sources)
     with staged_output(out_dir) as staging, tempfile.TemporaryDirectory(prefix="dlfp-fid-") as scratch:
         with tqdm(total=total, desc="evaluate", unit="img") as progress:
             for source in sources:
@@ -275,7 +277,7 @@ def run(params: Params, pairs_dir: Path, restored_dir: Path, out_dir: Path, metr
                     fid_dirs = (Path(scratch) / source.preset / source.restorer, Path(scratch) / "gt")
                     for folder in fid_dirs:
                         folder.mkdir(parents=True, exist_ok=True)
-                pair_records = pairs_index["presets"][source.preset]["shards"]
+                pair_records = test_presets[source.preset]["shards"]
                 rows = _evaluate_source(scorers, source, pairs_dir, pair_records, params.evaluate.batch_size,
                                         fid_dirs, progress)
                 summary = aggregate(rows, scorers.gt_embeddings, scorers.pyiqa)

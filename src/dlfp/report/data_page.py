@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from dlfp.data.shards import TEST_SPLIT, VAL_SPLIT
 from dlfp.report import Page, PageContext, register
 from dlfp.report.plots import decode_thumbnail, draw_annotations, flatten_scalars, histogram_grid, image_uri
 
@@ -281,11 +282,20 @@ def _preset(pairs: StageInputs, name: str, entry: Mapping, per_preset: int) -> P
     return PresetView(name, count, shown, histogram, ranges, len(logged), errors)
 
 
+def split_presets(index: object, split: str) -> Mapping | None:
+    """Tolerant read of one split's presets in a pairs index (dlfp.data.shards.pair_presets raises instead)."""
+    splits = index.get("splits") if isinstance(index, Mapping) else None
+    entry = splits.get(split) if isinstance(splits, Mapping) else None
+    presets = entry.get("presets") if isinstance(entry, Mapping) else None
+    return presets if isinstance(presets, Mapping) else None
+
+
 def _presets(pairs: StageInputs, index: object, per_preset: int) -> list[PresetView]:
-    presets = index.get("presets") if isinstance(index, Mapping) else None
-    if not isinstance(presets, Mapping):
+    """The test pairs are shown (the reported figures come from them); the val pairs are counted."""
+    presets = split_presets(index, TEST_SPLIT)
+    if presets is None:
         if pairs.ran:
-            pairs.errors.append("index.json missing or has no 'presets'")
+            pairs.errors.append("index.json missing or has no 'test' presets")
         return []
     return [_preset(pairs, str(name), entry if isinstance(entry, Mapping) else {}, per_preset)
             for name, entry in presets.items()]
@@ -306,7 +316,8 @@ def _splits(shards: StageInputs, index: object) -> list[tuple[str, int | None, i
 
 
 def _counts(raw_manifest: Table | None, rejects: dict[str, RejectsView], alignment: dict[str, int] | None,
-            splits: list | None, presets: list[PresetView], stages: dict[str, StageInputs]) -> list[tuple]:
+            splits: list | None, presets: list[PresetView], val_presets: Mapping | None,
+            stages: dict[str, StageInputs]) -> list[tuple]:
     """(stage, what, value or None when the stage has not run) in pipeline order."""
     def rows_or_none(view: RejectsView) -> int | None:
         return len(view.table.rows) if view.table is not None else (0 if stages[view.stage].ran else None)
@@ -322,7 +333,9 @@ def _counts(raw_manifest: Table | None, rejects: dict[str, RejectsView], alignme
     rows.extend(("shard", f"split {split}", count) for split, count, _ in splits or [])
     if not presets:
         rows.append(("degrade", "pairs per preset", None))
-    rows.extend(("degrade", f"pairs: {preset.name}", preset.count) for preset in presets)
+    rows.extend(("degrade", f"test pairs: {preset.name}", preset.count) for preset in presets)
+    rows.extend(("degrade", f"val pairs: {name}", entry.get("count") if isinstance(entry, Mapping) else None)
+                for name, entry in (val_presets or {}).items())
     return rows
 
 
@@ -358,7 +371,7 @@ def render(ctx: PageContext) -> str:
         stages=list(stages.values()),
         ran={name: inputs.ran for name, inputs in stages.items()},
         labels={name: inputs.label for name, inputs in stages.items()},
-        counts=_counts(manifest, rejects, alignment, splits, presets, stages),
+        counts=_counts(manifest, rejects, alignment, splits, presets, split_presets(pairs_index, VAL_SPLIT), stages),
         rejects=list(rejects.values()),
         grid=_grid(aligned, meta, ctx.params.report.samples_in_grid),
         annotated_in_grid=ANNOTATED_IN_GRID,

@@ -22,9 +22,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dlfp.data.shards import TEST_SPLIT
 from dlfp.io.atomic import staged_output
 from dlfp.report import Page, PageContext, register
-from dlfp.report.data_page import StageInputs, _read_json, _receipt_view, contained, iter_tar_samples
+from dlfp.report.data_page import (
+    StageInputs,
+    _read_json,
+    _receipt_view,
+    contained,
+    iter_tar_samples,
+    split_presets,
+)
 from dlfp.report.plots import decode_thumbnail
 
 ASSETS_DIR = "evaluation"  # under the reports folder: gallery and worst-case images
@@ -393,7 +401,7 @@ class ImageSource:
 
     def __init__(self, inputs: Inputs) -> None:
         self.inputs = inputs
-        self.pairs = _mapping(_mapping(inputs.pairs_index).get("presets"))
+        self.pairs = _mapping(split_presets(inputs.pairs_index, TEST_SPLIT))
         self.restorers = {str(name): _mapping(entry) for name, entry in
                           _mapping(_mapping(inputs.restored_index).get("restorers")).items()
                           if _mapping(entry).get("status") == STATUS_OK}
@@ -505,7 +513,7 @@ def render(ctx: PageContext) -> str:
     results = _mapping(_mapping(inputs.summary).get("results"))
     # JSON is written with sorted keys: show presets in the pairs index's order, and the LQ baseline first, then
     # the restorers in the configured order
-    preset_order = {str(name): i for i, name in enumerate(_mapping(_mapping(inputs.pairs_index).get("presets")))}
+    preset_order = {str(name): i for i, name in enumerate(_mapping(split_presets(inputs.pairs_index, TEST_SPLIT)))}
     restorer_order = [LQ_RESTORER, *ctx.params.restore.restorers]
     if inputs.restored_index is not None:
         entries = ordered(_mapping(inputs.restored_index.get("restorers")), restorer_order)

@@ -21,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dlfp.data import streams
-from dlfp.data.shards import ShardSetWriter, iter_samples, json_bytes, read_index
+from dlfp.data.shards import TEST_SPLIT, ShardSetWriter, iter_samples, json_bytes, pair_presets, read_index
 from dlfp.io.atomic import staged_output, write_csv_atomic, write_json_atomic
 from dlfp.io.images import decode_png_bytes, encode_png
 from dlfp.io.receipt import write_receipt
@@ -78,7 +78,7 @@ def run(params: Params, pairs_dir: Path, out_dir: Path) -> dict:
     started = time.monotonic()
     pairs_dir, out_dir = Path(pairs_dir), Path(out_dir)
     pairs_index = read_index(pairs_dir)
-    presets = pairs_index["presets"]
+    presets = pair_presets(pairs_index, TEST_SPLIT)
     torch.set_num_threads(params.restore.threads)
 
     restorers: dict[str, Restorer] = {}

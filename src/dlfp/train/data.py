@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from dlfp.data import streams
 from dlfp.data.degrade import degrade, sample_seed
 from dlfp.data.landmarks import COMPONENTS, mirror_component_boxes
-from dlfp.data.shards import read_index, split_records, verify_shards
+from dlfp.data.shards import TRAIN_SPLIT, read_index, require_split, split_records, verify_shards
 from dlfp.io.hashing import derive_seed
 from dlfp.io.images import decode_png_bytes
 from dlfp.params import DegradationParams
@@ -39,7 +39,6 @@ from dlfp.params import DegradationParams
 FLIP_PROB = 0.5  # random horizontal flip of the GT (gfpgan-spec section 3)
 FLIP_NAMESPACE = "flip"
 ORDER_NAMESPACE = "order"
-TRAIN_SPLIT = "train"
 
 
 @dataclass(frozen=True)
@@ -166,6 +165,7 @@ class ShardStream(IterableDataset):
                     continue  # resuming: skipped without decoding
                 if dealt % workers == worker:
                     meta = json.loads(raw["json"])
+                    require_split(meta, TRAIN_SPLIT, "training stream")
                     yield epoch, index, make_sample(raw["gt.png"], meta, epoch, self.recipe)
                 dealt += 1
             epoch, offset = epoch + 1, 0

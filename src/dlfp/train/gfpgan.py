@@ -2,9 +2,9 @@
 
 The decoder is initialised from prior.pth (and frozen unless train.fix_decoder is false). LQ inputs are made
 on the fly from the train shards with the `train.preset` degradation. Every `train.val_every` steps the EMA
-generator restores the fixed `train.val_preset` test pairs (deterministic noise) and validation.csv gets
-PSNR and the identity match rate of the output and of the LQ input (the baseline to beat), both at the
-model's resolution.
+generator restores the fixed `train.val_preset` pairs of the **val** split (deterministic noise; test pairs are
+never read here, and a test sample stops the run) and validation.csv gets PSNR and the identity match rate
+of the output and of the LQ input (the baseline to beat), both at the model's resolution.
 
 Output (<out>): gfpgan.pth ({'params_ema': ...}, the official format), gfpgan.json (constructor arguments and
 input conventions), validation.csv, losses.csv, losses_active.json, samples/step-NNNNNN.png, receipt.json.
@@ -12,6 +12,7 @@ input conventions), validation.csv, losses.csv, losses_active.json, samples/step
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -25,7 +26,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from dlfp.data import streams
-from dlfp.data.shards import iter_samples, read_index
+from dlfp.data.shards import VAL_SPLIT, iter_samples, pair_presets, read_index, require_split
 from dlfp.io.atomic import write_json_atomic
 from dlfp.io.hashing import file_digest
 from dlfp.io.images import decode_png_bytes
@@ -248,20 +249,25 @@ class GFPGANTrainer:
 
 
 # ---------------------------------------------------------------------------------------------- validation
-def load_pairs(pairs_dir: Path, preset: str, size: int, count: int | None = None) -> tuple[Tensor, Tensor, list]:
-    """Fixed test pairs of a preset, resized to the model's resolution: (lq, gt) in [-1, 1], keys."""
-    index = read_index(pairs_dir)
-    if preset not in index.get("presets", {}):
-        raise ValueError(f"{pairs_dir}: no pairs for preset {preset!r} (have {sorted(index.get('presets', {}))})")
+def load_val_pairs(pairs_dir: Path, preset: str, size: int, count: int | None = None
+                   ) -> tuple[Tensor, Tensor, list]:
+    """Fixed val pairs of a preset, resized to the model's resolution: (lq, gt) in [-1, 1], keys.
+
+    Validation steers the recipe (learning rate, steps, clipping), so it reads the val split only; every pair's
+    recorded split is checked, so pointing this at test pairs stops the run."""
+    presets = pair_presets(read_index(pairs_dir), VAL_SPLIT)
+    if preset not in presets:
+        raise ValueError(f"{pairs_dir}: no val pairs for preset {preset!r} (have {sorted(presets)})")
     lq, gt, keys = [], [], []
-    for sample in iter_samples(pairs_dir, index["presets"][preset]["shards"]):
+    for sample in iter_samples(pairs_dir, presets[preset]["shards"]):
+        require_split(json.loads(sample["json"]), VAL_SPLIT, f"{pairs_dir}: validation pairs")
         lq.append(to_tensor(resize_for_model(decode_png_bytes(sample["lq.png"]), size)))
         gt.append(to_tensor(resize_for_model(decode_png_bytes(sample["gt.png"]), size)))
         keys.append(sample["__key__"])
         if count is not None and len(keys) >= count:
             break
     if not keys:
-        raise ValueError(f"{pairs_dir}: preset {preset!r} has no pairs")
+        raise ValueError(f"{pairs_dir}: preset {preset!r} has no val pairs")
     return torch.stack(lq), torch.stack(gt), keys
 
 
@@ -337,7 +343,9 @@ def run(params: Params, shards_dir: Path, prior_path: Path, pairs_dir: Path, out
                                   "prior": str(prior_path), "prior_sha256": file_digest(prior_path),
                                   "pairs": str(pairs_dir)},
                           packages=("torch", "torchvision", "webdataset", "albumentations"),
-                          extra={"config": summary["config"], "validation": summary["validation"]})
+                          extra={"config": summary["config"], "validation": summary["validation"],
+                                 "validation_pairs": {"split": VAL_SPLIT, "preset": p.val_preset,
+                                                      "ids": summary["validation_ids"]}})
     summary.update(out=str(out_dir), seconds=round(time.monotonic() - started, 1))
     if info.is_main:
         val = {k: float(v) for k, v in (summary["validation"] or {}).items()}
@@ -375,9 +383,9 @@ def _train(params: Params, shards_dir: Path, prior_path: Path, pairs_dir: Path, 
                          shuffle_buffer=p.shuffle_buffer)
     batches = Batches(stream, p.batch_size, p.workers)
 
-    validator = None
+    validator, val_ids = None, []
     if info.is_main:
-        lq, gt, _ = load_pairs(pairs_dir, p.val_preset, size, p.val_count)
+        lq, gt, val_ids = load_val_pairs(pairs_dir, p.val_preset, size, p.val_count)
         metric_net = identity.network if identity is not None and identity.kind == "dlib" else load_dlib_resnet(device)
         validator = Validator(lq, gt, metric_net, device)
         write_json_atomic(work / LOSSES_ACTIVE, _losses_active(trainer, p, info, device, prior_path))
@@ -420,7 +428,7 @@ def _train(params: Params, shards_dir: Path, prior_path: Path, pairs_dir: Path, 
         if not p.keep_checkpoints:
             shutil.rmtree(work / "checkpoints", ignore_errors=True)
     return {"steps": last, "train_samples": stream.samples_per_epoch(), "config": trainer.config,
-            "validation": last_validation}
+            "validation": last_validation, "validation_ids": val_ids}
 
 
 def _round(value: float) -> float | int:
@@ -462,6 +470,7 @@ def _losses_active(trainer: GFPGANTrainer, p: TrainParams, info: DistInfo, devic
             "batch_size": p.batch_size, "world_size": info.world_size,
             "grad_clip_norm": p.grad_clip_norm, "bf16": p.bf16, "device": str(device),
             "preset": p.preset,
-            "validation": {"preset": p.val_preset, "identity_network": "dlib", "resolution": trainer.config["out_size"],
+            "validation": {"split": VAL_SPLIT, "preset": p.val_preset, "identity_network": "dlib",
+                           "resolution": trainer.config["out_size"],
                            "match_threshold": MATCH_THRESHOLD},
             "numpy": np.__version__}
