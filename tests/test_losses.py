@@ -123,6 +123,29 @@ def test_vgg19_is_never_downloaded(tmp_path, monkeypatch) -> None:
     assert load_identity_embedder("off") is None
 
 
+def test_vgg19_features_are_the_pre_relu_conv_outputs() -> None:
+    """An explicit pass with non-in-place ReLUs gives the conv outputs the recipe names; ours must equal them."""
+    from torchvision.models import vgg19
+
+    from dlfp.losses.perceptual import IMAGENET_MEAN, IMAGENET_STD, VGG19_LAYERS
+
+    torch.manual_seed(0)
+    network = vgg19()  # random weights: the layer wiring is what is tested
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    x = ((images + 1) / 2 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    expected = {}
+    with torch.no_grad():
+        for index, layer in enumerate(network.features[: max(VGG19_LAYERS.values()) + 1]):
+            x = torch.relu(x) if isinstance(layer, torch.nn.ReLU) else layer(x)
+            expected.update({name: x for name, i in VGG19_LAYERS.items() if i == index})
+        features = VGG19Features(network=network)(images)
+    assert set(features) == set(VGG19_LAYERS)
+    for name, value in expected.items():
+        assert isinstance(network.features[VGG19_LAYERS[name]], torch.nn.Conv2d)
+        assert value.min() < 0, f"{name}: a pre-ReLU map has negative values"
+        assert torch.equal(features[name], value), name
+
+
 def test_auto_falls_back_to_dlib_features_with_gradients(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     network = select_feature_network("auto")
