@@ -35,6 +35,24 @@ def test_pyramid_compares_each_level_with_the_resized_target() -> None:
     assert pyramid_loss(levels, target).item() == pytest.approx(1.0 + 0.5)
 
 
+def test_pyramid_targets_are_the_gt_halved_step_by_step() -> None:
+    """The reference's GT pyramid: each level is the previous one at 0.5x (bilinear), not a direct resize."""
+    torch.manual_seed(0)
+    target = torch.rand(2, 3, 64, 64) * 2 - 1
+    halved = [target]
+    while halved[-1].shape[-1] > 8:
+        halved.append(torch.nn.functional.interpolate(halved[-1], scale_factor=0.5, mode="bilinear",
+                                                      align_corners=False))
+    levels = halved[::-1]  # 8, 16, 32, 64 px, as the U-Net's toRGB heads
+    assert pyramid_loss(levels, target).item() == 0.0
+    direct = [torch.nn.functional.interpolate(target, size=level.shape[-2:], mode="bilinear", align_corners=False)
+              for level in levels]
+    assert not torch.equal(direct[0], levels[0])
+    assert pyramid_loss(direct, target).item() > 0.01
+    with pytest.raises(ValueError, match="halved"):
+        pyramid_loss([torch.zeros(2, 3, 24, 24)], target)
+
+
 def test_gram_of_a_known_tensor() -> None:
     features = torch.tensor([[1.0, 2.0], [0.0, 1.0]]).reshape(1, 2, 1, 2)  # c=2, h=1, w=2
     gram = gram_matrix(features)
