@@ -183,10 +183,41 @@ def test_jpeg_quality_is_an_int_and_fixed_range_is_exact() -> None:
     assert applied["jpeg_quality"] == 70 and type(applied["jpeg_quality"]) is int
 
 
+def _colour_wheel(size: int = SMALL) -> np.ndarray:
+    """Saturated hues around the centre, brightness rising outwards: strong, varied chroma."""
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    hue = (np.degrees(np.arctan2(yy, xx)) % 360 / 2).astype(np.uint8)  # OpenCV hue is 0..179
+    value = np.clip(80 + 175 * np.hypot(yy, xx) / (size / 2), 0, 255).astype(np.uint8)
+    hsv = np.dstack([hue, np.full_like(hue, 255), value])
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def _opencv_jpeg(rgb: np.ndarray, quality: int, swap: bool = True) -> np.ndarray:
+    """OpenCV's JPEG round trip; swap=True feeds it BGR, the order it expects, and returns RGB."""
+    image = rgb[..., ::-1] if swap else rgb
+    ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(image), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    decoded = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
+    return decoded[..., ::-1] if swap else decoded
+
+
+def test_jpeg_step_compresses_in_the_channel_order_opencv_expects() -> None:
+    """With every other step an identity, degrade's LQ is exactly OpenCV's JPEG of the BGR image, back in RGB."""
+    quality = 40
+    params = DegradationParams(**{**IDENTITY, "jpeg_quality": (quality, quality)})
+    for gt in (_colour_wheel(), _face()):
+        lq, applied = dg.degrade(gt, params, 5)
+        assert applied["jpeg_quality"] == quality
+        assert np.array_equal(lq, _opencv_jpeg(gt, quality))
+    wheel = _colour_wheel()
+    swapped = _opencv_jpeg(wheel, quality, swap=False)  # what ImageCompression alone does to an RGB array
+    assert np.abs(swapped.astype(int) - _opencv_jpeg(wheel, quality).astype(int)).max() > 10
+
+
 def test_identity_preset_keeps_the_image_and_downscale_sets_the_lq_size() -> None:
     gt = _face()
     lq, applied = dg.degrade(gt, DegradationParams(**IDENTITY), 11)
-    assert np.abs(lq.astype(int) - gt.astype(int)).mean() < 1.5  # only JPEG q100 remains
+    assert np.array_equal(lq, _opencv_jpeg(gt, 100))  # only JPEG q100 remains
     _, applied = dg.degrade(gt, DegradationParams(**{**IDENTITY, "downscale": (4.0, 4.0)}), 11)
     assert applied["lq_size"] == [SMALL // 4, SMALL // 4]
 

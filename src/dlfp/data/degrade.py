@@ -13,7 +13,8 @@ How the steps are built, in the spec's order:
        factors above 1 (s < 1 upscales), and uses nearest interpolation by default.
      - A.GaussNoise reports only the noise map, not the sigma it drew.
 4-6. JPEG, resize back, colour shift, grey and colour jitter are albumentations transforms in one
-     `A.Compose(strict=True)`. Their randomness comes from one shared generator pair handed over with
+     `A.Compose(strict=True)`; the JPEG step sees BGR, as OpenCV and the reference expect
+     (`RGBImageCompression`). Their randomness comes from one shared generator pair handed over with
      `Compose.set_random_state`: `Compose.set_random_seed(seed)` seeds every transform with the *same*
      seed, so their p-draws coincide (colour shift would be applied exactly when jitter is, p 0.3 each).
 7.   Quantisation to 8 bit, as in the reference (round, clip).
@@ -137,6 +138,19 @@ def _shift_fraction(params: DegradationParams) -> tuple[float, float]:
     return low / MAX_8BIT, high / MAX_8BIT
 
 
+class RGBImageCompression(A.ImageCompression):
+    """ImageCompression for RGB arrays: red and blue are swapped to BGR around OpenCV's JPEG codec.
+
+    albumentations 2.0.8 hands the array to cv2.imencode as it is, and OpenCV reads it as BGR: an RGB image
+    would get its luma and chroma from swapped channels, so chroma errors would land on the wrong colours.
+    The reference (BasicSR) compresses BGR images. The quality is drawn and logged as by ImageCompression.
+    """
+
+    def apply(self, img: np.ndarray, quality: int, image_type: str, **params: object) -> np.ndarray:
+        bgr = np.ascontiguousarray(img[..., ::-1])
+        return np.ascontiguousarray(super().apply(bgr, quality, image_type, **params)[..., ::-1])
+
+
 @functools.lru_cache(maxsize=32)
 def _post_compose(params: DegradationParams, height: int, width: int) -> A.Compose:
     """Steps 4-6 as albumentations transforms; cached per preset and size (building one costs ~1 ms)."""
@@ -144,7 +158,7 @@ def _post_compose(params: DegradationParams, height: int, width: int) -> A.Compo
     quality = _uint_range(*params.jpeg_quality)
     return A.Compose(
         [
-            A.ImageCompression(quality_range=quality, compression_type="jpeg", p=1.0),
+            RGBImageCompression(quality_range=quality, compression_type="jpeg", p=1.0),
             A.Resize(height, width, interpolation=INTERPOLATION, p=1.0),
             # Limits are passed as fractions: RGBShift reinterprets any limit above 1 as 0..255 units.
             A.RGBShift(r_shift_limit=shift, g_shift_limit=shift, b_shift_limit=shift,
@@ -165,7 +179,7 @@ def _post_applied(applied_transforms: list[tuple[str, dict]]) -> dict:
     shift = by_name.get("RGBShift")
     jitter = by_name.get("ColorJitter")
     return {
-        "jpeg_quality": int(by_name["ImageCompression"]["quality"]),
+        "jpeg_quality": int(by_name[RGBImageCompression.__name__]["quality"]),
         "color_shift": None if shift is None else [float(v) * MAX_8BIT for v in shift["noise_map"]],
         "gray": "ToGray" in by_name,
         "jitter": None if jitter is None else {
