@@ -85,14 +85,21 @@ def test_sample_seed_is_stable_and_separates_tags_and_ids() -> None:
 
 
 # ---------------------------------------------------------------------------------- logged scalars
-def _check_ranges(applied: dict, params: DegradationParams) -> None:
+def _check_ranges(applied: dict, params: DegradationParams, size: int = SMALL) -> None:
+    """Lengths against the preset's ranges scaled to `size` (the preset's reference size, if any)."""
+    scale = applied["size_scale"]
+    assert scale == (None if params.reference_size is None else size / params.reference_size)
+    blur_sigma = params.blur_sigma if scale is None else (params.blur_sigma[0] * scale, params.blur_sigma[1] * scale)
+    downscale = params.downscale if scale is None else (max(1.0, params.downscale[0] * scale),
+                                                        max(1.0, params.downscale[1] * scale))
     assert applied["kernel"] in ("iso", "aniso")
-    assert applied["kernel_size"] == params.kernel_size
-    assert _inside(applied["sigma_x"], params.blur_sigma) and _inside(applied["sigma_y"], params.blur_sigma)
+    assert applied["kernel_size"] == (params.kernel_size if scale is None else
+                                      2 * math.floor(params.kernel_size // 2 * scale + 0.5) + 1)
+    assert _inside(applied["sigma_x"], blur_sigma) and _inside(applied["sigma_y"], blur_sigma)
     assert -math.pi <= applied["angle"] <= math.pi
     if applied["kernel"] == "iso":
         assert applied["sigma_x"] == applied["sigma_y"] and applied["angle"] == 0.0
-    assert _inside(applied["scale"], params.downscale)
+    assert _inside(applied["scale"], downscale)
     assert _inside(applied["noise_sigma"], params.noise_sigma)
     assert isinstance(applied["jpeg_quality"], int) and _inside(applied["jpeg_quality"], params.jpeg_quality)
     if applied["color_shift"] is not None:
@@ -151,6 +158,32 @@ def test_scalar_distributions_match_the_spec() -> None:
     assert len({tuple(d["jitter"]["order"]) for d in draws if d["jitter"]}) > 12  # of 24 orders
 
 
+def test_paper_preset_is_scaled_from_512_px_to_the_face_size() -> None:
+    """At 128 px the paper preset's lengths are a quarter: the same pixels as the 512 px ranges written at 128."""
+    paper = _yaml_presets()["paper"]
+    assert paper.reference_size == 512
+    gt = _face(128)
+    fixed = {**IDENTITY, "jpeg_quality": (80, 80), "noise_sigma": (6.0, 6.0), "kernel_iso_prob": 0.0}
+    at_512 = DegradationParams(**{**fixed, "blur_sigma": (8.0, 8.0), "downscale": (8.0, 8.0)}, reference_size=512)
+    at_128 = DegradationParams(**{**fixed, "blur_sigma": (2.0, 2.0), "downscale": (2.0, 2.0)}, kernel_size=11)
+    for seed in (1, 2):
+        lq, applied = dg.degrade(gt, at_512, seed)
+        expected, plain = dg.degrade(gt, at_128, seed)
+        assert np.array_equal(lq, expected)
+        assert applied["size_scale"] == 0.25 and plain["size_scale"] is None
+        assert (applied["sigma_x"], applied["scale"], applied["kernel_size"], applied["lq_size"]) == (
+            2.0, 2.0, 11, [64, 64])
+    # A factor that would fall below 1 (the paper's LQ finer than a 128 px GT) leaves the LQ at full size.
+    _, applied = dg.degrade(gt, at_512.model_copy(update={"downscale": (2.0, 2.0)}), 3)
+    assert applied["scale"] == 1.0 and applied["lq_size"] == [128, 128]
+    # At its own size the paper preset is the paper's ranges, unscaled.
+    _, applied = dg.degrade(_face(512), at_512, 4)
+    assert (applied["size_scale"], applied["sigma_x"], applied["kernel_size"], applied["lq_size"]) == (
+        1.0, 8.0, 41, [64, 64])
+    for draw in _draws(paper, 60):
+        _check_ranges(draw, paper)
+
+
 def test_presets_differ_in_severity() -> None:
     """Sanity of the presets: a harder preset moves the LQ further from the GT."""
     gt = _face(128).astype(np.float64)
@@ -183,10 +216,41 @@ def test_jpeg_quality_is_an_int_and_fixed_range_is_exact() -> None:
     assert applied["jpeg_quality"] == 70 and type(applied["jpeg_quality"]) is int
 
 
+def _colour_wheel(size: int = SMALL) -> np.ndarray:
+    """Saturated hues around the centre, brightness rising outwards: strong, varied chroma."""
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    hue = (np.degrees(np.arctan2(yy, xx)) % 360 / 2).astype(np.uint8)  # OpenCV hue is 0..179
+    value = np.clip(80 + 175 * np.hypot(yy, xx) / (size / 2), 0, 255).astype(np.uint8)
+    hsv = np.dstack([hue, np.full_like(hue, 255), value])
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def _opencv_jpeg(rgb: np.ndarray, quality: int, swap: bool = True) -> np.ndarray:
+    """OpenCV's JPEG round trip; swap=True feeds it BGR, the order it expects, and returns RGB."""
+    image = rgb[..., ::-1] if swap else rgb
+    ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(image), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    decoded = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
+    return decoded[..., ::-1] if swap else decoded
+
+
+def test_jpeg_step_compresses_in_the_channel_order_opencv_expects() -> None:
+    """With every other step an identity, degrade's LQ is exactly OpenCV's JPEG of the BGR image, back in RGB."""
+    quality = 40
+    params = DegradationParams(**{**IDENTITY, "jpeg_quality": (quality, quality)})
+    for gt in (_colour_wheel(), _face()):
+        lq, applied = dg.degrade(gt, params, 5)
+        assert applied["jpeg_quality"] == quality
+        assert np.array_equal(lq, _opencv_jpeg(gt, quality))
+    wheel = _colour_wheel()
+    swapped = _opencv_jpeg(wheel, quality, swap=False)  # what ImageCompression alone does to an RGB array
+    assert np.abs(swapped.astype(int) - _opencv_jpeg(wheel, quality).astype(int)).max() > 10
+
+
 def test_identity_preset_keeps_the_image_and_downscale_sets_the_lq_size() -> None:
     gt = _face()
     lq, applied = dg.degrade(gt, DegradationParams(**IDENTITY), 11)
-    assert np.abs(lq.astype(int) - gt.astype(int)).mean() < 1.5  # only JPEG q100 remains
+    assert np.array_equal(lq, _opencv_jpeg(gt, 100))  # only JPEG q100 remains
     _, applied = dg.degrade(gt, DegradationParams(**{**IDENTITY, "downscale": (4.0, 4.0)}), 11)
     assert applied["lq_size"] == [SMALL // 4, SMALL // 4]
 
@@ -273,6 +337,9 @@ def test_stage_writes_pairs_for_every_preset(clean_shards: Path, tmp_path: Path)
         for name, entry in presets.items():
             assert entry["count"] == len(clean) and [s["count"] for s in entry["shards"]] == expected_shards
             assert entry["params"] == params.degrade.presets[name].model_dump(mode="json")
+            reference = params.degrade.presets[name].reference_size
+            assert entry["size_scaling"] == {"reference_size": reference, "data_size": params.data.size,
+                                             "scale": None if reference is None else params.data.size / reference}
             seen = []
             for record in entry["shards"]:
                 assert record["path"].startswith(f"{split}/{name}/pairs-") and file_digest(out / record["path"]) == \

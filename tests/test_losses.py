@@ -35,6 +35,24 @@ def test_pyramid_compares_each_level_with_the_resized_target() -> None:
     assert pyramid_loss(levels, target).item() == pytest.approx(1.0 + 0.5)
 
 
+def test_pyramid_targets_are_the_gt_halved_step_by_step() -> None:
+    """The reference's GT pyramid: each level is the previous one at 0.5x (bilinear), not a direct resize."""
+    torch.manual_seed(0)
+    target = torch.rand(2, 3, 64, 64) * 2 - 1
+    halved = [target]
+    while halved[-1].shape[-1] > 8:
+        halved.append(torch.nn.functional.interpolate(halved[-1], scale_factor=0.5, mode="bilinear",
+                                                      align_corners=False))
+    levels = halved[::-1]  # 8, 16, 32, 64 px, as the U-Net's toRGB heads
+    assert pyramid_loss(levels, target).item() == 0.0
+    direct = [torch.nn.functional.interpolate(target, size=level.shape[-2:], mode="bilinear", align_corners=False)
+              for level in levels]
+    assert not torch.equal(direct[0], levels[0])
+    assert pyramid_loss(direct, target).item() > 0.01
+    with pytest.raises(ValueError, match="halved"):
+        pyramid_loss([torch.zeros(2, 3, 24, 24)], target)
+
+
 def test_gram_of_a_known_tensor() -> None:
     features = torch.tensor([[1.0, 2.0], [0.0, 1.0]]).reshape(1, 2, 1, 2)  # c=2, h=1, w=2
     gram = gram_matrix(features)
@@ -121,6 +139,29 @@ def test_vgg19_is_never_downloaded(tmp_path, monkeypatch) -> None:
         select_feature_network("vgg19")
     assert select_feature_network("off") is None
     assert load_identity_embedder("off") is None
+
+
+def test_vgg19_features_are_the_pre_relu_conv_outputs() -> None:
+    """An explicit pass with non-in-place ReLUs gives the conv outputs the recipe names; ours must equal them."""
+    from torchvision.models import vgg19
+
+    from dlfp.losses.perceptual import IMAGENET_MEAN, IMAGENET_STD, VGG19_LAYERS
+
+    torch.manual_seed(0)
+    network = vgg19()  # random weights: the layer wiring is what is tested
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    x = ((images + 1) / 2 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    expected = {}
+    with torch.no_grad():
+        for index, layer in enumerate(network.features[: max(VGG19_LAYERS.values()) + 1]):
+            x = torch.relu(x) if isinstance(layer, torch.nn.ReLU) else layer(x)
+            expected.update({name: x for name, i in VGG19_LAYERS.items() if i == index})
+        features = VGG19Features(network=network)(images)
+    assert set(features) == set(VGG19_LAYERS)
+    for name, value in expected.items():
+        assert isinstance(network.features[VGG19_LAYERS[name]], torch.nn.Conv2d)
+        assert value.min() < 0, f"{name}: a pre-ReLU map has negative values"
+        assert torch.equal(features[name], value), name
 
 
 def test_auto_falls_back_to_dlib_features_with_gradients(tmp_path, monkeypatch) -> None:

@@ -120,7 +120,8 @@ def make_data(root: Path) -> Path:
         tar.addfile(link)
     (pairs / "index.json").write_text(json.dumps({"splits": {"test": {"presets": {
         "moderate": {"count": 5, "shards": [{"path": "test/moderate/pairs-000000.tar", "count": 5, "sha256": "z"}],
-                     "params": {"blur_sigma": [1.0, 5.0], "note": SCRIPT}},
+                     "params": {"blur_sigma": [1.0, 5.0], "note": SCRIPT},
+                     "size_scaling": {"reference_size": 512, "data_size": 128, "scale": 0.25}},
         "escape": {"count": 1, "shards": [{"path": "../../outside.tar", "count": 1, "sha256": "z"}],
                    "params": {}},
     }}}}), encoding="utf-8")
@@ -182,8 +183,21 @@ def test_data_page_content(built: tuple[Path, dict]) -> None:
     assert "Split rule: <code>hash</code>" in html
     assert "Preset moderate (5 pairs)" in html and "All 5 pairs" not in html
     assert "Logged degradation parameters of all 5 pairs" in html
+    assert "Ranges defined at 512 px, scaled by 128/512 = 0.25: blur sigma" in html
+    assert "floored at 1" in html and "Size scaling: not recorded" in html  # the escape preset has none
     assert "outside the pairs folder" in html  # ../../outside.tar was refused
     assert "hash-degrade" in html and "version: python" in html
+
+
+def test_scaling_statement_says_whether_ranges_were_scaled() -> None:
+    unscaled = data_page.scaling_statement({"reference_size": None, "data_size": 128, "scale": None}, [])
+    assert unscaled.startswith("Ranges used as given at 128 px: not scaled")
+    native = data_page.scaling_statement({"reference_size": 512, "data_size": 512, "scale": 1.0},
+                                         [{"size_scale": 1.0}])
+    assert native == "Ranges defined at 512 px, the data's size: not scaled."
+    mixed = data_page.scaling_statement({"reference_size": 512, "data_size": 128, "scale": 0.25},
+                                        [{"size_scale": 0.25}, {"size_scale": 0.125}])
+    assert "= 0.25" in mixed and mixed.endswith("another size): 0.125.")
 
 
 def test_links_are_local_and_resolve(built: tuple[Path, dict]) -> None:

@@ -143,6 +143,10 @@ class DegradationParams(_Section):
     contrast: Range = (0.5, 1.5)
     saturation: Range = (0.0, 1.5)
     hue: Range = (-0.1, 0.1)
+    reference_size: int | None = Field(
+        default=None, ge=16,
+        description="face side (px) the ranges were defined at: blur sigma, blur kernel radius and downscale "
+                    "factor are scaled to the GT's side (dlfp.data.degrade.size_scale); null: used as given")
 
     @model_validator(mode="after")
     def _ranges_ordered(self) -> DegradationParams:
@@ -159,11 +163,12 @@ class DegradationParams(_Section):
 
 
 PAPER_PRESET = "paper"
+PAPER_SIZE = 512  # the published degradation ranges act on 512 px faces
 
 
 class DegradeParams(_Section):
     presets: dict[str, DegradationParams] = Field(
-        default_factory=lambda: {PAPER_PRESET: DegradationParams()},
+        default_factory=lambda: {PAPER_PRESET: DegradationParams(reference_size=PAPER_SIZE)},
         description="named severity presets; fixed test pairs are written for each",
     )
     workers: int = Field(default=2, ge=1, le=256)

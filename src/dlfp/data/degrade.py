@@ -13,10 +13,15 @@ How the steps are built, in the spec's order:
        factors above 1 (s < 1 upscales), and uses nearest interpolation by default.
      - A.GaussNoise reports only the noise map, not the sigma it drew.
 4-6. JPEG, resize back, colour shift, grey and colour jitter are albumentations transforms in one
-     `A.Compose(strict=True)`. Their randomness comes from one shared generator pair handed over with
+     `A.Compose(strict=True)`; the JPEG step sees BGR, as OpenCV and the reference expect
+     (`RGBImageCompression`). Their randomness comes from one shared generator pair handed over with
      `Compose.set_random_state`: `Compose.set_random_seed(seed)` seeds every transform with the *same*
      seed, so their p-draws coincide (colour shift would be applied exactly when jitter is, p 0.3 each).
 7.   Quantisation to 8 bit, as in the reference (round, clip).
+
+A preset with a `reference_size` (the `paper` preset: 512 px) has its lengths (blur sigma, kernel radius,
+downscale factor) scaled to the GT's side, so that its LQ faces are the reference's seen at that side;
+`size_scale` says what is scaled and why. The scale is logged with every sample and in the pairs index.
 
 The image is float32 in [0, 1] between steps, like the published BasicSR/GFPGAN code.
 """
@@ -81,6 +86,44 @@ def sample_seed(global_seed: int, sample_id: str, tag: str) -> int:
     A fixed namespace keeps this stream apart from other per-sample draws (split, flips) on the same id.
     """
     return derive_seed(global_seed, SEED_NAMESPACE, sample_id, tag)
+
+
+# ------------------------------------------------------------------------------------- size scaling
+def size_scale(params: DegradationParams, size: int) -> float | None:
+    """r = size / params.reference_size, how a preset's lengths map onto a `size` px face; None: not scaled.
+
+    A preset with a reference size (the paper's: 512 px) describes faces of that side. At another side N the
+    same degraded face is the reference LQ seen at N px, so what is a length on the face scales by r, and
+    nothing else does:
+    - blur sigma and the blur kernel's radius are lengths in pixels: times r;
+    - the downscale factor s makes an LQ of 512/s px; s * r makes the same LQ width at N px. A factor below 1
+      would only upsample a GT that holds no detail beyond N px, so for r < 1 it is floored at 1 (at 128 px:
+      every s < 4, where the paper's LQ is finer than our GT and would show no resolution loss at 128 px);
+    - noise sigma and JPEG quality act per LQ pixel in intensity units, on an LQ grid that is now the paper's:
+      unchanged. Where the factor is floored they act on the N px grid, coarser than the paper's, so those
+      draws are somewhat harsher than the paper's seen at N px, never milder;
+    - colour shift, grey and jitter do not depend on size.
+    """
+    return None if params.reference_size is None else size / params.reference_size
+
+
+def size_scaling(params: DegradationParams, size: int) -> dict:
+    """The scaling of a preset at `size` px, as the pairs index records it (scale None: ranges as given)."""
+    return {"reference_size": params.reference_size, "data_size": size, "scale": size_scale(params, size)}
+
+
+def scaled_kernel_size(kernel_size: int, scale: float | None) -> int:
+    """Odd kernel side with the radius scaled by `scale` (41 at 512 px -> 11 at 128 px), at least 3."""
+    if scale is None:
+        return kernel_size
+    return 2 * max(1, math.floor(kernel_size // 2 * scale + 0.5)) + 1
+
+
+def scaled_downscale(factor: float, scale: float | None) -> float:
+    """The downscale factor times `scale`; floored at 1 when scaling down (see size_scale)."""
+    if scale is None:
+        return factor
+    return max(1.0, factor * scale) if scale < 1 else factor * scale
 
 
 # -------------------------------------------------------------------------------------- blur kernel
@@ -148,6 +191,19 @@ def _shift_fraction(params: DegradationParams) -> tuple[float, float]:
     return low / MAX_8BIT, high / MAX_8BIT
 
 
+class RGBImageCompression(A.ImageCompression):
+    """ImageCompression for RGB arrays: red and blue are swapped to BGR around OpenCV's JPEG codec.
+
+    albumentations 2.0.8 hands the array to cv2.imencode as it is, and OpenCV reads it as BGR: an RGB image
+    would get its luma and chroma from swapped channels, so chroma errors would land on the wrong colours.
+    The reference (BasicSR) compresses BGR images. The quality is drawn and logged as by ImageCompression.
+    """
+
+    def apply(self, img: np.ndarray, quality: int, image_type: str, **params: object) -> np.ndarray:
+        bgr = np.ascontiguousarray(img[..., ::-1])
+        return np.ascontiguousarray(super().apply(bgr, quality, image_type, **params)[..., ::-1])
+
+
 @functools.lru_cache(maxsize=32)
 def _post_compose(params: DegradationParams, height: int, width: int) -> A.Compose:
     """Steps 4-6 as albumentations transforms; cached per preset and size (building one costs ~1 ms)."""
@@ -155,7 +211,7 @@ def _post_compose(params: DegradationParams, height: int, width: int) -> A.Compo
     quality = _uint_range(*params.jpeg_quality)
     return A.Compose(
         [
-            A.ImageCompression(quality_range=quality, compression_type="jpeg", p=1.0),
+            RGBImageCompression(quality_range=quality, compression_type="jpeg", p=1.0),
             A.Resize(height, width, interpolation=INTERPOLATION, p=1.0),
             # Limits are passed as fractions: RGBShift reinterprets any limit above 1 as 0..255 units.
             A.RGBShift(r_shift_limit=shift, g_shift_limit=shift, b_shift_limit=shift,
@@ -176,7 +232,7 @@ def _post_applied(applied_transforms: list[tuple[str, dict]]) -> dict:
     shift = by_name.get("RGBShift")
     jitter = by_name.get("ColorJitter")
     return {
-        "jpeg_quality": int(by_name["ImageCompression"]["quality"]),
+        "jpeg_quality": int(by_name[RGBImageCompression.__name__]["quality"]),
         "color_shift": None if shift is None else [float(v) * MAX_8BIT for v in shift["noise_map"]],
         "gray": "ToGray" in by_name,
         "jitter": None if jitter is None else {
@@ -201,7 +257,10 @@ def _check_gt(gt: np.ndarray) -> None:
 
 
 def degrade(gt: np.ndarray, params: DegradationParams, seed: int) -> tuple[np.ndarray, dict]:
-    """Synthesise the LQ image of `gt` (uint8 RGB) and return it with every scalar that was drawn.
+    """Synthesise the LQ image of `gt` (uint8 RGB) and return it with every scalar that was applied.
+
+    Lengths are scaled to gt's width when the preset has a reference size (`size_scale`); the logged sigmas,
+    kernel size and downscale factor are the applied ones, with the scale as `size_scale`.
 
     Not thread-safe (the albumentations Compose is cached per process and re-seeded per call): parallelise
     with processes, as the stage and DataLoader workers do.
@@ -209,7 +268,8 @@ def degrade(gt: np.ndarray, params: DegradationParams, seed: int) -> tuple[np.nd
     _check_gt(gt)
     height, width = gt.shape[:2]
     rng = np.random.default_rng(seed)
-    # All scalars are drawn up front in a fixed order, so the stream never depends on the image size.
+    # All scalars are drawn up front in a fixed order, so the stream never depends on the image size; the
+    # lengths among them are then scaled to this image's size if the preset has a reference size.
     iso = bool(rng.random() < params.kernel_iso_prob)
     sigma_x = float(rng.uniform(*params.blur_sigma))
     sigma_y_draw = float(rng.uniform(*params.blur_sigma))
@@ -217,9 +277,14 @@ def degrade(gt: np.ndarray, params: DegradationParams, seed: int) -> tuple[np.nd
     sigma_y, angle = (sigma_x, 0.0) if iso else (sigma_y_draw, angle_draw)
     scale = float(rng.uniform(*params.downscale))
     noise_sigma = float(rng.uniform(*params.noise_sigma))
+    length_scale = size_scale(params, width)
+    if length_scale is not None:
+        sigma_x, sigma_y = sigma_x * length_scale, sigma_y * length_scale
+        scale = scaled_downscale(scale, length_scale)
+    kernel_size = scaled_kernel_size(params.kernel_size, length_scale)
 
     img = gt.astype(np.float32) / np.float32(MAX_8BIT)
-    img = blur(img, params.kernel_size, sigma_x, sigma_y, angle, iso)
+    img = blur(img, kernel_size, sigma_x, sigma_y, angle, iso)
     small = (max(1, int(width // scale)), max(1, int(height // scale)))
     img = cv2.resize(img, small, interpolation=INTERPOLATION)
     noise = rng.standard_normal(img.shape, dtype=np.float32) * np.float32(noise_sigma / MAX_8BIT)
@@ -233,7 +298,8 @@ def degrade(gt: np.ndarray, params: DegradationParams, seed: int) -> tuple[np.nd
 
     applied = {
         "kernel": "iso" if iso else "aniso",
-        "kernel_size": params.kernel_size,
+        "size_scale": length_scale,
+        "kernel_size": kernel_size,
         "sigma_x": sigma_x,
         "sigma_y": sigma_y,
         "angle": angle,
@@ -345,7 +411,8 @@ def run(params: Params, shards_dir: Path, out_dir: Path) -> dict:
                 for name, writer in writers.items():
                     shards = [record.__dict__ for record in writer.close()]
                     entries[name] = {"count": sum(shard["count"] for shard in shards), "shards": shards,
-                                     "params": presets[name].model_dump(mode="json")}
+                                     "params": presets[name].model_dump(mode="json"),
+                                     "size_scaling": size_scaling(presets[name], params.data.size)}
                 out_index["splits"][split] = {"presets": entries}
         write_json_atomic(staging / INDEX_NAME, out_index)
         counts = {split: {name: entry["count"] for name, entry in pair_presets(out_index, split).items()}

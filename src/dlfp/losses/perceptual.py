@@ -48,29 +48,43 @@ def vgg19_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / VGG19_FILE
 
 
+def _load_vgg19(path: Path) -> nn.Module:
+    from torchvision.models import vgg19
+
+    if not path.is_file():
+        raise FeatureNetworkMissingError(
+            f"{path}: VGG19 weights not found; dl-fp does not download them. Copy torchvision's {VGG19_FILE} "
+            "there to use the published perceptual loss.")
+    net = vgg19()
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    return net
+
+
 class VGG19Features(nn.Module):
     """Frozen VGG19 trunk up to conv5_4; input in [-1, 1], ImageNet-normalised inside."""
 
     name = "vgg19"
     layer_weights = VGG19_LAYER_WEIGHTS
 
-    def __init__(self, weights_path: Path | None = None) -> None:
+    def __init__(self, weights_path: Path | None = None, network: nn.Module | None = None) -> None:
+        """`network`: a torchvision VGG19 to take the trunk from (tests); by default the ImageNet one on disk."""
         super().__init__()
-        from torchvision.models import vgg19
-
-        path = Path(weights_path) if weights_path else vgg19_weights_path()
-        if not path.is_file():
-            raise FeatureNetworkMissingError(
-                f"{path}: VGG19 weights not found; dl-fp does not download them. Copy torchvision's {VGG19_FILE} "
-                "there to use the published perceptual loss.")
-        net = vgg19()
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+        if network is None:
+            path = Path(weights_path) if weights_path else vgg19_weights_path()
+            network = _load_vgg19(path)
+            self.source = str(path)
+        else:
+            self.source = "caller-supplied VGG19"
         last = max(VGG19_LAYERS.values())
-        self.trunk = net.features[: last + 1]
+        self.trunk = network.features[: last + 1]
+        # torchvision's ReLUs are in place: each would overwrite the conv output kept just before it, and the
+        # loss would see post-ReLU maps. The recipe wants pre-ReLU features, so every ReLU gets its own output.
+        for index, layer in enumerate(self.trunk):
+            if isinstance(layer, nn.ReLU):
+                self.trunk[index] = nn.ReLU(inplace=False)
         self.requires_grad_(False).eval()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.source = str(path)
 
     def train(self, mode: bool = True) -> VGG19Features:  # always frozen
         return super().train(False)

@@ -73,6 +73,7 @@ class PresetView:
     ranges: list[tuple[str, str]]
     logged: int
     errors: list[str] = field(default_factory=list)
+    scaling: str = ""
 
 
 # ------------------------------------------------------------------------------------------------ readers
@@ -279,7 +280,29 @@ def _preset(pairs: StageInputs, name: str, entry: Mapping, per_preset: int) -> P
     ranges = [(key, json.dumps(value)) for key, value in sorted(params.items())]
     count = entry.get("count") if isinstance(entry.get("count"), int) else None
     histogram = histogram_grid(logged, f"preset {name}: logged degradation parameters") if logged else None
-    return PresetView(name, count, shown, histogram, ranges, len(logged), errors)
+    return PresetView(name, count, shown, histogram, ranges, len(logged), errors,
+                      scaling_statement(entry.get("size_scaling"), logged))
+
+
+def scaling_statement(scaling: object, logged: list[dict]) -> str:
+    """Whether the preset's ranges were scaled to the data's face size (index.json's size_scaling), and how."""
+    if not isinstance(scaling, Mapping):
+        return "Size scaling: not recorded in the pairs index."
+    reference, size, scale = scaling.get("reference_size"), scaling.get("data_size"), scaling.get("scale")
+    if not isinstance(scale, int | float) or isinstance(scale, bool):
+        text = f"Ranges used as given at {size} px: not scaled (the preset names no reference size)."
+    elif scale == 1:
+        text = f"Ranges defined at {reference} px, the data's size: not scaled."
+    else:
+        text = (f"Ranges defined at {reference} px, scaled by {size}/{reference} = {scale:g}: blur sigma and "
+                f"blur kernel radius times {scale:g}, downscale factor times {scale:g}"
+                f"{' (floored at 1)' if scale < 1 else ''}; noise sigma, JPEG quality and the colour steps are "
+                "not scaled (they act per pixel on intensities). The logged values below are the applied ones.")
+    other = sorted({str(entry.get("size_scale")) for entry in logged if "size_scale" in entry
+                    and entry.get("size_scale") != scale})
+    if other:
+        text += f" Some pairs logged another scale (a GT of another size): {', '.join(other)}."
+    return text
 
 
 def split_presets(index: object, split: str) -> Mapping | None:
