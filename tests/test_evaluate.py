@@ -387,3 +387,22 @@ def test_training_with_the_scoring_network_is_said_next_to_the_accuracy(project:
         assert report[preset]["arcface"]["identity_metric_circularity"].startswith("no: no dlib-network loss")
         assert report[preset]["official"]["identity_metric_circularity"] == unknown
         assert report[preset]["identity"]["identity_metric_circularity"] == "no: not a trained model"
+
+
+def test_circularity_verdicts_from_the_recorded_loss_networks(tmp_path: Path) -> None:
+    from dlfp.restore import restorers
+
+    def losses(identity: tuple[float, str | None], perceptual: tuple[float, str | None]) -> dict:
+        return {"training_losses": {"source": "m/losses_active.json",
+                                    "identity_loss": {"weight": identity[0], "network": identity[1]},
+                                    "perceptual_loss": {"weight": perceptual[0], "network": perceptual[1]}}}
+
+    feature_loss = stage.circularity("gfpgan", losses((0.0, None), (1.0, "dlib")))
+    assert feature_loss.startswith("yes: ") and "perceptual loss (feature maps) weight 1" in feature_loss
+    assert stage.circularity("gfpgan", losses((0.0, "dlib"), (1.0, "vgg19"))).startswith("no: ")  # weight 0: unused
+    assert stage.circularity("bicubic", {}) == "no: not a trained model"
+    assert stage.circularity("gfpgan", {}).startswith("unknown: ")
+    weights = _losses_active(tmp_path / "model", 1.0, "dlib")
+    (weights.parent / "losses_active.json").write_text("{}")  # no "terms": a broken record is an error, not a guess
+    with pytest.raises(ValueError, match="losses_active.json: unreadable loss record beside gfpgan.pth"):
+        restorers.training_losses(weights)
