@@ -292,7 +292,8 @@ def identification(rows: list[dict], gt_embeddings: Mapping[str, np.ndarray], la
     out: dict = {"gallery_faces": len(gallery_ids), "gallery_identities": people}
     count = len(rows)
     if count == 0:
-        return out
+        return {**out, "rank1_accuracy": f"{m.NOT_COMPUTED}: no test faces",
+                "identity_match_rate": f"{m.NOT_COMPUTED}: no test faces"}
     matches = sum(bool(row["identity_match"]) for row in rows)
     out.update(_rate(matches, count, "identity_match_rate"))
     if people < 2:
@@ -357,7 +358,7 @@ def _accuracy(params: Params, results: Mapping[str, Mapping[str, Mapping]], not_
         value = f"{m.NOT_COMPUTED}: no results for restorer {restorer} on preset {preset}"
     else:
         entry = results[preset][restorer]
-        value = entry["rank1_accuracy"]
+        value = entry.get("rank1_accuracy", f"{m.NOT_COMPUTED}: no rank-1 figure for {restorer} on {preset}")
     accuracy["value"] = value
     accuracy["ci_low"] = entry.get("rank1_accuracy_ci_low")
     accuracy["ci_high"] = entry.get("rank1_accuracy_ci_high")
