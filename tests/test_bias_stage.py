@@ -161,7 +161,7 @@ def _evaluation(root: Path) -> list[str]:
             values = {"preset": PRESET, "restorer": restorer, "id": key, "psnr": round(psnr, 6), "ssim": "",
                       "lpips": "", "niqe": "", "identity_distance": 0.1 * (number % 3), "identity_angle_deg": "",
                       "identity_match": "true", "landmarks_detected": "true" if detected else "false",
-                      "landmark_nme": 0.05 if detected else "", "landmark_error_px": ""}
+                      "landmark_nme": 0.05 if detected else "", "landmark_error_px": "", "rank1_correct": "true"}
             rows.append([values[column] for column in COLUMNS])
             ids.append(key)
     write_csv_atomic(root / "evaluation" / "per_image.csv", COLUMNS, rows)

@@ -83,8 +83,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _fake_restored(pairs_dir: Path, out: Path, makers: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]
-                   ) -> Path:
+def _fake_restored(pairs_dir: Path, out: Path, makers: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]],
+                   descriptions: dict[str, dict] | None = None) -> Path:
     """A restore-stage folder whose 'restorers' return a function of (GT, LQ): GT copies, blank images..."""
     index = read_index(pairs_dir)
     entries = {}
@@ -98,7 +98,8 @@ def _fake_restored(pairs_dir: Path, out: Path, makers: dict[str, Callable[[np.nd
                               "json": json_bytes({"id": sample["__key__"], "preset": preset, "restorer": name})})
             shards_ = [record.__dict__ for record in writer.close()]
             per_preset[preset] = {"count": sum(s["count"] for s in shards_), "shards": shards_}
-        entries[name] = {"restorer": name, "status": "ok", "presets": per_preset}
+        entries[name] = {"restorer": name, "status": "ok", "presets": per_preset,
+                         "description": (descriptions or {}).get(name, {})}
     write_json_atomic(out / "index.json", {"presets": sorted(pair_presets(index, "test")), "restorers": entries})
     return out
 
@@ -168,6 +169,70 @@ def test_frechet_distance_of_a_set_with_itself_is_zero_and_a_shift_adds_its_squa
         m.frechet_distance(vectors[:1], vectors[:1])
 
 
+def _axis(number: int, length: float = 1.0) -> np.ndarray:
+    vector = np.zeros(128)
+    vector[number] = length
+    return vector
+
+
+def test_rank1_counts_the_nearest_gt_and_copies_of_one_ffhq_id_are_one_person() -> None:
+    # gallery: person A twice (two sizes of one FFHQ image: nearby descriptors), B, C, D on their own axes
+    labels = {"a_256": m.identity_label("a_256", {"ffhq_id": 17}),
+              "a_1024": m.identity_label("a_1024", {"ffhq_id": 17}), "b": m.identity_label("b", {"ffhq_id": 3}),
+              "c": m.identity_label("c", {"ffhq_id": None}),
+              "d": m.identity_label("d", {})}
+    assert labels["a_256"] == labels["a_1024"] and len(set(labels.values())) == 4
+    gallery = {"a_256": _axis(0), "a_1024": _axis(0) + _axis(1, 0.2), "b": _axis(2), "c": _axis(3), "d": _axis(4)}
+    probes = {
+        "a_256": _axis(0) + _axis(1, 0.3),  # nearest GT is the other copy of A (0.1 vs 0.3): still correct
+        "a_1024": _axis(0) + _axis(1, 0.25),
+        "b": _axis(2, 0.8) + _axis(5, 0.2),  # 0.28 from B
+        "c": _axis(3, 0.3) + _axis(4, 0.7),  # 0.99 from C, 0.42 from D: identified as D, wrong
+        "d": _axis(4, 1.1),
+    }
+    names = list(gallery)
+    correct = m.rank1_correct(np.stack([probes[n] for n in names]), [labels[n] for n in names],
+                              np.stack([gallery[n] for n in names]), [labels[n] for n in names])
+    assert correct.tolist() == [True, True, True, False, True]  # 4 / 5
+    # a nearer face of another person beats a farther copy of one's own: wrong
+    assert not m.rank1_correct(np.stack([_axis(2, 0.7) + _axis(0, 0.3)]), [labels["a_256"]],  # 0.42 vs 0.99
+                               np.stack([gallery["a_256"], gallery["b"]]), [labels["a_256"], labels["b"]])[0]
+    # a tie with another person counts as wrong
+    assert not m.rank1_correct(np.stack([_axis(0, 0.5) + _axis(2, 0.5)]), [labels["a_256"]],
+                               np.stack([gallery["a_256"], gallery["b"]]), [labels["a_256"], labels["b"]])[0]
+
+
+def test_wilson_interval_matches_published_values() -> None:
+    low, high = m.wilson_interval(8, 10)
+    assert low == pytest.approx(0.4902, abs=5e-4) and high == pytest.approx(0.9433, abs=5e-4)
+    low, high = m.wilson_interval(0, 20)
+    assert low == pytest.approx(0.0, abs=1e-12) and high == pytest.approx(0.1611, abs=5e-4)
+
+
+def test_false_accept_rate_and_threshold_at_far_on_known_distances() -> None:
+    impostors = np.random.default_rng(0).permutation(np.arange(1, 2001) / 2000)  # 0.0005 ... 1.0
+    assert m.false_accept_rate(impostors, 0.6) == pytest.approx(1199 / 2000)
+    threshold = m.threshold_at_far(impostors, 1e-3)  # two of 2000 may lie below it
+    assert threshold == pytest.approx(0.0015) and m.false_accept_rate(impostors, threshold) == pytest.approx(1e-3)
+    assert m.false_accept_rate(impostors, np.nextafter(threshold, 1.0)) > 1e-3  # the largest such threshold
+
+
+def test_calibration_of_a_gallery_on_a_line() -> None:
+    # 40 people 0.13 apart on one axis: pairs 1-4 steps apart (0.13-0.52) are below 0.6, 5 and more are not;
+    # person 0 also has a second copy right beside it, which must not make an impostor pair with it
+    gallery = np.stack([_axis(0, 0.13 * number) for number in range(40)] + [_axis(0, 0.0) + _axis(1, 0.01)])
+    labels = [f"ffhq:{number}" for number in range(40)] + ["ffhq:0"]
+    calibration = m.calibrate(gallery, labels, resamples=50)
+    pairs = 40 * 39 // 2 + 39
+    assert calibration.impostor_pairs == pairs and calibration.identities == 40 and calibration.faces == 41
+    # 150 pairs 1-4 steps apart, and the copy's 4 nearest people (0.13 ... 0.52 and its 0.01 offset)
+    assert calibration.far_at_default == pytest.approx((39 + 38 + 37 + 36 + 4) / pairs)
+    assert calibration.threshold_at_far == pytest.approx(0.13)  # FAR 1e-3 of 819 pairs: the smallest distance
+    assert not calibration.resolvable and sum(calibration.histogram_counts) == pairs
+    low, high = calibration.far_at_default_ci
+    assert low < calibration.far_at_default < high
+
+
 def test_identity_of_gt_with_itself_and_blank_landmarks(project: Path) -> None:
     mild = pair_presets(read_index(project / "pairs"), "test")["mild"]
     samples = list(iter_samples(project / "pairs", mild["shards"]))
@@ -208,7 +273,8 @@ def test_stage_writes_every_metric_with_reasons_and_reference_numbers(project: P
         assert row["landmarks_detected"] in ("true", "false") and row["identity_match"] in ("true", "false")
 
     report = json.loads(metrics_path.read_text())
-    assert set(report) == {*PRESETS, "accuracy"}
+    assert set(report) == {*PRESETS, "accuracy", "calibration", "colour_space"}
+    assert report["colour_space"] == {"psnr": "RGB", "ssim": "Y of YIQ"}
     for preset in PRESETS:
         assert set(report[preset]) == {"identity", "bicubic", "gfpgan"}
         assert report[preset]["gfpgan"]["status"] == "not run" and "absent.pth" in report[preset]["gfpgan"]["reason"]
@@ -224,13 +290,35 @@ def test_stage_writes_every_metric_with_reasons_and_reference_numbers(project: P
             mine = [r for r in rows if r["preset"] == preset and r["restorer"] == name]
             rate = np.mean([r["identity_match"] == "true" for r in mine])
             assert entry["identity_match_rate"] == pytest.approx(rate)
+            assert (entry["identity_match_rate_ci_low"], entry["identity_match_rate_ci_high"]) == pytest.approx(
+                m.wilson_interval(round(rate * FACE_COUNT), FACE_COUNT), abs=1e-6)
+            # rank-1 among the preset's 5 GT faces, from the per-image rows, with its Wilson interval
+            hits = sum(r["rank1_correct"] == "true" for r in mine)
+            assert all(r["rank1_correct"] in ("true", "false") for r in mine)
+            assert entry["rank1_accuracy"] == pytest.approx(hits / FACE_COUNT) and entry["rank1_correct"] == hits
+            assert (entry["rank1_accuracy_ci_low"], entry["rank1_accuracy_ci_high"]) == pytest.approx(
+                m.wilson_interval(hits, FACE_COUNT), abs=1e-6)
+            assert entry["gallery_faces"] == FACE_COUNT == entry["gallery_identities"]
+            threshold = report["calibration"][preset]["threshold_at_far_target"]
+            at_far = sum(float(r["identity_distance"]) < threshold for r in mine) / FACE_COUNT
+            assert entry["identity_match_rate_at_far"] == pytest.approx(at_far)
+            assert entry["identity_metric_circularity"] == "no: not a trained model"
             assert entry["landmark_failures"] == sum(r["landmarks_detected"] == "false" for r in mine)
+        calibration = report["calibration"][preset]
+        assert calibration["impostor_pairs"] == FACE_COUNT * (FACE_COUNT - 1) // 2 and calibration["threshold"] == 0.6
+        assert calibration["far_target"] == 1e-3 and calibration["far_target_resolvable"] is False
+        assert "cannot be resolved" in calibration["note"]
+        assert 0.0 <= calibration["far_at_threshold"] <= 1.0
     accuracy = report["accuracy"]
     assert accuracy["target"] == 0.5 and accuracy["restorer"] == "gfpgan" and accuracy["preset"] == "mild"
     assert accuracy["value"].startswith("not computed: restorer gfpgan not run") and accuracy["meets_target"] is None
+    assert accuracy["definition"].startswith("rank-1 identification") and accuracy["ci_low"] is None
+    assert accuracy["calibration"] == report["calibration"]["mild"]
     assert summary["accuracy"] == accuracy
     saved = json.loads((tmp_path / "evaluation" / "summary.json").read_text())
     assert saved["metrics"]["ssim"]["test_y_channel"] is True and saved["metrics"]["psnr"]["status"] == "ok"
+    assert saved["metrics"]["psnr"]["colour_space"] == "RGB" and saved["metrics"]["ssim"]["colour_space"] == "Y of YIQ"
+    assert sum(saved["impostor_histograms"]["mild"]["counts"]) == FACE_COUNT * (FACE_COUNT - 1) // 2
     assert saved["metrics"]["lpips"]["status"].startswith("not computed")
     assert (tmp_path / "evaluation" / "receipt.json").exists()
 
@@ -255,3 +343,67 @@ def test_gt_copies_score_perfectly_and_blank_faces_are_counted_failures(project:
     assert len(rows) == FACE_COUNT * len(PRESETS)  # failures kept as rows, never dropped
     assert all(r["landmarks_detected"] == "false" and r["landmark_nme"] == "" for r in rows)
     assert report["accuracy"]["value"] == 1.0 and report["accuracy"]["meets_target"] is True
+    assert report["accuracy"]["n"] == FACE_COUNT
+    assert (report["accuracy"]["ci_low"], report["accuracy"]["ci_high"]) == pytest.approx(
+        m.wilson_interval(FACE_COUNT, FACE_COUNT), abs=1e-6)
+    for preset in PRESETS:
+        # a blank image has one descriptor for every face: it can be nearest to one GT face at most
+        assert report[preset]["gt"]["rank1_accuracy"] == 1.0 and report[preset]["blank"]["rank1_accuracy"] <= 0.2
+
+
+def _losses_active(folder: Path, identity_weight: float, identity_network: str | None) -> Path:
+    """A train-stage model folder: weights, its <stem>.json sidecar and losses_active.json (as train writes it)."""
+    folder.mkdir(parents=True)
+    (folder / "gfpgan.pth").write_bytes(b"")
+    (folder / "gfpgan.json").write_text(json.dumps({"config": {}}))
+    (folder / "losses_active.json").write_text(json.dumps({"terms": {
+        "pixel": {"weight": 1.0}, "perceptual": {"weight": 0.0, "network": None},
+        "identity": {"weight": identity_weight, "network": identity_network, "source": "dlib .dat"}}}))
+    return folder / "gfpgan.pth"
+
+
+def test_training_with_the_scoring_network_is_said_next_to_the_accuracy(project: Path, tmp_path: Path) -> None:
+    from dlfp.restore import restorers
+
+    circular = restorers.training_losses(_losses_active(tmp_path / "dlib_model", 1.0, "dlib"))
+    independent = restorers.training_losses(_losses_active(tmp_path / "arcface_model", 10.0, "arcface"))
+    official = tmp_path / "official" / "GFPGANv1.4.pth"
+    official.parent.mkdir()
+    (official.parent / "losses_active.json").write_text("{}")  # a stray record without the train stage's sidecar
+    unknown = restorers.training_losses(official)
+    assert circular["identity_loss"] == {"weight": 1.0, "network": "dlib"} and unknown.startswith("unknown: ")
+    copy_gt = lambda gt, lq: gt  # noqa: E731
+    restored = _fake_restored(project / "pairs", tmp_path / "restored",
+                              {"gfpgan": copy_gt, "arcface": copy_gt, "official": copy_gt},
+                              {"gfpgan": {"training_losses": circular}, "arcface": {"training_losses": independent},
+                               "official": {"training_losses": unknown}})
+    metrics_path = tmp_path / "metrics.json"
+    stage.run(_params(tmp_path), project / "pairs", restored, tmp_path / "evaluation", metrics_path)
+    report = json.loads(metrics_path.read_text())
+    note = report["accuracy"]["identity_metric_circularity"]
+    assert report["accuracy"]["restorer"] == "gfpgan" and note.startswith("yes: trained with dlib's face network")
+    assert "identity loss weight 1" in note and str(tmp_path / "dlib_model" / "losses_active.json") in note
+    for preset in PRESETS:
+        assert report[preset]["gfpgan"]["identity_metric_circularity"] == note
+        assert report[preset]["arcface"]["identity_metric_circularity"].startswith("no: no dlib-network loss")
+        assert report[preset]["official"]["identity_metric_circularity"] == unknown
+        assert report[preset]["identity"]["identity_metric_circularity"] == "no: not a trained model"
+
+
+def test_circularity_verdicts_from_the_recorded_loss_networks(tmp_path: Path) -> None:
+    from dlfp.restore import restorers
+
+    def losses(identity: tuple[float, str | None], perceptual: tuple[float, str | None]) -> dict:
+        return {"training_losses": {"source": "m/losses_active.json",
+                                    "identity_loss": {"weight": identity[0], "network": identity[1]},
+                                    "perceptual_loss": {"weight": perceptual[0], "network": perceptual[1]}}}
+
+    feature_loss = stage.circularity("gfpgan", losses((0.0, None), (1.0, "dlib")))
+    assert feature_loss.startswith("yes: ") and "perceptual loss (feature maps) weight 1" in feature_loss
+    assert stage.circularity("gfpgan", losses((0.0, "dlib"), (1.0, "vgg19"))).startswith("no: ")  # weight 0: unused
+    assert stage.circularity("bicubic", {}) == "no: not a trained model"
+    assert stage.circularity("gfpgan", {}).startswith("unknown: ")
+    weights = _losses_active(tmp_path / "model", 1.0, "dlib")
+    (weights.parent / "losses_active.json").write_text("{}")  # no "terms": a broken record is an error, not a guess
+    with pytest.raises(ValueError, match="losses_active.json: unreadable loss record beside gfpgan.pth"):
+        restorers.training_losses(weights)

@@ -250,8 +250,43 @@ def test_metrics_tables_equal_the_evaluation_output(pipeline: dict[str, Path]) -
     assert "no stored GT landmarks" in html
     assert "roughly only, differs in test set" in html and "not comparable: the paper&#39;s Deg." in html
     assert "resolution (64 px vs 512 px)" in html and "degradation (preset moderate vs the paper" in html
-    accuracy = results["paper"]["gfpgan"]["identity_match_rate"]
+    accuracy = results["paper"]["gfpgan"]["rank1_accuracy"]
     assert f"<b>{accuracy:.4f}</b>" in html
+
+
+@pytest.mark.slow
+def test_headline_is_rank1_with_its_interval_calibration_and_circularity(pipeline: dict[str, Path]) -> None:
+    html = page(pipeline, "evaluation.html")
+    summary = json.loads((pipeline["data"] / "evaluation" / "summary.json").read_text())
+    accuracy = summary["accuracy"]
+    headline = re.search(r'<p class="headline">(.*?)</p>', html, re.S).group(1)
+    assert "rank-1 identification" in headline and f"<b>{accuracy['value']:.4f}</b>" in headline
+    assert f"[{accuracy['ci_low']:.3f}, {accuracy['ci_high']:.3f}]" in headline and f"n = {accuracy['n']}" in headline
+    # the demo trains its identity loss with dlib: said beside the number, in metrics.json and on the page
+    active = json.loads((pipeline["models"] / "gfpgan" / "losses_active.json").read_text())["terms"]["identity"]
+    assert active["network"] == "dlib" and active["weight"] > 0
+    note = accuracy["identity_metric_circularity"]
+    assert note.startswith("yes: trained with dlib's face network")
+    assert json.loads((pipeline["reports"] / "metrics.json").read_text())["accuracy"]["identity_metric_circularity"] \
+        == note
+    after_headline = html.split('<p class="headline">', 1)[1].split("<h3", 1)[0]
+    assert str(html_escape(note)) in after_headline
+    # calibration: the numbers, the not-resolvable warning (few impostor pairs here) and the histogram
+    calibration = accuracy["calibration"]
+    section = html.split('<h3 id="calibration">', 1)[1].split("<h3", 1)[0]
+    assert f"{calibration['far_at_threshold']:.4f} [{calibration['far_at_threshold_ci_low']:.4f}," in section
+    assert f"{calibration['threshold_at_far_target']:.3f}" in section
+    assert calibration["far_target_resolvable"] is False and "not resolvable" in section
+    assert re.search(r'<img src="data:image/png;base64,[^"]+" alt="histogram of impostor distances', section)
+    # rank-1 per preset and restorer, with intervals, and the colour spaces of PSNR and SSIM
+    table = html.split('<h3 id="accuracy-table">', 1)[1].split("</table>", 1)[0]
+    for preset in PRESETS:
+        for restorer in ("identity", "bicubic", "gfpgan"):
+            entry = summary["results"][preset][restorer]
+            expected = (f"{entry['rank1_accuracy']:.4f} [{entry['rank1_accuracy_ci_low']:.3f}, "
+                        f"{entry['rank1_accuracy_ci_high']:.3f}]")
+            assert f"<td>{preset}</td><td>{restorer}</td>" in table and expected in table
+    assert "PSNR (dB, RGB)" in html and "SSIM (Y of YIQ)" in html
 
 
 @pytest.mark.slow

@@ -230,9 +230,9 @@ class EvaluateParams(_Section):
     batch_size: int = Field(default=32, ge=1, le=4096, description="images per metric / identity-network batch")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(default=2, ge=1, le=256, description="torch CPU threads")
-    headline_restorer: str = Field(default="gfpgan", description="restorer whose identity match rate is 'accuracy'")
+    headline_restorer: str = Field(default="gfpgan", description="restorer whose rank-1 identification is 'accuracy'")
     headline_preset: str = Field(default="paper", description="preset of the headline accuracy")
-    accuracy_target: float = Field(default=0.5, ge=0, le=1, description="the project's target identity match rate")
+    accuracy_target: float = Field(default=0.5, ge=0, le=1, description="the project's target rank-1 identification")
     ssim_backend: Literal["opencv", "pyiqa"] = Field(
         default="opencv", description="pyiqa's SSIM definition filtered with OpenCV (fast) or pyiqa itself (float64 "
         "torch conv, ~0.35 s per 256 px image on a CPU); equal to ~1e-6")

@@ -2,10 +2,13 @@
 
 Inputs: data/evaluation (summary.json, per_image.csv, receipt.json from the evaluate stage; reports/metrics.json
 as a fallback for the results), data/restored (index.json with every restorer's status, timings.csv) and
-data/pairs (LQ and GT of the gallery). Sections: the headline accuracy, the restorers (with the reason for any
-that was not run), one metrics table per preset (every metric with its direction, the best value in bold, the
-paper's CelebA-Test number beside it and whether it is comparable at all), a gallery with an LQ / restored / GT
-toggle (CSS only: the pages allow no scripts), and the worst faces by identity distance.
+data/pairs (LQ and GT of the gallery). Sections: the headline accuracy (rank-1 identification with its CI, whether
+the scored model was trained with the scoring network, the verification match rates at dlib's 0.6 and at the
+calibrated threshold, and the calibration: FAR of 0.6 and a histogram of impostor distances with both thresholds),
+rank-1 and match rates per preset and restorer, the restorers (with the reason for any that was not run), one
+metrics table per preset (every metric with its direction, the best value in bold, the paper's CelebA-Test
+number beside it and whether it is comparable at all), a gallery with an LQ / restored / GT toggle (CSS only:
+the pages allow no scripts), and the worst faces by identity distance.
 
 Gallery images are written to reports/evaluation/ under names made of positions only (never of sample ids),
 shrunk to GALLERY_PX and stored as JPEG; the metrics are computed on the original PNGs, not on these.
@@ -33,7 +36,7 @@ from dlfp.report.data_page import (
     iter_tar_samples,
     split_presets,
 )
-from dlfp.report.plots import decode_thumbnail
+from dlfp.report.plots import decode_thumbnail, distance_histogram
 
 ASSETS_DIR = "evaluation"  # under the reports folder: gallery and worst-case images
 GALLERY_PX = 256
@@ -48,6 +51,7 @@ PAPER_PRESET = "paper"
 PAPER_TEST_COUNT = 3000
 PAPER_TEST_SET = f"CelebA-Test, {PAPER_TEST_COUNT:,} synthetic pairs"
 HIGHER, LOWER = "higher", "lower"
+METRICS_JSON_EXTRAS = ("accuracy", "calibration", "colour_space")  # metrics.json keys that are not presets
 ARROWS = {HIGHER: "↑", LOWER: "↓"}
 
 
@@ -64,12 +68,14 @@ class MetricSpec:
 
 # The paper's Table 1 on CelebA-Test (gfpgan-spec section 6).
 METRICS = (
-    MetricSpec("psnr", "PSNR (dB)", HIGHER, "PSNR", 25.08, 25.35),
-    MetricSpec("ssim", "SSIM", HIGHER, "SSIM", 0.6777, 0.6848),
+    MetricSpec("psnr", "PSNR (dB, RGB)", HIGHER, "PSNR", 25.08, 25.35),
+    MetricSpec("ssim", "SSIM (Y of YIQ)", HIGHER, "SSIM", 0.6777, 0.6848),
     MetricSpec("lpips", "LPIPS", LOWER, "LPIPS", 0.3646, 0.4866),
     MetricSpec("niqe", "NIQE", LOWER, "NIQE", 4.077, None),
     MetricSpec("fid", "FID (restored vs GT set)", LOWER, "FID", 42.62, 143.98),
-    MetricSpec("identity_match_rate", "identity match rate (dlib distance < 0.6)", HIGHER),
+    MetricSpec("rank1_accuracy", "rank-1 identification [95% CI] (dlib descriptors)", HIGHER),
+    MetricSpec("identity_match_rate", "identity match rate (dlib distance < 0.6) [95% CI]", HIGHER),
+    MetricSpec("identity_match_rate_at_far", "identity match rate at the threshold of FAR 1e-3 [95% CI]", HIGHER),
     MetricSpec("identity_distance", "identity distance (dlib descriptors)", LOWER),
     MetricSpec("identity_angle_deg", "identity angle (degrees, dlib descriptors)", LOWER, "Deg.", 34.60, None,
                "the paper's Deg. is the angle between ArcFace embeddings; these are dlib descriptors"),
@@ -193,7 +199,7 @@ def read_inputs(ctx: PageContext) -> Inputs:
     else:
         metrics = _read_json(inputs.metrics_path, errors)  # {preset: {restorer: ...}, "accuracy": ...}
         if isinstance(metrics, Mapping):
-            results = {key: value for key, value in metrics.items() if key != "accuracy"}
+            results = {key: value for key, value in metrics.items() if key not in METRICS_JSON_EXTRAS}
             inputs.summary = {"results": results, "accuracy": metrics.get("accuracy")}
             inputs.results_source = str(inputs.metrics_path)
     inputs.per_image = read_per_image(inputs.evaluation_dir / "per_image.csv", errors)
@@ -304,6 +310,7 @@ def preset_table(preset: str, per_restorer: Mapping, not_run: Mapping[str, str],
                 extra = _failures(spec.key, entry)
                 cells.append(Cell(format_value(float(value)) if isinstance(value, float) else str(value),
                                   exact=repr(value), kind="num" if not extra else "extra"))
+                cells[-1].text += interval_text(entry, spec.key)
                 if extra:
                     cells[-1].text += f" ({extra})"
             elif isinstance(value, str):
@@ -317,6 +324,12 @@ def preset_table(preset: str, per_restorer: Mapping, not_run: Mapping[str, str],
                               comparability(spec, preset, size, count_text)))
     notes = [f"{name}: {reason}" for name, reason in not_run.items() if name in restorers]
     return PresetTable(preset, restorers, counts, rows, notes)
+
+
+def interval_text(entry: Mapping, key: str) -> str:
+    """' [low, high]' when the entry holds the figure's 95% interval, else ''."""
+    low, high = entry.get(f"{key}_ci_low"), entry.get(f"{key}_ci_high")
+    return f" [{low:.3f}, {high:.3f}]" if _is_number(low) and _is_number(high) else ""
 
 
 def _failures(key: str, entry: Mapping) -> str:
@@ -389,7 +402,7 @@ def _row_caption(row: Mapping | None) -> list[str]:
         return []
     caption = []
     if row.get("psnr"):
-        caption.append(f"PSNR {float(row['psnr']):.2f} dB")
+        caption.append(f"PSNR (RGB) {float(row['psnr']):.2f} dB")
     if row.get("identity_distance"):
         match = "match" if row.get("identity_match") == "true" else "no match"
         caption.append(f"id distance {float(row['identity_distance']):.3f} ({match})")
@@ -490,15 +503,110 @@ def worst_cases(inputs: Inputs, source: ImageSource, assets: Path, order: list[s
     return result
 
 
+def _figure(entry: Mapping, key: str) -> str:
+    """A rate with its interval, or the reason it is missing."""
+    value = entry.get(key)
+    if _is_number(value):
+        return format_value(float(value)) + interval_text(entry, key)
+    return str(value) if value is not None else f"{NOT_COMPUTED}: not in the evaluation output"
+
+
+@dataclass
+class AccuracyRow:
+    preset: str
+    restorer: str
+    faces: str
+    rank1: str
+    match: str
+    match_at_far: str
+    circularity: str
+
+
+def accuracy_rows(results: Mapping, preset_order: Mapping[str, int], restorer_order: list[str]) -> list[AccuracyRow]:
+    """Rank-1 and both match rates of every (preset, restorer) that ran, with the circularity verdict."""
+    rows = []
+    for preset in sorted(results, key=lambda name: preset_order.get(str(name), len(preset_order))):
+        for restorer, entry in ordered(_mapping(results[preset]), restorer_order).items():
+            entry = _mapping(entry)
+            if entry.get("status") == "not run":
+                continue
+            rows.append(AccuracyRow(str(preset), str(restorer), str(entry.get("count", "?")),
+                                    _figure(entry, "rank1_accuracy"), _figure(entry, "identity_match_rate"),
+                                    _figure(entry, "identity_match_rate_at_far"),
+                                    str(entry.get("identity_metric_circularity", "unknown: not recorded"))))
+    return rows
+
+
 def _accuracy(summary: Mapping | None) -> dict | None:
     accuracy = _mapping(_mapping(summary).get("accuracy"))
     if not accuracy:
         return None
     value = accuracy.get("value")
+    low, high = accuracy.get("ci_low"), accuracy.get("ci_high")
+    circularity = str(accuracy.get("identity_metric_circularity", "unknown: not recorded"))
     return {"definition": str(accuracy.get("definition", "")), "restorer": str(accuracy.get("restorer", "?")),
             "preset": str(accuracy.get("preset", "?")), "target": accuracy.get("target"),
             "value": format_value(value) if _is_number(value) else str(value),
-            "computed": _is_number(value), "meets_target": accuracy.get("meets_target")}
+            "ci": f"[{low:.3f}, {high:.3f}]" if _is_number(low) and _is_number(high) else None,
+            "n": accuracy.get("n"), "computed": _is_number(value), "meets_target": accuracy.get("meets_target"),
+            "circularity": circularity, "circular": circularity.startswith("yes"),
+            "match": _figure(_mapping(accuracy.get("verification")), "identity_match_rate"),
+            "match_at_far": _figure(_mapping(accuracy.get("verification")), "identity_match_rate_at_far")}
+
+
+@dataclass
+class CalibrationView:
+    preset: str
+    threshold: str
+    far_at_threshold: str
+    far_target: str
+    threshold_at_far: str
+    impostor_pairs: str
+    identities: str
+    resolvable: bool
+    note: str
+    plot: str | None
+    error: str | None = None
+
+
+def _ci(entry: Mapping, key: str, digits: int) -> str:
+    value, low, high = entry.get(key), entry.get(f"{key}_ci_low"), entry.get(f"{key}_ci_high")
+    if not _is_number(value):
+        return str(value)
+    text = f"{value:.{digits}f}"
+    return text + (f" [{low:.{digits}f}, {high:.{digits}f}]" if _is_number(low) and _is_number(high) else "")
+
+
+def calibration_view(summary: Mapping | None, per_image: list[dict]) -> CalibrationView | None:
+    """The headline preset's calibration: figures, and the impostor histogram with the headline restorer's own
+    restored-vs-GT distances and both thresholds."""
+    accuracy = _mapping(_mapping(summary).get("accuracy"))
+    if not accuracy:
+        return None
+    preset, restorer = str(accuracy.get("preset", "?")), str(accuracy.get("restorer", "?"))
+    entry = accuracy.get("calibration")
+    if not isinstance(entry, Mapping):
+        return CalibrationView(preset, "", "", "", "", "", "", False, "", None,
+                               str(entry) if entry is not None else f"{NOT_COMPUTED}: no calibration recorded")
+    histogram = _mapping(_mapping(_mapping(summary).get("impostor_histograms")).get(preset))
+    threshold, at_far = entry.get("threshold"), entry.get("threshold_at_far_target")
+    genuine = []
+    for row in per_image:
+        if row.get("preset") == preset and row.get("restorer") == restorer:
+            try:
+                genuine.append(float(row.get("identity_distance") or "nan"))
+            except ValueError:
+                continue
+    lines = [(f"dlib threshold (FAR {entry.get('far_at_threshold', float('nan')):.4f})", threshold),
+             (f"threshold at FAR {entry.get('far_target')}", at_far)]
+    plot = distance_histogram(histogram.get("edges") or [], histogram.get("counts") or [],
+                              [(label, float(value)) for label, value in lines if _is_number(value)],
+                              f"Impostor distances, test GT faces of preset {preset}", genuine,
+                              f"{restorer}: restored vs own GT")
+    return CalibrationView(preset, str(threshold), _ci(entry, "far_at_threshold", 4), str(entry.get("far_target")),
+                           _ci(entry, "threshold_at_far_target", 3), str(entry.get("impostor_pairs")),
+                           str(entry.get("identities")), entry.get("far_target_resolvable") is True,
+                           str(entry.get("note", "")), plot)
 
 
 def _settings(summary: Mapping | None) -> list[tuple[str, str]]:
@@ -535,6 +643,8 @@ def render(ctx: PageContext) -> str:
         ran={"degrade": inputs.pairs_dir.is_dir(), "restore": inputs.restored_dir.is_dir(),
              "evaluate": inputs.summary is not None},
         results_source=inputs.results_source, accuracy=_accuracy(inputs.summary),
+        accuracy_rows=accuracy_rows(results, preset_order, restorer_order),
+        calibration=calibration_view(inputs.summary, inputs.per_image),
         restorers=restorer_views(inputs), not_run=not_run, tables=tables, arrows=ARROWS,
         gallery=presets, max_views=max((len(f.views) for p in presets for f in p.faces), default=0),
         worst=worst, worst_per_restorer=WORST_PER_RESTORER, settings=_settings(inputs.summary),

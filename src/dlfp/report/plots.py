@@ -224,3 +224,36 @@ def line_panels(panels: Sequence[tuple[str, Sequence[Series]]], title: str, colu
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", metadata={"Software": None})
     return data_uri(buffer.getvalue(), "image/png")
+
+
+def distance_histogram(edges: Sequence[float], counts: Sequence[int], thresholds: Sequence[tuple[str, float]],
+                       title: str, overlay: Sequence[float] = (), overlay_label: str = "") -> str | None:
+    """A histogram given as (edges, counts), as a density, with vertical threshold lines and an optional second
+    distribution (raw values, binned on the same edges); None when there is nothing to draw."""
+    edges_a, counts_a = np.asarray(edges, float), np.asarray(counts, float)
+    if len(edges_a) != len(counts_a) + 1 or counts_a.sum() <= 0 or not np.isfinite(edges_a).all():
+        return None
+    density = counts_a / counts_a.sum() / np.diff(edges_a)
+    with rc_context({"text.parse_math": False, "svg.hashsalt": "dlfp"}):
+        figure = Figure(figsize=(6.0, 2.8), dpi=80)
+        figure.subplots_adjust(left=0.09, right=0.98, bottom=0.17, top=0.88)
+        ax = figure.add_subplot()
+        ax.stairs(density, edges_a, fill=True, color=LINE_COLOURS[0], alpha=0.45,
+                  label=f"impostor pairs (n={int(counts_a.sum())})")
+        values = np.asarray([v for v in overlay if math.isfinite(v)], float)
+        if len(values):
+            clipped = np.clip(values, edges_a[0], edges_a[-1])
+            ax.hist(clipped, bins=edges_a, density=True, histtype="step", color=LINE_COLOURS[1], linewidth=1.2,
+                    label=f"{overlay_label[:40]} (n={len(values)})")
+        for number, (label, value) in enumerate(thresholds):
+            if math.isfinite(value):
+                ax.axvline(value, color=LINE_COLOURS[(number + 2) % len(LINE_COLOURS)], linestyle="--",
+                           linewidth=1.2, label=f"{label[:40]}: {value:.3f}")
+        ax.set_title(title[:90], fontsize=9)
+        ax.set_xlabel("descriptor distance", fontsize=8)
+        ax.set_ylabel("density", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6, loc="upper left")
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", metadata={"Software": None})
+    return data_uri(buffer.getvalue(), "image/png")

@@ -43,7 +43,7 @@ PAPER_LOSS_WEIGHTS = {"pixel": 0.1, "pyramid": 1.0, "perceptual": 1.0, "perceptu
                       "component_gan": 1.0, "component_style": 200.0, "identity": 10.0}
 # losses_active.json term -> the losses.csv column that logs it (where the names differ).
 PRIOR_TERM_COLUMNS = {"gan": "g_gan", "r1": "r1"}
-VALIDATION_PANELS = (("PSNR (dB), higher is better", "psnr"),
+VALIDATION_PANELS = (("PSNR (dB, RGB), higher is better", "psnr"),
                      ("identity match rate, higher is better", "identity_match"),
                      ("identity distance, lower is better", "identity_distance"))
 

@@ -37,6 +37,8 @@ _DECODER = "stylegan_decoder."
 _LEVEL_64_CONV = 6  # style_convs.6 is the up-sampling conv of the 64 px level (levels start at 8 px)
 _CONST_CHANNELS = 512  # decoder channels at 4..32 px before `narrow`
 _CHANNELS_64 = 256  # decoder channels at 64 px before channel_multiplier * narrow
+LOSSES_ACTIVE = "losses_active.json"  # the train stage's record of its loss terms, beside its model
+UNKNOWN = "unknown"
 
 
 class RestorerUnavailable(RuntimeError):
@@ -129,6 +131,26 @@ def sidecar_config(weights: Path) -> dict:
     return {key: config[key] for key in ARCH_KEYS if key in config}
 
 
+def training_losses(weights: Path) -> dict | str:
+    """The feature networks the weights were trained with (identity and perceptual loss), or 'unknown: why'.
+
+    Read from the train stage's losses_active.json, trusted only beside the train stage's own model (its
+    <stem>.json sidecar is there too); official or foreign weights carry no such record. The evaluate stage uses
+    it to say when the identity metric scores a model with the network it was trained against.
+    """
+    path = weights.parent / LOSSES_ACTIVE
+    if not path.is_file() or not weights.with_suffix(".json").is_file():
+        return f"{UNKNOWN}: no train-stage {LOSSES_ACTIVE} and {weights.with_suffix('.json').name} beside " \
+               f"{weights.name} (official or foreign weights)"
+    try:
+        terms = json.loads(path.read_text(encoding="utf-8"))["terms"]
+        return {"source": str(path), **{f"{term}_loss": {"weight": terms[term].get("weight"),
+                                                         "network": terms[term].get("network")}
+                                        for term in ("identity", "perceptual")}}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path}: unreadable loss record beside {weights.name}: {error}") from None
+
+
 def _device(name: str) -> str:
     import torch
 
@@ -189,7 +211,8 @@ def gfpgan_restorer(weights: Path | str, arch: Mapping[str, object] | None = Non
     description = {"kind": "GFPGANv1Clean, deterministic (stored noise maps)", "weights": str(weights),
                    "arch": {key: config[key] for key in ARCH_KEYS}, "arch_from_params": sorted(overrides),
                    "device": device,
-                   "resize": "in: dlfp.train.data.resize_for_model (as in training); out: bilinear (antialiased) back"}
+                   "resize": "in: dlfp.train.data.resize_for_model (as in training); out: bilinear (antialiased) back",
+                   "training_losses": training_losses(weights)}
     return Restorer("gfpgan", run, batch_size=batch_size, description=description)
 
 
