@@ -115,6 +115,29 @@ def test_lighter_tint_gives_the_expected_d_ita_sign_and_size() -> None:
     assert skin.tone_shift(gt, darker, face.mask).d_ita < -8
 
 
+def test_band_flips_read_gt_and_restored_with_the_same_correction() -> None:
+    """A restorer that only blurs the eyes (no eye whites left) must not flip the band of unchanged skin.
+
+    Under a warm cast the GT's band comes from a sclera white balance. Correcting the restored face on its own
+    finds no eye whites, skips the balance and reads "tan" for the "intermediate" GT skin (a flip the restorer did
+    not cause); the GT's own correction (same gains, same pixels) reads the same band.
+    """
+    helpers = _load_test_bias()
+    face_rgb, landmarks = helpers.synthetic_face(helpers.lab_colour(helpers.SKIN_LAB), noise=2.0)
+    gt = helpers.relight(face_rgb, (1.15, 1.0, 0.75), 1.0, 0)
+    face = bias_stage.measure_gt("warm", {"landmarks": landmarks.tolist()}, gt, "test", _params().bias, {})
+    assert face.measured.correction == "sclera+brightest" and face.band == "intermediate"
+    restored = gt.copy()
+    restored[face.eyes] = (20, 15, 10)
+    assert skin.measure_tone(restored, face.mask, "both", eyes=face.eyes).band == "tan"   # corrected on its own
+    columns, shift = bias_stage.face_shift(gt, restored, face)
+    assert columns["band_restored"] == face.band and shift.d_ita == 0 and not columns["colour_lost"]
+    # A real change of the skin still moves the band: +8 L* on the skin reads lighter with the same correction.
+    lighter = np.where(face.mask[..., None], lighten(restored, 8.0), restored)
+    assert skin.BAND_ORDER.index(bias_stage.face_shift(gt, lighter, face)[0]["band_restored"]) < \
+        skin.BAND_ORDER.index(face.band)
+
+
 def test_bootstrap_intervals_cover_the_true_mean() -> None:
     """200 simulated groups: the 95% percentile-bootstrap CI of the mean covers the true mean ~95% of the time."""
     rng = np.random.default_rng(20260101)
