@@ -426,7 +426,7 @@ def test_page_shows_every_section_and_escapes_metadata(pages: Path) -> None:
         assert f'id="{anchor}"' in html, anchor
     assert "correction used for the grouping: <code>both</code>" in html
     # no-colour and colour-lost counts, gap CIs that include the selection, each with what it can claim
-    assert "<b>1</b> test faces have no colour in their GT" in html and 'id="colour"' in html
+    assert "Test faces without colour in their GT: <b>1</b>" in html and 'id="colour"' in html
     assert "<th>colour lost</th>" in html and "<td>lighter</td>" in html
     assert "gap worst - best [CI, worst/best re-picked]" in html and "p (Holm over groupings)" in html
     assert html.count("<b>What this can claim:</b>") == 1 and html.count("<b>What these counts can claim:</b>") == 1

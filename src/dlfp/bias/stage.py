@@ -527,7 +527,8 @@ def analyse_set(frame: pd.DataFrame, preset: str, restorer: str, group_info: Map
             rates = stats.failure_rates(lost, groups[coloured].tolist(), options.confidence, order)
             for group, row in rates.iterrows():
                 result.colour_lost.append({"preset": preset, "restorer": restorer, "grouping": grouping,
-                                           "group": group, "n": row["n"], "n_colour_lost": row["n_failed"],
+                                           "group": group, "n": int(row["n"]),
+                                           "n_colour_lost": int(row["n_failed"]),
                                            "rate": row["rate"], "rate_low": row["rate_low"],
                                            "rate_high": row["rate_high"]})
     adjust_gap_p(result.gaps, preset, restorer)

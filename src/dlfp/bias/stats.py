@@ -7,7 +7,7 @@ Conventions:
   bootstrap resample (each group resampled on its own). A re-picked gap is biased away from 0 (the spread of
   resampled means exceeds the spread of the means), so the interval is the basic (reverse-percentile) one,
   which reflects that bias back; the percentile interval of a re-picked gap almost never covers a true gap
-  of 0 (see tests/test_bias.py).
+  of 0 (see tests/test_bias.py). The ratio's interval is taken on the log scale (positive metrics only).
 - Whether a gap is real is a permutation test of the same re-picked statistic (group labels shuffled), so the
   choice of worst and best is part of the null distribution. A headline that then picks the largest gap
   among several groupings adjusts these p-values with Holm over every gap it picks from.
@@ -145,26 +145,33 @@ def group_gap(values: Sequence[float] | np.ndarray, groups: Sequence[Hashable], 
     samples = tuple(by_group.values())
     reduce = STATISTICS[statistic]
 
-    def gap_and_ratio(*resampled: np.ndarray, axis: int = -1) -> np.ndarray:
+    estimates = {g: float(reduce(x)) for g, x in by_group.items()}
+    positive = min(estimates.values()) > 0          # a ratio (and its interval) only for positive estimates
+
+    def gap_and_log_ratio(*resampled: np.ndarray, axis: int = -1) -> np.ndarray:
+        """The ratio's interval is taken on the log scale (and mapped back), so it stays positive."""
         worst, best = _worst_and_best(np.stack([reduce(x, axis=axis) for x in resampled]), higher_is_better)
+        if not positive:
+            return (worst - best)[np.newaxis]
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.stack([worst - best, worst / best])
+            return np.stack([worst - best, np.log(worst / best)])
 
     def spread(*shuffled: np.ndarray, axis: int = -1) -> np.ndarray:
-        return np.abs(gap_and_ratio(*shuffled, axis=axis)[0])
+        return np.abs(gap_and_log_ratio(*shuffled, axis=axis)[0])
 
-    estimates = {g: float(reduce(x)) for g, x in by_group.items()}
     ranked = sorted(estimates, key=estimates.get, reverse=higher_is_better)   # best first
     best, worst = ranked[0], ranked[-1]
-    gap, ratio = gap_and_ratio(*samples)
+    worst_estimate, best_estimate = estimates[worst], estimates[best]
+    ratio = worst_estimate / best_estimate if positive else np.nan
     rng = np.random.default_rng(seed)
     with np.errstate(divide="ignore", invalid="ignore"):
-        interval = st.bootstrap(samples, gap_and_ratio, n_resamples=n_resamples, confidence_level=confidence,
+        interval = st.bootstrap(samples, gap_and_log_ratio, n_resamples=n_resamples, confidence_level=confidence,
                                 method="basic", vectorized=True, rng=rng).confidence_interval
         p_value = st.permutation_test(samples, spread, permutation_type="independent", vectorized=True,
                                       n_resamples=n_resamples, alternative="greater", rng=rng).pvalue
-    return Gap(worst, best, float(gap), float(interval.low[0]), float(interval.high[0]), float(ratio),
-               float(interval.low[1]), float(interval.high[1]), statistic, higher_is_better, float(p_value),
+    ratio_low, ratio_high = (np.exp(interval.low[1]), np.exp(interval.high[1])) if positive else (np.nan, np.nan)
+    return Gap(worst, best, worst_estimate - best_estimate, float(interval.low[0]), float(interval.high[0]),
+               float(ratio), float(ratio_low), float(ratio_high), statistic, higher_is_better, float(p_value),
                len(samples))
 
 
