@@ -655,8 +655,7 @@ SHIFT_COLUMNS = ("preset", "restorer", "id", "ita_restored", "band_restored", "d
 PER_FACE_COLUMNS = ("preset", "restorer", "id", "ffhq_id", "ita_gt", "l_star_gt", "hue_gt", "chroma_gt",
                     "correction_applied", "band_gt", "band_gt_plain", "ita_gt_uncorrected", "ita_restored",
                     "band_restored", "colour_lost", *(f"group_{g}" for g in GROUPINGS), "gender", "age", "d_ita",
-                    "abs_d_ita",
-                    "d_l_star", "abs_d_l_star", "d_a_star", "d_b_star", "delta_e", *EVAL_METRICS,
+                    "abs_d_ita", "d_l_star", "abs_d_l_star", "d_a_star", "d_b_star", "delta_e", *EVAL_METRICS,
                     "landmarks_detected", "measure_problem")
 
 

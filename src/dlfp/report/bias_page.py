@@ -1,7 +1,8 @@
 """reports/bias.html: who the restorer serves worse, from the bias stage's data/bias/bias.json.
 
 Sections: how groups were made (and which illumination correction, and why), the dataset composition, the
-largest gaps, the tone shift per group, per-group tables with confidence intervals, forest plots, dITA
+largest gaps (intervals that re-pick worst and best, Holm p over groupings), the no-colour and colour-lost
+counts, the tone shift per group, per-group tables with confidence intervals, forest plots, dITA
 against GT ITA, the band flip heatmaps, failure rates, the baseline control, and sample and worst faces.
 
 Plots are matplotlib PNGs embedded as data URIs (the page is one file). Group names come from labels and
