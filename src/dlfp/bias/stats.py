@@ -8,7 +8,7 @@ Conventions:
   bootstrap resample (each group resampled on its own). A re-picked gap is biased away from 0 (the spread of
   resampled means exceeds the spread of the means), so the interval is the basic (reverse-percentile) one,
   which reflects that bias back. Simulated with 5 equal groups of 40 (true gap 0, 150 samples): percentile
-  re-picked covered 0% , worst and best fixed 71%, basic re-picked 83%; tests/test_bias.py checks the basic
+  re-picked covered 0%, worst and best fixed 71%, basic re-picked 83%; tests/test_bias.py checks the basic
   one under ties (8 groups). The ratio's interval is taken on the log scale (positive metrics only).
 - Whether a gap is real is a permutation test of the same re-picked statistic (group labels shuffled), so the
   choice of worst and best is part of the null distribution. A headline that then picks the largest gap
