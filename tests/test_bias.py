@@ -139,6 +139,34 @@ def test_grey_photo_is_no_colour() -> None:
     assert grouped.band == skin.NO_COLOUR
 
 
+def test_face_with_chroma_but_no_yellow_is_no_colour() -> None:
+    """b* <= 0: ITA = atan2(L* - 50, b*) is undefined, whatever the chroma; such faces go to no band."""
+    for lab in ((62.0, 6.0, -5.0), (62.0, 8.0, 0.0)):          # chroma 7.8 and 8: above the chroma threshold
+        rgb = lab_colour(lab)
+        image, landmarks = synthetic_face(rgb)
+        tone = skin.measure_tone(image, skin.skin_mask(landmarks, image.shape[:2]))
+        assert tone.chroma >= skin.NO_COLOUR_CHROMA and tone.b_star <= 0.5
+        assert tone.no_colour and tone.band == skin.NO_COLOUR, lab
+        assert skin.measure_face(image, landmarks).band == skin.NO_COLOUR
+    assert skin.ita_band(95.0) == skin.ita_band(-120.0) == skin.NO_COLOUR      # only b* < 0 gives |ITA| > 90
+    assert skin.lacks_colour(6.0, -0.1) and skin.lacks_colour(2.0, 2.0) and not skin.lacks_colour(1.0, 3.5)
+
+
+def test_colour_loss_is_counted_not_a_lightening() -> None:
+    """A grey or bluish restoration of a coloured face: colour lost, and no dITA (it would read +57 deg)."""
+    gt, landmarks = synthetic_face(lab_colour(SKIN_LAB))
+    mask = skin.skin_mask(landmarks, gt.shape[:2])
+    for lab in ((SKIN_LAB[0], 0.0, 0.0), (SKIN_LAB[0], 1.5, 1.5), (SKIN_LAB[0], 5.0, -4.0)):
+        restored, _ = synthetic_face(lab_colour(lab))
+        shift = skin.tone_shift(gt, restored, mask)
+        assert shift.colour_lost and math.isnan(shift.d_ita), lab
+        assert shift.as_dict()["colour_lost"] and shift.restored.ita_deg > 55   # what a "lightening" would show
+        assert shift.d_l_star == pytest.approx(0.0, abs=0.5) and shift.delta_e > 10   # still measured
+    kept, _ = synthetic_face(lab_colour((SKIN_LAB[0] + 3, *SKIN_LAB[1:])))
+    shift = skin.tone_shift(gt, kept, mask)
+    assert not shift.colour_lost and shift.d_ita > 0
+
+
 def test_ita_bands_and_thong_categories() -> None:
     assert [skin.ita_band(v) for v in (60, 55, 41.5, 41, 30, 28, 15, 10, 0, -30, -31)] == [
         "very light", "light", "light", "intermediate", "intermediate", "tan", "tan", "brown", "brown",
@@ -254,6 +282,31 @@ def test_group_summary_and_gap_pick_worst_and_best_by_direction() -> None:
     assert psnr.ratio == pytest.approx(25 / 30, abs=0.02)
     lpips = stats.group_gap(values, groups, higher_is_better=False, n_resamples=1000)
     assert (lpips.worst, lpips.best) == ("light", "dark") and lpips.gap > 0
+
+
+def test_gap_interval_includes_the_choice_of_worst_and_best() -> None:
+    """Eight groups that do NOT differ (true gap 0): picking worst and best on the data inflates the gap.
+
+    An interval that keeps the two picked groups fixed covers 0 in about 45% of samples; re-picking them in every
+    resample (basic bootstrap) covers it in about 70% (ties are the hardest case for any max-type statistic:
+    measured 0.68 over 100 samples), and the permutation p of the re-picked gap rejects at about the nominal rate.
+    """
+    rng = np.random.default_rng(5)
+    k, n, samples = 8, 30, 60
+    covered, rejected = 0, 0
+    for i in range(samples):
+        values = rng.normal(0.0, 1.0, k * n)
+        gap = stats.group_gap(values, [f"g{j}" for j in range(k) for _ in range(n)], True, n_resamples=300, seed=i)
+        assert gap.gap <= 0 and gap.gap_low < gap.gap_high and gap.n_groups == k
+        covered += gap.gap_low <= 0.0 <= gap.gap_high
+        rejected += gap.p_value < 0.05
+    assert covered / samples >= 0.6, covered
+    assert rejected <= 6, rejected        # binomial(60, 0.05): P(X > 6) = 0.04
+    # A real gap: re-picking does not blur it; the interval covers it and the permutation test finds it.
+    values = np.concatenate([rng.normal(m, 1.0, 100) for m in (0.0, 0.1, 0.2, -1.0)])
+    clear = stats.group_gap(values, [g for g in "abcd" for _ in range(100)], True, n_resamples=1000, seed=1)
+    assert clear.worst == "d" and clear.p_value < 0.01
+    assert clear.gap_low < -1.2 < clear.gap_high < -0.5          # true gap: -1.0 - 0.2
 
 
 def test_holm_adjustment() -> None:

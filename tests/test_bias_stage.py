@@ -47,6 +47,8 @@ LIGHTEN_L = 5.0                      # the "lighter" restorer adds this much L* 
 HOSTILE_ID = "face_<script>alert(1)<"
 HOSTILE_GENDER = "<script>alert(2)</script>"
 MISSED_ID_INDEX = 3                  # the "lighter" restorer's landmarks are "not found" on this face
+GREY_ID = "face_grey"                # a test face stored in greyscale: its GT has no colour
+COLOUR_LOST_ID = "face_colour_lost"  # the "lighter" restorer returns this test face in grey: colour lost
 
 
 def _load_test_bias():
@@ -65,6 +67,22 @@ def lighten(image: np.ndarray, delta_l: float) -> np.ndarray:
     lab = rgb2lab(image.astype(np.float64) / 255.0)
     lab[..., 0] = np.clip(lab[..., 0] + delta_l, 0, 100)
     return np.round(np.clip(lab2rgb(lab), 0, 1) * 255).astype(np.uint8)
+
+
+def _roles(paths: list[Path]) -> dict[int, str]:
+    """Sample ids by face number: the hostile, grey and colour-lost faces are the first three that land in TEST.
+
+    The split is asked from the shard stage's own rule (by FFHQ id), so the roles stay in test whatever the hash.
+    """
+    params = _params()
+    rule = shards.resolve_split_rule(params.shard.split, params.data.source)
+    fractions = params.shard.fractions.model_dump()
+    in_test = [number for number, path in enumerate(paths)
+               if shards.assign_split({"id": path.stem, "ffhq_id": int(path.stem.split("_")[1])}, rule, fractions,
+                                      params.shard.ffhq_val_ids) == "test"]
+    assert len(in_test) >= 5, f"only {len(in_test)} of the {len(paths)} faces land in test"
+    roles = dict(zip(in_test, (HOSTILE_ID, GREY_ID, COLOUR_LOST_ID), strict=False))
+    return {number: roles.get(number, f"face_{number:03d}") for number in range(len(paths))}
 
 
 def _params(**bias: object):
@@ -97,6 +115,29 @@ def test_lighter_tint_gives_the_expected_d_ita_sign_and_size() -> None:
     assert skin.tone_shift(gt, darker, face.mask).d_ita < -8
 
 
+def test_band_flips_read_gt_and_restored_with_the_same_correction() -> None:
+    """A restorer that only blurs the eyes (no eye whites left) must not flip the band of unchanged skin.
+
+    Under a warm cast the GT's band comes from a sclera white balance. Correcting the restored face on its own
+    finds no eye whites, skips the balance and reads "tan" for the "intermediate" GT skin (a flip the restorer did
+    not cause); the GT's own correction (same gains, same pixels) reads the same band.
+    """
+    helpers = _load_test_bias()
+    face_rgb, landmarks = helpers.synthetic_face(helpers.lab_colour(helpers.SKIN_LAB), noise=2.0)
+    gt = helpers.relight(face_rgb, (1.15, 1.0, 0.75), 1.0, 0)
+    face = bias_stage.measure_gt("warm", {"landmarks": landmarks.tolist()}, gt, "test", _params().bias, {})
+    assert face.measured.correction == "sclera+brightest" and face.band == "intermediate"
+    restored = gt.copy()
+    restored[face.eyes] = (20, 15, 10)
+    assert skin.measure_tone(restored, face.mask, "both", eyes=face.eyes).band == "tan"   # corrected on its own
+    columns, shift = bias_stage.face_shift(gt, restored, face)
+    assert columns["band_restored"] == face.band and shift.d_ita == 0 and not columns["colour_lost"]
+    # A real change of the skin still moves the band: +8 L* on the skin reads lighter with the same correction.
+    lighter = np.where(face.mask[..., None], lighten(restored, 8.0), restored)
+    assert skin.BAND_ORDER.index(bias_stage.face_shift(gt, lighter, face)[0]["band_restored"]) < \
+        skin.BAND_ORDER.index(face.band)
+
+
 def test_bootstrap_intervals_cover_the_true_mean() -> None:
     """200 simulated groups: the 95% percentile-bootstrap CI of the mean covers the true mean ~95% of the time."""
     rng = np.random.default_rng(20260101)
@@ -126,8 +167,13 @@ def test_age_bins_labels_and_bad_params(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------- end to end
+def grey(image: np.ndarray) -> np.ndarray:
+    """The image without colour (every channel set to the luma): chroma 0, ITA undefined."""
+    return np.repeat(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+
+
 def _fake_restored(pairs_dir: Path, restored_dir: Path) -> None:
-    """Add the restorer "lighter" (GT + 5 L*) to the restore stage's folder, in its format."""
+    """Add the restorer "lighter" (GT + 5 L*; COLOUR_LOST_ID also greyed) to the restore stage's folder."""
     index = read_index(restored_dir)
     pairs_index = read_index(pairs_dir)
     per_preset = {}
@@ -135,6 +181,8 @@ def _fake_restored(pairs_dir: Path, restored_dir: Path) -> None:
         writer = ShardSetWriter(restored_dir, f"lighter/{preset}/restored-{{:06d}}.tar", 4)
         for sample in iter_samples(pairs_dir, entry["shards"]):
             image = lighten(decode_png_bytes(sample["gt.png"]), LIGHTEN_L)
+            if sample["__key__"] == COLOUR_LOST_ID:
+                image = grey(image)
             writer.write({"__key__": sample["__key__"], "restored.png": encode_png(image),
                           "json": json_bytes({"id": sample["__key__"], "preset": preset, "restorer": "lighter"})})
         records = [record.__dict__ for record in writer.close()]
@@ -172,7 +220,11 @@ def _evaluation(root: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Real faces at 128 px through the real shard, degrade and restore stages; one id holds <script>."""
+    """Real faces at 128 px through the real shard, degrade and restore stages.
+
+    Three test faces have roles (_roles): one id holds <script>, one GT is greyscale (no colour), and the
+    "lighter" restorer greys one (colour lost).
+    """
     paths = sorted(FACES.glob("ffhq256_*.jpg"))[:FACE_COUNT]
     if len(paths) < FACE_COUNT:
         pytest.skip(f"no faces in {FACES}")
@@ -181,18 +233,21 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (aligned / "images").mkdir(parents=True)
     landmarker = FaceLandmarker("hog", upsample=1)
     lines, label_rows = [], []
+    roles = _roles(paths)
     for number, path in enumerate(paths):
         full = load_rgb(path)
         boxes = landmarker.detect(full)
         assert boxes, f"{path.name}: no face"
         points = (landmarker.landmarks(full, boxes[0]) + 0.5) * SIZE / full.shape[1] - 0.5
-        sample_id = HOSTILE_ID if number == 1 else f"face_{number:03d}"
+        sample_id = roles[number]
         ffhq_id = int(path.stem.split("_")[1])
         image = cv2.resize(full, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+        if sample_id == GREY_ID:
+            image = grey(image)
         (aligned / "images" / f"{sample_id}.png").write_bytes(encode_png(image))
         lines.append(json.dumps({"id": sample_id, "source": path.name, "licence": "test", "ffhq_id": ffhq_id,
                                  "landmarks": points.round(3).tolist()}))
-        gender = HOSTILE_GENDER if number == 1 else ("female" if number % 2 else "male")
+        gender = HOSTILE_GENDER if sample_id == HOSTILE_ID else ("female" if number % 2 else "male")
         label_rows.append([path.name, f"{ffhq_id:05d}", gender, str(10.0 + 5 * number)])
     (aligned / "meta.jsonl").write_text("\n".join(lines) + "\n")
     write_csv_atomic(root / "labels.csv", ["file", "ffhq_id", "gender", "age"], label_rows)
@@ -228,22 +283,44 @@ def test_stage_outputs_per_face_rows_and_known_shifts(project: Path, result: Pat
                                                                                    "test")[PRESET]["shards"])}
     assert len(per_face) == 3 * len(test_ids) and {r["restorer"] for r in per_face} == {"identity", "bicubic",
                                                                                          "lighter"}
-    lighter = [r for r in per_face if r["restorer"] == "lighter"]
+    # The hostile id lands in test (chosen so by _roles): its row is there, its label read as data.
+    hostile = [r for r in per_face if r["id"] == HOSTILE_ID]
+    assert len(hostile) == 3 and all(r["gender"] == HOSTILE_GENDER for r in hostile)
+    # The greyscale GT: "no colour", in no band, no dITA for any restorer.
+    grey_rows = [r for r in per_face if r["id"] == GREY_ID]
+    assert len(grey_rows) == 3
+    assert all(r["band_gt"] == r["group_skin_tone"] == skin.NO_COLOUR and r["d_ita"] == "" for r in grey_rows)
+    coloured = [r for r in per_face if r["id"] != GREY_ID]
+    lighter = [r for r in coloured if r["restorer"] == "lighter"]
+    lost = [r for r in lighter if r["id"] == COLOUR_LOST_ID]
+    assert len(lost) == 1 and lost[0]["colour_lost"] == "true" and lost[0]["d_ita"] == ""
+    assert lost[0]["band_restored"] == skin.NO_COLOUR
+    assert all(r["colour_lost"] == "false" for r in coloured if r["id"] != COLOUR_LOST_ID)
+    lighter = [r for r in lighter if r["id"] != COLOUR_LOST_ID]
     assert all(float(r["d_ita"]) > 0 for r in lighter)                        # every face lightened
     assert all(abs(float(r["d_l_star"]) - LIGHTEN_L) < 0.6 for r in lighter)   # by the known amount
-    bicubic = [r for r in per_face if r["restorer"] == "bicubic"]
+    bicubic = [r for r in coloured if r["restorer"] == "bicubic"]
     assert np.median([abs(float(r["d_ita"])) for r in bicubic]) < np.median([float(r["d_ita"]) for r in lighter])
-    for row in per_face:   # the GT groups do not depend on the restorer
-        assert row["band_gt"] in skin.ALL_GROUPS and row["group_skin_tone"].split("+")[0] in skin.BAND_ORDER
+    for row in coloured:   # the GT groups do not depend on the restorer
+        assert row["band_gt"] in skin.BAND_ORDER and row["group_skin_tone"].split("+")[0] in skin.BAND_ORDER
         assert row["correction_applied"] in ("brightest", "sclera+brightest")
-    hostile = [r for r in per_face if r["id"] == HOSTILE_ID]
-    if hostile:
-        assert hostile[0]["gender"] == HOSTILE_GENDER
 
     document = json.loads((result / "bias.json").read_text())
     tone = [t for t in document["tone_shift"] if t["restorer"] == "lighter" and t["grouping"] == "skin_tone"]
     assert tone and all(t["share_lightened"] == 1.0 and t["verdict"] in ("lightened", "inconclusive") for t in tone)
-    assert sum(t["n"] for t in tone) == len(test_ids)
+    # dITA tests see neither the no-colour GT nor the colour-lost face (a greyed face is no "lightening")
+    assert sum(t["n"] for t in tone) == len(test_ids) - 2
+    assert skin.NO_COLOUR not in {t["group"] for t in tone}
+    assert document["colour"]["no_colour_test"] == 1 and document["colour"]["no_colour"]["test"] == 1
+    lost_rows = [c for c in document["colour_lost"] if c["grouping"] == "skin_tone"]
+    assert {(c["restorer"], c["n_colour_lost"]) for c in lost_rows if c["n_colour_lost"]} == {("lighter", 1)}
+    assert sum(c["n"] for c in lost_rows if c["restorer"] == "lighter") == len(test_ids) - 1
+    # the continuous dITA-vs-ITA view has neither the no-colour GT nor the colour-lost face
+    assert {r: len(points) for r, points in document["scatter"][PRESET].items()} == {
+        "identity": len(test_ids) - 1, "bicubic": len(test_ids) - 1, "lighter": len(test_ids) - 2}
+    assert sum(b["n"] for b in document["binned"] if b["restorer"] == "lighter") == len(test_ids) - 2
+    summary_lost = json.loads((project / "reports" / "bias.json").read_text())["results"][PRESET]["lighter"]
+    assert sum(g["n_colour_lost"] for g in summary_lost["colour_lost_by_skin_tone"].values()) == 1
 
     # every group is reported, merged groups flagged, nothing dropped
     for grouping, groups in document["group_info"].items():
@@ -260,20 +337,29 @@ def test_stage_outputs_per_face_rows_and_known_shifts(project: Path, result: Pat
     gaps = {(g["restorer"], g["grouping"], g["metric"]): g for g in document["gaps"]}
     psnr = gaps[("bicubic", "skin_tone", "psnr")]
     assert psnr["status"] == "ok" and psnr["gap_low"] <= psnr["gap"] <= psnr["gap_high"] and psnr["gap"] <= 0
+    # every gap has a permutation p, Holm-adjusted over the groupings the headline picks from
+    family = [g for g in document["gaps"] if g["restorer"] == "bicubic" and g["metric"] == "psnr"
+              and g["status"] == "ok"]
+    assert len(family) >= 2 and all(g["family_size"] == len(family) for g in family)
+    assert [g["p_holm"] for g in family] == pytest.approx(list(stats.holm([g["p"] for g in family])))
+    assert all(0 < g["p"] <= g["p_holm"] <= 1 for g in family)
     assert gaps[("bicubic", "skin_tone", "ssim")]["status"] == "not computed: skipped in this test"
     assert document["not_computed"]["ssim"] == "not computed: skipped in this test"
 
-    # flips: every measured face counted once per restorer; the +5 L* restorer never moves a band darker
+    # flips: every measured face counted once per restorer (the greyed one as "no colour"); the +5 L* restorer
+    # never moves a band darker
     flips = [f for f in document["flips"] if f["restorer"] == "lighter"]
     assert sum(f["count"] for f in flips) == len(test_ids)
+    assert sum(f["count"] for f in flips if f["restored_band"] == skin.NO_COLOUR != f["gt_band"]) == 1
     order = list(skin.BAND_ORDER)
     assert all(order.index(f["restored_band"]) <= order.index(f["gt_band"]) for f in flips if f["count"]
                and f["gt_band"] in order and f["restored_band"] in order)
 
-    # baseline control: lighter minus bicubic on |dITA| is positive in every skin-tone group
-    control = [b for b in document["baseline"] if b["restorer"] == "lighter" and b["metric"] == "d_ita"
-               and b["grouping"] == "skin_tone"]
-    assert control and all(b["estimate"] > 0 and b["baseline"] == "bicubic" for b in control)
+    # baseline control: lighter minus bicubic on dITA is positive in every skin-tone band ("no colour": no dITA)
+    control = {b["group"]: b for b in document["baseline"] if b["restorer"] == "lighter" and b["metric"] == "d_ita"
+               and b["grouping"] == "skin_tone"}
+    assert control.pop(skin.NO_COLOUR)["n"] == 0
+    assert control and all(b["estimate"] > 0 and b["baseline"] == "bicubic" for b in control.values())
 
     # composition covers the train and test splits; images are named by number, not by id
     splits = {row["split"] for row in _csv(result / "composition.csv")}
@@ -340,6 +426,11 @@ def test_page_shows_every_section_and_escapes_metadata(pages: Path) -> None:
                    "baseline", "worst"):
         assert f'id="{anchor}"' in html, anchor
     assert "correction used for the grouping: <code>both</code>" in html
+    # no-colour and colour-lost counts, gap CIs that include the selection, each with what it can claim
+    assert "Test faces without colour in their GT: <b>1</b>" in html and 'id="colour"' in html
+    assert "<th>colour lost</th>" in html and "<td>lighter</td>" in html
+    assert "gap worst - best [CI, worst/best re-picked]" in html and "p (Holm over groupings)" in html
+    assert html.count("<b>What this can claim:</b>") == 1 and html.count("<b>What these counts can claim:</b>") == 1
     assert "face_&lt;script&gt;alert(1)&lt;" in html and "&lt;script&gt;alert(2)&lt;/script&gt;" in html
     for page in pages.glob("*.html"):
         text = page.read_text(encoding="utf-8")

@@ -18,6 +18,11 @@ random "dark" faces, 6 had dark skin with "both" against 4 with plain ITA. The s
 The restored-vs-GT shift is measured WITHOUT illumination correction, on the GT mask: the pair shares the
 lighting, and a colour cast introduced by the restorer is exactly what the shift must show.
 
+ITA is defined only where the skin has colour: with b* <= 0, atan2(L* - 50, b*) lands at or beyond +-90 deg
+and says nothing about tone. Such faces (and those with chroma below NO_COLOUR_CHROMA) are "no colour", never
+in a band. A restored face that lost the GT's colour is "colour lost": its dITA is undefined (NaN), not a
+lightening.
+
 Landmark indices follow the 68-point iBUG scheme (0-based), as dlib returns them.
 """
 
@@ -61,6 +66,7 @@ EROSION = 0.06              # erosion kernel diameter: keeps landmark jitter and
 TRIM_LOW_PERCENTILE = 5.0       # L* below this percentile of the mask: shadows, pores, stray hair
 TRIM_HIGH_PERCENTILE = 95.0     # L* above: specular highlights
 NO_COLOUR_CHROMA = 3.0          # chroma sqrt(a*^2 + b*^2) of the median below this: a greyscale photo
+                                # (and b* <= 0 at any chroma: ITA undefined)
 MIN_SKIN_PIXELS = 50            # fewer usable pixels: no measurement
 
 # Thong et al. (ICCV 2023), "Beyond Skin Tone": keep the brightest clusters of skin pixels.
@@ -176,6 +182,11 @@ def _pixels_to_lab(rgb: np.ndarray) -> np.ndarray:
     return rgb2lab(rgb.reshape(-1, 1, 3)).reshape(-1, 3)
 
 
+def lacks_colour(a_star: float, b_star: float) -> bool:
+    """No usable colour: chroma below NO_COLOUR_CHROMA, or b* <= 0 where ITA = atan2(L* - 50, b*) is undefined."""
+    return bool(b_star <= 0 or math.hypot(a_star, b_star) < NO_COLOUR_CHROMA)
+
+
 def ita_deg(l_star: float, b_star: float) -> float:
     """Individual Typology Angle in degrees: atan2(L* - 50, b*); higher is lighter."""
     return math.degrees(math.atan2(l_star - 50.0, b_star))
@@ -282,33 +293,88 @@ class NoSkinError(ValueError):
     """The mask holds too few usable skin pixels to measure a tone."""
 
 
-def trim_by_lightness(lab: np.ndarray) -> np.ndarray:
-    """Drop shadows and highlights: keep pixels whose L* lies within the trim percentiles."""
+def within_trim(lab: np.ndarray) -> np.ndarray:
+    """Boolean selection of the pixels whose L* lies within the trim percentiles (no shadows, no highlights)."""
     low, high = np.percentile(lab[:, 0], [TRIM_LOW_PERCENTILE, TRIM_HIGH_PERCENTILE])
-    return lab[(lab[:, 0] >= low) & (lab[:, 0] <= high)]
-
-
-def median_chroma(lab: np.ndarray) -> float:
-    """Chroma of the median a*, b*: near 0 for a greyscale photo."""
-    _, a_star, b_star = np.median(lab, axis=0)
-    return float(math.hypot(a_star, b_star))
+    return (lab[:, 0] >= low) & (lab[:, 0] <= high)
 
 
 def summarise_lab(lab: np.ndarray, correction: str = "none", no_colour: bool | None = None) -> ToneMeasurement:
     """ToneMeasurement from the (already selected) Lab pixels: medians first, then one ITA and one hue.
 
-    no_colour defaults to the chroma test on these pixels; measure_tone passes the verdict of the
-    uncorrected pixels, since the brightest clusters of pale, over-exposed skin are nearly white.
+    no_colour defaults to lacks_colour on these pixels; measure_tone passes the verdict of the uncorrected
+    pixels, since the brightest clusters of pale, over-exposed skin are nearly white. Medians with b* <= 0 are
+    "no colour" in any case: their ITA is undefined.
     """
     l_star, a_star, b_star = (float(v) for v in np.median(lab, axis=0))
     chroma = math.hypot(a_star, b_star)
     if no_colour is None:
-        no_colour = chroma < NO_COLOUR_CHROMA
+        no_colour = lacks_colour(a_star, b_star)
     return ToneMeasurement(
         ita_deg=ita_deg(l_star, b_star), l_star=l_star, a_star=a_star, b_star=b_star,
         hue_deg=hue_deg(a_star, b_star), chroma=chroma, n_pixels=len(lab),
-        no_colour=no_colour, correction=correction,
+        no_colour=bool(no_colour or b_star <= 0), correction=correction,
     )
+
+
+@dataclass(frozen=True)
+class ToneRecipe:
+    """How one face's tone was read: the white-balance gains and which mask pixels were kept.
+
+    Replaying the GT's recipe on the pixel-aligned restored face (replay_tone) measures both with the SAME
+    correction, so a band flip shows what the restorer changed, not a sclera balance that failed on blurred eyes.
+    """
+
+    gains: np.ndarray | None          # linear-RGB channel gains (sclera balance) or None
+    plain_kept: np.ndarray            # bool over the mask pixels: the plain trim, where "no colour" is judged
+    kept: np.ndarray                  # bool over the mask pixels: what the (corrected) medians are taken over
+    applied: str                      # "none", "sclera", "brightest" or "sclera+brightest"
+
+
+def _mask_pixels(image_rgb_uint8: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    rgb = np.asarray(image_rgb_uint8)[np.asarray(mask, bool)].astype(np.float64) / 255.0
+    if len(rgb) < MIN_SKIN_PIXELS:
+        raise NoSkinError(f"only {len(rgb)} skin pixels in the mask (need {MIN_SKIN_PIXELS})")
+    return rgb
+
+
+def tone_recipe(image_rgb_uint8: np.ndarray, mask: np.ndarray, correction: Correction = "none",
+                eyes: np.ndarray | None = None, seed: int = KMEANS_SEED) -> ToneRecipe:
+    """Decide the correction of one face: sclera gains (needs `eyes`) and the kept pixels; see measure_tone."""
+    if correction not in ("none", "sclera", "brightest", "both"):
+        raise ValueError(f"unknown correction {correction!r}")
+    rgb = _mask_pixels(image_rgb_uint8, mask)
+    applied: list[str] = []
+    lab = _pixels_to_lab(rgb)
+    plain_kept = kept = within_trim(lab)
+    gains = None
+    if correction in ("sclera", "both"):
+        if eyes is None:
+            raise ValueError("sclera correction needs the eye mask (see eye_mask)")
+        gains = sclera_gains(np.asarray(image_rgb_uint8), np.asarray(eyes, bool))
+        if gains is not None:
+            lab = _pixels_to_lab(apply_gains(rgb, gains))
+            kept = within_trim(lab)
+            applied.append("sclera")
+    if correction in ("brightest", "both"):
+        candidates = np.flatnonzero(kept)
+        kept = np.zeros(len(lab), bool)
+        kept[candidates[brightest_clusters(lab[candidates], seed)]] = True
+        applied.append("brightest")
+    return ToneRecipe(gains, plain_kept, kept, "+".join(applied) or "none")
+
+
+def replay_tone(image_rgb_uint8: np.ndarray, mask: np.ndarray, recipe: ToneRecipe) -> ToneMeasurement:
+    """Tone of the masked pixels read with a given recipe (the same gains, the same kept pixels)."""
+    rgb = _mask_pixels(image_rgb_uint8, mask)
+    if len(rgb) != len(recipe.kept):
+        raise ValueError(f"the mask holds {len(rgb)} pixels, the recipe {len(recipe.kept)}: not the same mask")
+    lab = _pixels_to_lab(rgb)
+    _, a_star, b_star = np.median(lab[recipe.plain_kept], axis=0)
+    no_colour = lacks_colour(a_star, b_star)        # a property of the photo: judged uncorrected
+    if recipe.gains is not None:
+        lab = _pixels_to_lab(apply_gains(rgb, recipe.gains))
+    return summarise_lab(lab[recipe.kept], recipe.applied, no_colour)
 
 
 def measure_tone(image_rgb_uint8: np.ndarray, mask: np.ndarray, correction: Correction = "none",
@@ -319,26 +385,7 @@ def measure_tone(image_rgb_uint8: np.ndarray, mask: np.ndarray, correction: Corr
     "brightest" or "both". Sclera balance silently falls back to none when no eye white is found; the
     result's `correction` says what was applied. Raises NoSkinError when the mask is (nearly) empty.
     """
-    mask = np.asarray(mask, bool)
-    rgb = np.asarray(image_rgb_uint8)[mask].astype(np.float64) / 255.0
-    if len(rgb) < MIN_SKIN_PIXELS:
-        raise NoSkinError(f"only {len(rgb)} skin pixels in the mask (need {MIN_SKIN_PIXELS})")
-    if correction not in ("none", "sclera", "brightest", "both"):
-        raise ValueError(f"unknown correction {correction!r}")
-    applied: list[str] = []
-    lab = trim_by_lightness(_pixels_to_lab(rgb))
-    no_colour = median_chroma(lab) < NO_COLOUR_CHROMA    # a property of the photo: judged uncorrected
-    if correction in ("sclera", "both"):
-        if eyes is None:
-            raise ValueError("sclera correction needs the eye mask (see eye_mask)")
-        gains = sclera_gains(np.asarray(image_rgb_uint8), np.asarray(eyes, bool))
-        if gains is not None:
-            lab = trim_by_lightness(_pixels_to_lab(apply_gains(rgb, gains)))
-            applied.append("sclera")
-    if correction in ("brightest", "both"):
-        lab = lab[brightest_clusters(lab, seed)]
-        applied.append("brightest")
-    return summarise_lab(lab, "+".join(applied) or "none", no_colour)
+    return replay_tone(image_rgb_uint8, mask, tone_recipe(image_rgb_uint8, mask, correction, eyes, seed))
 
 
 def measure_face(image_rgb_uint8: np.ndarray, landmarks68: np.ndarray,
@@ -351,8 +398,11 @@ def measure_face(image_rgb_uint8: np.ndarray, landmarks68: np.ndarray,
 
 # ------------------------------------------------------------------------------------------ groups
 def ita_band(ita: float, no_colour: bool = False) -> str:
-    """One of the six ITA bands (BAND_ORDER, light to dark), or "no colour" (also for a NaN ITA)."""
-    if no_colour or ita is None or not math.isfinite(ita):
+    """One of the six ITA bands (BAND_ORDER, light to dark), or "no colour".
+
+    Also "no colour" for a NaN ITA and for |ITA| >= 90 deg, which only b* <= 0 gives (ITA undefined).
+    """
+    if no_colour or ita is None or not math.isfinite(ita) or abs(ita) >= 90.0:
         return NO_COLOUR
     for name, lower in ITA_BANDS:
         if ita > lower:
@@ -375,6 +425,9 @@ def hue_category(hue: float) -> str:
 class ToneShift:
     """Restored minus GT on the same (GT) mask; positive d_ita = lightened.
 
+    d_ita is NaN when either face has no colour (ITA undefined); colour_lost marks a restored face that lost
+    the colour its GT had: a desaturation, counted on its own, never read as a lightening.
+
     delta_e is the median over mask pixels of the per-pixel CIEDE2000 between GT and restored (pixel-aligned
     pair), not the CIEDE2000 of the two medians; delta_e_of_medians gives the latter.
     """
@@ -388,8 +441,13 @@ class ToneShift:
     gt: ToneMeasurement
     restored: ToneMeasurement
 
+    @property
+    def colour_lost(self) -> bool:
+        return not self.gt.no_colour and self.restored.no_colour
+
     def as_dict(self) -> dict[str, float]:
-        return {"d_ita": self.d_ita, "d_l_star": self.d_l_star, "d_a_star": self.d_a_star,
+        return {"d_ita": self.d_ita, "colour_lost": self.colour_lost, "d_l_star": self.d_l_star,
+                "d_a_star": self.d_a_star,
                 "d_b_star": self.d_b_star, "delta_e": self.delta_e,
                 "delta_e_of_medians": self.delta_e_of_medians,
                 "ita_gt": self.gt.ita_deg, "ita_restored": self.restored.ita_deg}
@@ -405,8 +463,9 @@ def tone_shift(gt_rgb_uint8: np.ndarray, restored_rgb_uint8: np.ndarray, gt_mask
     gt_lab = to_lab(np.asarray(gt_rgb_uint8)[mask])
     per_pixel = deltaE_ciede2000(gt_lab, to_lab(np.asarray(restored_rgb_uint8)[mask]))
     medians = [np.array([m.l_star, m.a_star, m.b_star]) for m in (gt, restored)]
+    defined = not (gt.no_colour or restored.no_colour)
     return ToneShift(
-        d_ita=restored.ita_deg - gt.ita_deg, d_l_star=restored.l_star - gt.l_star,
+        d_ita=restored.ita_deg - gt.ita_deg if defined else math.nan, d_l_star=restored.l_star - gt.l_star,
         d_a_star=restored.a_star - gt.a_star, d_b_star=restored.b_star - gt.b_star,
         delta_e=float(np.median(per_pixel)), delta_e_of_medians=float(deltaE_ciede2000(*medians)),
         gt=gt, restored=restored,

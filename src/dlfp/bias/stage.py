@@ -10,12 +10,17 @@ in every table, but gaps (worst - best) compare only the groups a grouping is ab
 
 Per preset x restorer x grouping x group: every evaluate metric and the tone shift (dITA, dL*, CIEDE2000 dE,
 restored vs GT on the GT mask, measured plainly) with percentile-bootstrap CIs; the worst-best gap and ratio
-with CIs; the share lightened with a sign test (Holm across groups); the band flip matrix; the landmark
-detection failure rate (Wilson CI); and, against the `bias.baseline` control, the paired per-face difference.
+with CIs that re-pick worst and best in every resample, and a permutation p-value Holm-adjusted over the
+groupings (the headline picks the largest gap among them); the share lightened with a sign test (Holm across
+groups); the band flip matrix (GT and restored read with the GT's correction); the landmark detection failure
+rate and the colour-lost rate (Wilson CIs); and, against the `bias.baseline` control, the paired per-face
+difference. GT faces without colour (b* <= 0 or low chroma: ITA undefined) and restored faces that lost the
+GT's colour have no dITA: they are counted, and kept out of every dITA test and view.
 
-Outputs in <out>: per_face.csv, groups.csv, gaps.csv, tone_shift.csv, failures.csv, baseline.csv, flips.csv,
-composition.csv, bias.json (everything the report page needs), examples/ and worst/ (small JPEG strips named
-by number, never by sample id), receipt.json; and `summary_path` (reports/bias.json), a compact summary.
+Outputs in <out>: per_face.csv, groups.csv, gaps.csv, tone_shift.csv, failures.csv, colour_lost.csv,
+baseline.csv, flips.csv, composition.csv, bias.json (everything the report page needs), examples/ and worst/
+(small JPEG strips named by number, never by sample id), receipt.json; and `summary_path` (reports/bias.json),
+a compact summary.
 Every bootstrap is seeded from derive_seed(params.seed, "bias", preset, restorer, grouping, metric).
 """
 
@@ -73,6 +78,8 @@ METRICS: dict[str, bool | None] = {**EVAL_METRICS, **TONE_METRICS}
 MEDIAN_METRICS = ("d_ita", "d_l_star", "delta_e")   # skewed or signed: the median is reported beside the mean
 BOOLEAN_COLUMNS = ("identity_match", "landmarks_detected")
 WORST_BY = "abs_d_ita"
+NO_COLOUR_RULE = (f"median b* <= 0 (ITA undefined) or chroma < {skin.NO_COLOUR_CHROMA:g}; colour lost: the GT has "
+                  "colour and the restored face, on the same mask, has not")
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -194,6 +201,7 @@ class FaceTone:
     age: float | None
     age_group: str
     measured: skin.ToneMeasurement | None = None
+    recipe: skin.ToneRecipe | None = field(default=None, repr=False)   # replayed on the restored face (flips)
     problem: str = ""
     mask: np.ndarray | None = field(default=None, repr=False)
     eyes: np.ndarray | None = field(default=None, repr=False)
@@ -224,12 +232,13 @@ def measure_gt(sample_id: str, meta: Mapping, gt: np.ndarray, split: str, option
         points = np.asarray(landmarks, dtype=np.float64)
         mask = skin.skin_mask(points, gt.shape[:2])
         eyes = skin.eye_mask(points, gt.shape[:2])
-        measured = skin.measure_tone(gt, mask, options.correction, eyes=eyes)
+        recipe = skin.tone_recipe(gt, mask, options.correction, eyes=eyes)
+        measured = skin.replay_tone(gt, mask, recipe)
         plain = skin.measure_tone(gt, mask)
     except (skin.NoSkinError, ValueError) as error:
         face.problem = str(error)
         return face
-    face.measured, face.mask, face.eyes, face.landmarks = measured, mask, eyes, points
+    face.measured, face.recipe, face.mask, face.eyes, face.landmarks = measured, recipe, mask, eyes, points
     face.band, face.band_plain, face.ita_plain = measured.band, plain.band, plain.ita_deg
     if not measured.no_colour:
         face.lightness = skin.lightness_category(measured.l_star)
@@ -344,6 +353,19 @@ class _Candidate:
     d_ita: float = field(compare=False)
 
 
+def face_shift(gt: np.ndarray, restored: np.ndarray, face: FaceTone) -> tuple[dict, skin.ToneShift]:
+    """Shift columns of one restored face against its measured GT: plain on the GT mask for dITA, dL*, dE,
+    and the restored band read with the GT's own correction (same gains, same pixels) for the flip matrix."""
+    if face.measured is None or face.recipe is None or face.mask is None:
+        raise ValueError(f"{face.sample_id}: the GT tone was not measured ({face.problem})")
+    shift = skin.tone_shift(gt, restored, face.mask)
+    regrouped = skin.replay_tone(restored, face.mask, face.recipe)
+    return {"ita_restored": shift.restored.ita_deg, "band_restored": regrouped.band, "d_ita": shift.d_ita,
+            "d_l_star": shift.d_l_star, "d_a_star": shift.d_a_star, "d_b_star": shift.d_b_star,
+            "delta_e": shift.delta_e, "ita_gt_uncorrected": shift.gt.ita_deg,
+            "colour_lost": shift.colour_lost}, shift
+
+
 def shift_rows(preset: str, pairs_dir: Path, pair_records: list[dict], sources: Mapping[str, Source],
                faces: Mapping[str, FaceTone], options: BiasParams, worst: dict[tuple[str, str], list[_Candidate]],
                skin_group: Mapping[str, str], progress: tqdm) -> list[dict]:
@@ -371,14 +393,12 @@ def shift_rows(preset: str, pairs_dir: Path, pair_records: list[dict], sources: 
                 raise ValueError(f"{name}/{preset}/{key}: restored {restored.shape} vs GT {gt.shape}")
             row = {"preset": preset, "restorer": name, "id": key}
             if face.measured is not None:
-                shift = skin.tone_shift(gt, restored, face.mask)
-                regrouped = skin.measure_tone(restored, face.mask, options.correction, eyes=face.eyes)
-                row.update(ita_restored=shift.restored.ita_deg, band_restored=regrouped.band, d_ita=shift.d_ita,
-                           d_l_star=shift.d_l_star, d_a_star=shift.d_a_star, d_b_star=shift.d_b_star,
-                           delta_e=shift.delta_e, ita_gt_uncorrected=shift.gt.ita_deg)
+                columns, shift = face_shift(gt, restored, face)
+                row.update(columns)
                 candidates = worst.setdefault((preset, name, skin_group[key]), [])
                 score = abs(shift.d_ita)
-                if options.worst_cases and (len(candidates) < options.worst_cases or score > candidates[0].score):
+                if options.worst_cases and math.isfinite(score) and (
+                        len(candidates) < options.worst_cases or score > candidates[0].score):
                     strip = np.concatenate([_thumb(gt), _thumb(lq), _thumb(restored)], axis=1)
                     item = _Candidate(score, key, strip, shift.d_ita)
                     if len(candidates) < options.worst_cases:
@@ -440,6 +460,7 @@ class Analysis:
     gaps: list[dict] = field(default_factory=list)
     tone: list[dict] = field(default_factory=list)
     failures: list[dict] = field(default_factory=list)
+    colour_lost: list[dict] = field(default_factory=list)
     baseline: list[dict] = field(default_factory=list)
     flips: list[dict] = field(default_factory=list)
     binned: list[dict] = field(default_factory=list)
@@ -483,7 +504,8 @@ def analyse_set(frame: pd.DataFrame, preset: str, restorer: str, group_info: Map
             result.gaps.append({**entry, "status": STATUS_OK, "worst": gap.worst, "best": gap.best,
                                 "gap": gap.gap, "gap_low": gap.gap_low, "gap_high": gap.gap_high,
                                 "ratio": gap.ratio, "ratio_low": gap.ratio_low, "ratio_high": gap.ratio_high,
-                                "higher_is_better": higher})
+                                "higher_is_better": higher, "n_groups": gap.n_groups, "p": gap.p_value})
+        # dITA exists only where GT and restored both have colour: colour lost and "no colour" stay out.
         measured = frame["d_ita"].notna().to_numpy()
         if measured.any():
             tests = stats.tone_shift_tests(frame.loc[measured, "d_ita"].to_numpy(), groups[measured].tolist(),
@@ -499,15 +521,37 @@ def analyse_set(frame: pd.DataFrame, preset: str, restorer: str, group_info: Map
             for group, row in rates.iterrows():
                 result.failures.append({"preset": preset, "restorer": restorer, "grouping": grouping,
                                         "group": group, **row.to_dict()})
-    measured = frame[frame["d_ita"].notna()]
+        coloured = (frame["colour_lost"].notna() & (frame["band_gt"] != skin.NO_COLOUR)).to_numpy()
+        if coloured.any():
+            lost = frame.loc[coloured, "colour_lost"].astype(bool).to_numpy()
+            rates = stats.failure_rates(lost, groups[coloured].tolist(), options.confidence, order)
+            for group, row in rates.iterrows():
+                result.colour_lost.append({"preset": preset, "restorer": restorer, "grouping": grouping,
+                                           "group": group, "n": int(row["n"]),
+                                           "n_colour_lost": int(row["n_failed"]),
+                                           "rate": row["rate"], "rate_low": row["rate_low"],
+                                           "rate_high": row["rate_high"]})
+    adjust_gap_p(result.gaps, preset, restorer)
+    measured = frame[frame["band_restored"].notna() & (frame["band_restored"] != NOT_MEASURED)]
     flips = stats.flip_matrix(measured["band_gt"].tolist(), measured["band_restored"].tolist())
     for gt_band, row in flips.iterrows():
         for restored_band, count in row.items():
             result.flips.append({"preset": preset, "restorer": restorer, "gt_band": gt_band,
                                  "restored_band": restored_band, "count": int(count)})
-    if len(measured):
-        binned = stats.binned_means(measured["ita_gt"], measured["d_ita"], ITA_BIN_EDGES)
+    coloured = frame[frame["d_ita"].notna()]          # the continuous view: no "no colour", no colour lost
+    if len(coloured):
+        binned = stats.binned_means(coloured["ita_gt"], coloured["d_ita"], ITA_BIN_EDGES)
         result.binned += [{"preset": preset, "restorer": restorer, **row} for row in binned.to_dict("records")]
+
+
+def adjust_gap_p(gaps: list[dict], preset: str, restorer: str) -> None:
+    """Holm over the groupings, per metric: the headline picks the largest gap among them (p_holm, in place)."""
+    for metric in METRICS:
+        family = [g for g in gaps if g["preset"] == preset and g["restorer"] == restorer and g["metric"] == metric
+                  and g["status"] == STATUS_OK]
+        for gap, adjusted in zip(family, stats.holm([g["p"] for g in family]), strict=True):
+            gap["p_holm"] = float(adjusted)
+            gap["family_size"] = len(family)
 
 
 def baseline_differences(table: pd.DataFrame, preset: str, restorer: str, group_info: Mapping[str, dict],
@@ -549,13 +593,18 @@ def compact_summary(analysis: Analysis, composition_rows: pd.DataFrame, correcti
                     continue
                 top = max(computed, key=lambda g: abs(g["gap"]))
                 largest[metric] = {key: top[key] for key in ("grouping", "worst", "best", "gap", "gap_low",
-                                                             "gap_high", "ratio", "ratio_low", "ratio_high")}
+                                                             "gap_high", "ratio", "ratio_low", "ratio_high", "p",
+                                                             "p_holm", "family_size")}
             tone = {row["group"]: {"n": row["n"], "median_d_ita": row["median_d_ita"], "ci": [row["ci_low"],
                     row["ci_high"]], "share_lightened": row["share_lightened"], "sign_p_holm": row["sign_p_holm"],
-                    "verdict": row["verdict"]}
+                    "verdict": row["verdict"], "flagged": row["flagged"]}
                     for row in analysis.tone if row["preset"] == preset and row["restorer"] == restorer
                     and row["grouping"] == "skin_tone"}
-            results.setdefault(preset, {})[restorer] = {"largest_gap": largest, "tone_shift_by_skin_tone": tone}
+            lost = {row["group"]: {"n": row["n"], "n_colour_lost": row["n_colour_lost"]}
+                    for row in analysis.colour_lost if row["preset"] == preset and row["restorer"] == restorer
+                    and row["grouping"] == "skin_tone"}
+            results.setdefault(preset, {})[restorer] = {"largest_gap": largest, "tone_shift_by_skin_tone": tone,
+                                                        "colour_lost_by_skin_tone": lost}
     composition_summary: dict[str, dict[str, int]] = {}
     for row in composition_rows[composition_rows["grouping"] == "skin_tone"].itertuples(index=False):
         composition_summary.setdefault(row.split, {})[row.group] = int(row.count)
@@ -594,17 +643,19 @@ def _per_face_table(shift: pd.DataFrame, evaluation: pd.DataFrame, faces: Mappin
     table["measure_problem"] = [faces[i].problem for i in table["id"]]
     for grouping in GROUPINGS:
         table[f"group_{grouping}"] = [assigned[grouping][i] for i in table["id"]]
+    # ITA is undefined for a GT without colour (also when only the corrected reading lacks it): no dITA.
+    table.loc[table["band_gt"] == skin.NO_COLOUR, "d_ita"] = math.nan
     table["abs_d_ita"] = table["d_ita"].abs()
     table["abs_d_l_star"] = table["d_l_star"].abs()
     return table
 
 
 SHIFT_COLUMNS = ("preset", "restorer", "id", "ita_restored", "band_restored", "d_ita", "d_l_star", "d_a_star",
-                 "d_b_star", "delta_e", "ita_gt_uncorrected")
+                 "d_b_star", "delta_e", "ita_gt_uncorrected", "colour_lost")
 PER_FACE_COLUMNS = ("preset", "restorer", "id", "ffhq_id", "ita_gt", "l_star_gt", "hue_gt", "chroma_gt",
                     "correction_applied", "band_gt", "band_gt_plain", "ita_gt_uncorrected", "ita_restored",
-                    "band_restored", *(f"group_{g}" for g in GROUPINGS), "gender", "age", "d_ita", "abs_d_ita",
-                    "d_l_star", "abs_d_l_star", "d_a_star", "d_b_star", "delta_e", *EVAL_METRICS,
+                    "band_restored", "colour_lost", *(f"group_{g}" for g in GROUPINGS), "gender", "age", "d_ita",
+                    "abs_d_ita", "d_l_star", "abs_d_l_star", "d_a_star", "d_b_star", "delta_e", *EVAL_METRICS,
                     "landmarks_detected", "measure_problem")
 
 
@@ -700,7 +751,8 @@ def run(params: Params, *, shards_dir: Path, pairs_dir: Path, restored_dir: Path
 
         _write_frame(staging / "per_face.csv", table.reindex(columns=list(PER_FACE_COLUMNS)))
         frames = {"groups": analysis.groups, "gaps": analysis.gaps, "tone_shift": analysis.tone,
-                  "failures": analysis.failures, "baseline": analysis.baseline, "flips": analysis.flips}
+                  "failures": analysis.failures, "colour_lost": analysis.colour_lost, "baseline": analysis.baseline,
+                  "flips": analysis.flips}
         for name, rows in frames.items():
             _write_frame(staging / f"{name}.csv", pd.DataFrame(rows))
         _write_frame(staging / "composition.csv", composition_rows)
@@ -727,6 +779,12 @@ def run(params: Params, *, shards_dir: Path, pairs_dir: Path, restored_dir: Path
             "composition": _records(composition_rows),
             "groups": _records(pd.DataFrame(analysis.groups)), "gaps": _jsonable(analysis.gaps),
             "tone_shift": _records(pd.DataFrame(analysis.tone)), "failures": _records(pd.DataFrame(analysis.failures)),
+            "colour": {"no_colour_rule": NO_COLOUR_RULE,
+                       "no_colour": {split: sum(1 for face in faces.values() if face.split == split
+                                                and face.band == skin.NO_COLOUR)
+                                     for split in dict.fromkeys(face.split for face in faces.values())},
+                       "no_colour_test": sum(1 for i in test_ids if faces[i].band == skin.NO_COLOUR)},
+            "colour_lost": _records(pd.DataFrame(analysis.colour_lost)),
             "baseline": _records(pd.DataFrame(analysis.baseline)), "flips": analysis.flips,
             "binned": _records(pd.DataFrame(analysis.binned)), "scatter": scatter, "worst": _jsonable(worst_entries),
             "examples": _jsonable(example_entries), "not_measured": not_measured,

@@ -1,7 +1,8 @@
 """reports/bias.html: who the restorer serves worse, from the bias stage's data/bias/bias.json.
 
 Sections: how groups were made (and which illumination correction, and why), the dataset composition, the
-largest gaps, the tone shift per group, per-group tables with confidence intervals, forest plots, dITA
+largest gaps (intervals that re-pick worst and best, Holm p over groupings), the no-colour and colour-lost
+counts, the tone shift per group, per-group tables with confidence intervals, forest plots, dITA
 against GT ITA, the band flip heatmaps, failure rates, the baseline control, and sample and worst faces.
 
 Plots are matplotlib PNGs embedded as data URIs (the page is one file). Group names come from labels and
@@ -248,7 +249,7 @@ def group_table(rows: Sequence[Mapping], grouping: str, restorers: Sequence[str]
     return TableView(GROUPING_TITLES.get(grouping, grouping), ["group", "metric", *restorers], table_rows)
 
 
-def gap_table(gaps: Sequence[Mapping], groupings: Sequence[str]) -> TableView:
+def gap_table(gaps: Sequence[Mapping], groupings: Sequence[str], alpha: float) -> TableView:
     rows = []
     for gap in gaps:
         if gap["grouping"] not in groupings:
@@ -259,21 +260,37 @@ def gap_table(gaps: Sequence[Mapping], groupings: Sequence[str]) -> TableView:
             rows.append([*head, Cell(gap["status"], flag="not computed"), Cell(""), Cell(""), Cell("")])
             continue
         direction = "higher is better" if gap["higher_is_better"] else "lower is better"
+        p_holm = gap.get("p_holm")
+        significant = isinstance(p_holm, int | float) and p_holm < alpha
         rows.append([*head, Cell(str(gap["worst"])), Cell(str(gap["best"])),
                      Cell(fmt_ci(gap["gap"], gap["gap_low"], gap["gap_high"]), title=direction),
-                     Cell(fmt_ci(gap["ratio"], gap["ratio_low"], gap["ratio_high"]))])
+                     Cell(fmt_ci(gap["ratio"], gap["ratio_low"], gap["ratio_high"])), Cell(fmt_p(gap.get("p"))),
+                     Cell(fmt_p(p_holm), title=f"Holm over {gap.get('family_size', '?')} groupings",
+                          flag="gap" if significant else "")])
     return TableView("worst - best", ["preset", "restorer", "grouping", "metric", "worst group", "best group",
-                                      "gap worst - best [CI]", "ratio worst / best [CI]"], rows)
+                                      "gap worst - best [CI, worst/best re-picked]", "ratio worst / best [CI]",
+                                      "permutation p", "p (Holm over groupings)"], rows)
 
 
 def tone_table(tone: Sequence[Mapping], grouping: str) -> TableView:
     rows = [[Cell(t["preset"]), Cell(t["restorer"]), Cell(str(t["group"])), Cell(fmt(t["n"])),
              Cell(fmt_ci(t["median_d_ita"], t["ci_low"], t["ci_high"])), Cell(fmt(t["share_lightened"])),
-             Cell(fmt_p(t["sign_p_holm"])), Cell(fmt_p(t["wilcoxon_p_holm"])), Cell(str(t["verdict"]))]
+             Cell(fmt_p(t["sign_p_holm"])), Cell(fmt_p(t["wilcoxon_p_holm"])), Cell(str(t["verdict"])),
+             Cell(fmt(t.get("flagged")))]
             for t in tone if t["grouping"] == grouping]
     return TableView(GROUPING_TITLES.get(grouping, grouping),
-                     ["preset", "restorer", "group", "n", "median dITA [CI]", "share lightened",
-                      "sign test p (Holm)", "Wilcoxon p (Holm)", "verdict"], rows)
+                     ["preset", "restorer", "group", "n with dITA", "median dITA [CI]", "share lightened",
+                      "sign test p (Holm)", "Wilcoxon p (Holm)", "verdict", "flagged (Holm p < 0.05, CI excl. 0)"],
+                     rows)
+
+
+def colour_lost_table(rows: Sequence[Mapping], preset: str, grouping: str) -> TableView:
+    """Per restorer and GT group: restored faces that lost the GT's colour (no dITA for them), Wilson CI."""
+    body = [[Cell(r["restorer"]), Cell(str(r["group"])), Cell(fmt(r["n"])), Cell(fmt(r["n_colour_lost"])),
+             Cell(fmt_ci(r["rate"], r["rate_low"], r["rate_high"]))]
+            for r in rows if r["preset"] == preset and r["grouping"] == grouping]
+    return TableView(GROUPING_TITLES.get(grouping, grouping),
+                     ["restorer", "GT group", "GT faces with colour", "colour lost", "rate [Wilson CI]"], body)
 
 
 def failure_table(failures: Sequence[Mapping], preset: str, grouping: str) -> TableView:
@@ -371,8 +388,9 @@ def render(ctx: PageContext) -> str:
         composition_plot=composition_plot(document["composition"], bands),
         composition_tables=[composition_table(document["composition"], g)
                             for g in ("skin_tone", "skin_tone_plain", "gender", "age")],
-        gaps_main=gap_table(document["gaps"], [MAIN_GROUPING]),
-        gaps_other=gap_table(document["gaps"], [g for g in document["groupings"] if g != MAIN_GROUPING]),
+        gaps_main=gap_table(document["gaps"], [MAIN_GROUPING], 1 - method["confidence"]),
+        gaps_other=gap_table(document["gaps"], [g for g in document["groupings"] if g != MAIN_GROUPING],
+                             1 - method["confidence"]),
         tone_main=tone_table(document["tone_shift"], MAIN_GROUPING),
         tone_other=[tone_table(document["tone_shift"], g) for g in document["groupings"] if g != MAIN_GROUPING],
         group_tables=[group_table(groups_here, g, restorers, metrics, group_info[g]) for g in document["groupings"]],
@@ -383,6 +401,8 @@ def render(ctx: PageContext) -> str:
         flips=[(restorer, flip_heatmap([f for f in document["flips"] if f["preset"] == preset], restorer, bands))
                for restorer in restorers],
         failures=failure_table(document["failures"], preset, MAIN_GROUPING),
+        colour=document.get("colour", {}),
+        colour_lost=colour_lost_table(document.get("colour_lost", []), preset, MAIN_GROUPING),
         baseline=baseline_table(document["baseline"], preset, MAIN_GROUPING),
         examples=examples, galleries=galleries(folder, document.get("worst", []), preset, restorers),
         not_computed=sorted(document.get("not_computed", {}).items()),
