@@ -237,6 +237,18 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(data: dict[str, Path], 
     assert (straight / "samples" / "step-000006.png").is_file() and not (straight / "checkpoints").exists()
 
 
+def test_converting_the_identity_network_draws_nothing_from_the_training_rng(tmp_path: Path) -> None:
+    """The validator converts dlib's network on first use (an empty DLFP_CACHE), after the training RNG was seeded or
+    restored from a checkpoint: the conversion must leave that RNG alone, or the trained weights would depend on
+    the state of the weights cache (and a resumed run would drift from an uninterrupted one)."""
+    from dlfp.models import identity as idm
+
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    assert idm.convert_dlib_resnet(cache=tmp_path).converted_now
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data: dict[str, Path], prior_file: Path,
                                                                   tmp_path: Path, monkeypatch) -> None:
     original = gfpgan.GFPGANTrainer.step
