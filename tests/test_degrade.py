@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
 import _dlfp_test_tars as tars  # tests/_tars.py, registered by conftest.py
 import cv2
 import numpy as np
@@ -31,7 +32,7 @@ IDENTITY = dict(blur_sigma=(0.1, 0.1), downscale=(1.0, 1.0), noise_sigma=(0.0, 0
 def _face(size: int = SMALL, index: int = 0) -> np.ndarray:
     paths = sorted(FACES.glob("*.png"))
     if not paths:
-        pytest.skip(f"no faces in {FACES}")
+        prereq.missing(f"no faces in {FACES}")
     rgb = load_rgb(paths[index % len(paths)])
     return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
 
