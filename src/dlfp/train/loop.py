@@ -46,7 +46,8 @@ RNG_NAMESPACE = "train-rng"
 RESUME_FORCE = "force"
 
 # Keys of the train_prior / train sections left out of the resume provenance: changing them between an interruption
-# and the resume cannot change the trained weights or the validation figures in the receipt.
+# and the resume cannot change the recipe (data, order, schedule, losses, networks) nor the validation figures in the
+# receipt; threads and device can at most move float rounding.
 # - threads: intra-op parallelism; like the device it may move float rounding, never the recipe;
 # - workers: ShardStream deals samples to workers by position and the DataLoader collects them in that order, so
 #   batches do not depend on the count (test_train.py resumes a workers=0 run with workers=2, bit-identically);
