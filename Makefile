@@ -24,7 +24,7 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	  elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; \
-	  else echo "chromium not installed and no root: the browser test will be skipped"; fi; }
+	  else echo "chromium not installed and no root: the browser tests will be skipped (and fail under CI=true)"; fi; }
 
 demo: venv
 	dvc repro

@@ -24,6 +24,25 @@ def load_helper(filename: str):
 # Registered before any test module is imported, so tests can `import _dlfp_test_browser as browser`.
 load_helper("_browser.py")
 load_helper("_tars.py")
+prereq = load_helper("_prereq.py")
+
+CACHE_ENV = "DLFP_CACHE"  # dlfp.models.identity.CACHE_ENV (not imported here: conftest stays light)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Check `prerequisite` markers before any fixture builds (skip, or fail under CI)."""
+    prereq.check_markers(item.iter_markers(prereq.MARKER))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_dlfp_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """$DLFP_CACHE (converted identity weights, user-provided ArcFace weights) in a session temp folder, for this
+    process and the stage subprocesses it starts: tests neither read nor fill the user's ~/.cache/dlfp."""
+    folder = tmp_path_factory.mktemp("dlfp_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(folder))
+        yield folder
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
+import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
 import numpy as np
 import pytest
 from PIL import Image
@@ -368,7 +369,7 @@ def _linked_faces(tmp_path: Path, number: int) -> Path:
     return folder
 
 
-@pytest.mark.skipif(not (FACES / "aligned_hq").is_dir(), reason="shared faces not present")
+@prereq.needs((FACES / "aligned_hq").is_dir(), "shared faces not present")
 def test_real_faces_via_cli_and_workers_do_not_change_bytes(tmp_path: Path) -> None:
     folder = _linked_faces(tmp_path, 20)
     params_file = tmp_path / "params.yaml"

@@ -7,6 +7,7 @@ import csv
 import json
 from pathlib import Path
 
+import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
 import cv2
 import numpy as np
 import pytest
@@ -43,7 +44,7 @@ WILD_TINY = "mtcnn_office1.jpg"           # one 37 px face
 ROTATED_FACE = "ffhq1024_00001.png"
 ROTATION_DEG = 15.0
 
-pytestmark = pytest.mark.skipif(not FACES.is_dir(), reason=f"{FACES} (shared face images) not present")
+pytestmark = prereq.needs(FACES.is_dir(), f"{FACES} (shared face images) not present")
 
 
 def make_params(**align_params: object) -> Params:

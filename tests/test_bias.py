@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
 import cv2
 import numpy as np
 import pytest
@@ -225,7 +226,7 @@ def test_skin_mask_on_a_real_face_avoids_eyes_and_mouth() -> None:
     from dlfp.models.dlib_files import LANDMARKS_68, dlib_model_path
 
     if not REAL_FACE.is_file():
-        pytest.skip(f"{REAL_FACE} not available")
+        prereq.missing(f"{REAL_FACE} not available")
     image = np.ascontiguousarray(cv2.imread(str(REAL_FACE))[..., ::-1])
     rects = dlib.get_frontal_face_detector()(image, 1)
     assert len(rects) >= 1

@@ -19,6 +19,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import _dlfp_test_browser as browser  # tests/_browser.py, registered by conftest.py
+import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
 import cv2
 import numpy as np
 import pytest
@@ -227,7 +228,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     paths = sorted(FACES.glob("ffhq256_*.jpg"))[:FACE_COUNT]
     if len(paths) < FACE_COUNT:
-        pytest.skip(f"no faces in {FACES}")
+        prereq.missing(f"no faces in {FACES}")
     root = tmp_path_factory.mktemp("bias_stage")
     aligned = root / "aligned"
     (aligned / "images").mkdir(parents=True)
@@ -458,7 +459,7 @@ def test_page_before_the_stage_ran(tmp_path: Path) -> None:
     assert "bias.json: unreadable" in bias_page.render(ctx)
 
 
-@pytest.mark.skipif(browser.chromium() is None, reason="chromium not installed (apt-get install -y chromium)")
+@prereq.needs(browser.chromium() is not None, "chromium not installed (apt-get install -y chromium)")
 def test_pages_render_in_headless_chromium(pages: Path, tmp_path: Path) -> None:
     page = pages / "bias.html"
     errors = browser.load_in_chromium(page, tmp_path / "bias.png", tmp_path / "profile")

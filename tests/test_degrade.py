@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
 import _dlfp_test_tars as tars  # tests/_tars.py, registered by conftest.py
 import cv2
 import numpy as np
@@ -31,7 +35,7 @@ IDENTITY = dict(blur_sigma=(0.1, 0.1), downscale=(1.0, 1.0), noise_sigma=(0.0, 0
 def _face(size: int = SMALL, index: int = 0) -> np.ndarray:
     paths = sorted(FACES.glob("*.png"))
     if not paths:
-        pytest.skip(f"no faces in {FACES}")
+        prereq.missing(f"no faces in {FACES}")
     rgb = load_rgb(paths[index % len(paths)])
     return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
 
@@ -378,3 +382,58 @@ def test_stage_names_missing_shards(tmp_path: Path) -> None:
 def test_windows_cover_everything_in_order() -> None:
     windows = list(dg._windows(range(10), 4))
     assert [len(w) for w in windows] == [4, 4, 2] and sum(windows, []) == list(range(10))
+
+
+HASH_SEED_BUILD = """
+import sys
+from pathlib import Path
+
+import yaml
+
+from dlfp.data import degrade, shards
+from dlfp.params import parse_params
+
+params_file, aligned, shards_out, pairs_out = map(Path, sys.argv[1:])
+params = parse_params(yaml.safe_load(params_file.read_text()))
+shards.run(params, aligned, shards_out)
+degrade.run(params, shards_out, pairs_out)
+"""
+HASH_SEED_FACES = 12
+OTHER_HASH_SEED = "123"
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    """sha256 of every artifact file (receipts name their input folders, which differ between the two builds)."""
+    return {p.relative_to(folder).as_posix(): file_digest(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "receipt.json"}
+
+
+def test_shards_and_pairs_do_not_depend_on_the_hash_seed(tmp_path: Path) -> None:
+    """The Makefile pins PYTHONHASHSEED=0; a build under another hash seed (a subprocess) must give the same bytes,
+    so no split, order or file name may come from str hashing (set or hash() order)."""
+    aligned = tmp_path / "aligned"
+    (aligned / "images").mkdir(parents=True)
+    lines = []
+    for number in range(HASH_SEED_FACES):
+        sample_id = f"face_{number:03d}"
+        (aligned / "images" / f"{sample_id}.png").write_bytes(encode_png(_face(64, number * 37)))
+        lines.append(json.dumps({"id": sample_id, "source": f"faces/{sample_id}.png", "licence": "test"}))
+    (aligned / "meta.jsonl").write_text("\n".join(lines) + "\n")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["shard"].update(split="hash", samples_per_shard=2)  # the default fractions: every split gets faces
+    raw["degrade"]["workers"] = 1
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw))
+    params = parse_params(raw)
+    here, there = tmp_path / "here", tmp_path / "there"
+    shards.run(params, aligned, here / "shards")
+    dg.run(params, here / "shards", here / "pairs")
+    other = OTHER_HASH_SEED if os.environ.get("PYTHONHASHSEED") != OTHER_HASH_SEED else "321"
+    subprocess.run([sys.executable, "-c", HASH_SEED_BUILD, str(params_file), str(aligned), str(there / "shards"),
+                    str(there / "pairs")], env={**os.environ, "PYTHONHASHSEED": other}, check=True,
+                   capture_output=True, timeout=600)
+    index = shards.read_index(here / "shards")
+    assert sum(1 for split in shards.SPLITS if shards.split_records(index, split)) >= 2  # a real split happened
+    for name in ("shards", "pairs"):
+        built_here = _digests(here / name)
+        assert len(built_here) > 2 and built_here == _digests(there / name), name

@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
 import cv2
 import numpy as np
 import pytest
@@ -58,7 +59,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real FFHQ faces at 128 px with dlib landmarks, through the real shard, degrade and restore stages."""
     paths = sorted(FACES.glob("ffhq256_*.jpg"))[:FACE_COUNT]
     if len(paths) < FACE_COUNT:
-        pytest.skip(f"no faces in {FACES}")
+        prereq.missing(f"no faces in {FACES}")
     root = tmp_path_factory.mktemp("evaluate_stage")
     aligned = root / "aligned"
     (aligned / "images").mkdir(parents=True)
@@ -120,7 +121,7 @@ def test_psnr_of_identical_images_is_the_documented_cap_and_ssim_is_one() -> Non
 def test_fast_ssim_equals_pyiqa_ssim() -> None:
     paths = sorted(FACES.glob("ffhq256_*.jpg"))[:3]
     if not paths:
-        pytest.skip(f"no faces in {FACES}")
+        prereq.missing(f"no faces in {FACES}")
     gts = [cv2.resize(load_rgb(p), (96, 96), interpolation=cv2.INTER_AREA) for p in paths]
     rng = np.random.default_rng(0)
     noisy = [np.clip(cv2.GaussianBlur(g, (7, 7), 2).astype(int) + rng.integers(-20, 21, g.shape), 0, 255)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
 import pytest
 import torch
 import yaml
@@ -39,7 +40,7 @@ TINY_PRIOR = {"out_size": 64, "num_style_feat": 32, "num_mlp": 1, "channel_multi
 SMALL_FACES, LARGE_FACES = 2, 24  # the small set fits the tmpfs, the large one cannot
 TMPFS_SLACK_BYTES = 256 * 1024  # tar headers, index, receipt, tmpfs block rounding
 
-pytestmark = pytest.mark.skipif(not FACES.is_dir(), reason="shared faces not present")
+pytestmark = prereq.needs(FACES.is_dir(), "shared faces not present")
 
 
 # ------------------------------------------------------------------------------------------------ helpers

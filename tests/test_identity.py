@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
 import numpy as np
 import pytest
 import torch
@@ -288,7 +289,7 @@ def test_same_person_closer_than_different_people(cache):
              "ffhq256_00002.jpg"]
     paths = [FACES / "aligned_hq" / n for n in names]
     if not all(p.is_file() for p in paths):
-        pytest.skip("expected aligned_hq files missing")
+        prereq.missing("expected aligned_hq files missing")
     chips = [idm.dlib_face_chips(_load_rgb(p), upsample=0 if "1024" in p.name else 1)[0][0] for p in paths]
     d = idm.face_descriptor(np.stack(chips))
     assert idm.identity_distance(d[0], d[1]) < idm.MATCH_THRESHOLD / 2

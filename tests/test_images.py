@@ -7,6 +7,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
 import numpy as np
 import pytest
 from PIL import Image
@@ -269,7 +270,7 @@ def test_encode_png_refuses_wrong_shapes() -> None:
         encode_png(np.zeros((4, 4), np.uint8))
 
 
-@pytest.mark.skipif(not (FACES / "aligned_hq").is_dir(), reason="shared faces not present")
+@prereq.needs((FACES / "aligned_hq").is_dir(), "shared faces not present")
 def test_real_faces_decode() -> None:
     for path in sorted((FACES / "aligned_hq").glob("ffhq256_0000*.jpg"))[:3]:
         decoded = decode_image(path)

@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 import _dlfp_test_browser as browser  # tests/_browser.py, registered by conftest.py
+import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
 import pytest
 from PIL import Image
 
@@ -298,8 +299,8 @@ def test_cli_report(tmp_path: Path) -> None:
     assert (tmp_path / "r" / "index.html").is_file() and (tmp_path / "r" / "data.html").is_file()
 
 
-@pytest.mark.skipif(browser.chromium() is None,
-                    reason="chromium not installed (make setup installs it: apt-get install -y chromium)")
+@prereq.needs(browser.chromium() is not None,
+              "chromium not installed (make setup installs it: apt-get install -y chromium)")
 def test_pages_render_in_headless_chromium(built: tuple[Path, dict], tmp_path: Path) -> None:
     out, _ = built
     for page in sorted(out.glob("*.html")):

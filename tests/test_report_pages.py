@@ -18,6 +18,7 @@ from pathlib import Path
 from types import ModuleType
 
 import _dlfp_test_browser as browser  # tests/_browser.py, registered by conftest.py
+import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
 import cv2
 import pytest
 import torch
@@ -90,7 +91,7 @@ def write_aligned(folder: Path) -> None:
     """FACE_COUNT real faces at 64 px as an align-stage output (no landmarks: landmark metrics are 'not computed')."""
     paths = sorted(FACES.glob("*.png"))[:FACE_COUNT]
     if len(paths) < FACE_COUNT:
-        pytest.skip(f"fewer than {FACE_COUNT} faces in {FACES}")
+        prereq.missing(f"fewer than {FACE_COUNT} faces in {FACES}")
     (folder / "images").mkdir(parents=True)
     lines = []
     for number, path in enumerate(paths):
@@ -365,8 +366,8 @@ def test_rebuild_is_byte_identical(pipeline: dict[str, Path]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(browser.chromium() is None,
-                    reason="chromium not installed (make setup installs it: apt-get install -y chromium)")
+@prereq.needs(browser.chromium() is not None,
+              "chromium not installed (make setup installs it: apt-get install -y chromium)")
 @pytest.mark.slow
 def test_pages_render_in_headless_chromium(pipeline: dict[str, Path], tmp_path: Path) -> None:
     for name in ("training.html", "evaluation.html"):

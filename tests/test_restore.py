@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
 import _dlfp_test_tars as tars  # tests/_tars.py, registered by conftest.py
 import cv2
 import numpy as np
@@ -43,7 +44,7 @@ def pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A handful of real FFHQ faces at 96 px through the real shard and degrade stages."""
     paths = sorted(FACES.glob("ffhq256_*.jpg"))[:FACE_COUNT]
     if len(paths) < FACE_COUNT:
-        pytest.skip(f"no faces in {FACES}")
+        prereq.missing(f"no faces in {FACES}")
     root = tmp_path_factory.mktemp("restore_stage")
     aligned = root / "aligned"
     (aligned / "images").mkdir(parents=True)

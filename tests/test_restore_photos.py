@@ -13,6 +13,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
 import cv2
 import dlib
 import numpy as np
@@ -254,7 +255,7 @@ def test_index_escapes_names_and_links_existing_files(case_run):
 def test_wild_photos_upscaled_through_the_cli(tiny_weights, tmp_path, capsys):
     inputs = [WILD / name for name in WILD_PHOTOS]
     if not all(path.is_file() for path in inputs):
-        pytest.skip(f"photos missing in {WILD}")
+        prereq.missing(f"photos missing in {WILD}")
     out = tmp_path / "out"
     code = cli.main([*PARAMS, "restore", *map(str, inputs), "-o", str(out), "--weights", str(tiny_weights),
                      "--upscale", "2", "--device", "cpu"])

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
 import pytest
 import yaml
 
@@ -33,7 +34,7 @@ TINY = {"out_size": SIZE, "num_style_feat": 32, "num_mlp": 1, "channel_multiplie
 RUN_TIMEOUT_S = 600
 DVC_FACES = 8
 
-pytestmark = pytest.mark.skipif(not FACES.is_dir(), reason="shared faces not present")
+pytestmark = prereq.needs(FACES.is_dir(), "shared faces not present")
 
 
 def _faces(count: int, skip: int = 0) -> list[Path]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
 import cv2
 import pytest
 import torch
@@ -51,7 +52,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Real faces through shard -> degrade -> train_prior -> train, recording every id training decodes."""
     paths = sorted(FACES.glob("*.png"))[:FACE_COUNT]
     if len(paths) < FACE_COUNT:
-        pytest.fail(f"fewer than {FACE_COUNT} faces in {FACES}")
+        prereq.missing(f"fewer than {FACE_COUNT} faces in {FACES}")
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("splits")
     aligned = root / "aligned"
@@ -141,8 +142,7 @@ def test_training_stream_refuses_test_shards_listed_as_train(project: dict, tmp_
 
 def test_the_hash_split_gives_val_enough_shared_faces() -> None:
     """params.yaml's fractions on the 1,140 shared faces: val must hold enough faces to tune on."""
-    if not FACES.is_dir():
-        pytest.fail(f"{FACES} is missing")
+    prereq.require(FACES.is_dir(), f"{FACES} is missing")
     params = parse_params(yaml.safe_load((REPO / "params.yaml").read_text()))
     fractions = params.shard.fractions.model_dump()
     counts = {"train": 0, "val": 0, "test": 0}

@@ -209,21 +209,50 @@ def _run_gfpgan(data: dict[str, Path], prior_file: Path, out: Path, stop_after: 
     return gfpgan.run(params, data["shards"], prior_file, data["pairs"], out, stop_after=stop_after)
 
 
+def _run_prior(data: dict[str, Path], out: Path, stop_after: int | None = None, shards: Path | None = None,
+               **train_prior) -> dict:
+    params = make_params({"iters": 6, "checkpoint_every": 2, "sample_every": 3, **train_prior})
+    return prior.run(params, shards or data["shards"], out, stop_after=stop_after)
+
+
+def _receipt(folder: Path) -> dict:
+    return json.loads((folder / "receipt.json").read_text())
+
+
+def _partial_checkpoint(out: Path) -> dict:
+    return torch.load(checkpoint_path(Path(f"{out}.partial")), weights_only=True)
+
+
+def _assert_same_weights(a_file: Path, b_file: Path) -> None:
+    a = torch.load(a_file, weights_only=True)["params_ema"]
+    b = torch.load(b_file, weights_only=True)["params_ema"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# DataLoader worker counts before and after the interruption; the demo uses 1. A change of the count is allowed on
+# resume (dlfp.train.loop.RESULT_NEUTRAL_KEYS), so it must not change the result either.
+WORKER_CASES = [(0, 0), (2, 2), (0, 2)]
+
+
+@pytest.mark.parametrize(("workers", "workers_on_resume"), WORKER_CASES)
 def test_resume_is_bit_identical_to_an_uninterrupted_run(data: dict[str, Path], prior_file: Path,
-                                                         tmp_path: Path) -> None:
+                                                         tmp_path: Path, workers: int, workers_on_resume: int) -> None:
     straight = tmp_path / "straight"
-    summary = _run_gfpgan(data, prior_file, straight)
+    summary = _run_gfpgan(data, prior_file, straight, workers=workers)
     assert summary["steps"] == 6
     interrupted = tmp_path / "interrupted"
     with pytest.raises(TrainingInterrupted, match="step 3"):
-        _run_gfpgan(data, prior_file, interrupted, stop_after=3)
-    assert torch.load(checkpoint_path(Path(f"{interrupted}.partial")), weights_only=True)["step"] == 3
-    _run_gfpgan(data, prior_file, interrupted)
-    a = torch.load(straight / gfpgan.MODEL_FILE, weights_only=True)["params_ema"]
-    b = torch.load(interrupted / gfpgan.MODEL_FILE, weights_only=True)["params_ema"]
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+        _run_gfpgan(data, prior_file, interrupted, stop_after=3, workers=workers)
+    assert _partial_checkpoint(interrupted)["step"] == 3
+    _run_gfpgan(data, prior_file, interrupted, workers=workers_on_resume)
+    _assert_same_weights(straight / gfpgan.MODEL_FILE, interrupted / gfpgan.MODEL_FILE)
     assert (straight / "losses.csv").read_text() == (interrupted / "losses.csv").read_text()
+    assert (straight / gfpgan.VALIDATION_CSV).read_text() == (interrupted / gfpgan.VALIDATION_CSV).read_text()
+    # one recipe from start to end, recorded as such
+    provenance = _receipt(interrupted)["provenance"]
+    assert provenance == _receipt(straight)["provenance"]
+    assert provenance["history"] == [{"from_step": 0, "hash": provenance["hash"], "forced": False, "changed": []}]
     # official format, loadable by the restore stage; config and logs beside it
     from dlfp.models.checkpoints import load_into
     from dlfp.models.gfpgan import GFPGANv1Clean
@@ -236,6 +265,90 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(data: dict[str, Path], 
     rows = (straight / gfpgan.VALIDATION_CSV).read_text().splitlines()
     assert rows[0].startswith("step,pairs,psnr,psnr_lq") and [r.split(",")[0] for r in rows[1:]] == ["3", "6"]
     assert (straight / "samples" / "step-000006.png").is_file() and not (straight / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(("workers", "workers_on_resume"), WORKER_CASES)
+def test_prior_resume_is_bit_identical_to_an_uninterrupted_run(data: dict[str, Path], tmp_path: Path,
+                                                               workers: int, workers_on_resume: int) -> None:
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    assert _run_prior(data, straight, workers=workers)["steps"] == 6
+    with pytest.raises(TrainingInterrupted, match="step 3"):
+        _run_prior(data, interrupted, stop_after=3, workers=workers)
+    assert _partial_checkpoint(interrupted)["step"] == 3
+    _run_prior(data, interrupted, workers=workers_on_resume)
+    _assert_same_weights(straight / prior.PRIOR_FILE, interrupted / prior.PRIOR_FILE)
+    assert (straight / "losses.csv").read_text() == (interrupted / "losses.csv").read_text()
+    for grid in ("step-000003.png", "step-000006.png"):
+        assert (straight / "samples" / grid).read_bytes() == (interrupted / "samples" / grid).read_bytes()
+    assert _receipt(interrupted)["provenance"] == _receipt(straight)["provenance"]
+
+
+def test_resume_under_another_loss_weight_stops_and_force_records_both_hashes(data: dict[str, Path],
+                                                                              prior_file: Path,
+                                                                              tmp_path: Path) -> None:
+    out = tmp_path / "gfpgan"
+    with pytest.raises(TrainingInterrupted):
+        _run_gfpgan(data, prior_file, out, stop_after=3)
+    trained_with = _partial_checkpoint(out)["provenance"]
+    assert trained_with["params"]["train.weights.identity"] == 10.0
+    assert trained_with["params"]["inputs.prior_sha256"] and trained_with["params"]["inputs.pairs_index_sha256"]
+    with pytest.raises(RuntimeError, match=r"train\.weights\.identity: 10\.0 -> 0\.0") as refused:
+        _run_gfpgan(data, prior_file, out, weights={"identity": 0.0})
+    assert "resume: force" in str(refused.value) and "weights.pixel" not in str(refused.value)
+    assert _partial_checkpoint(out)["step"] == 3  # nothing trained, nothing overwritten
+    assert _run_gfpgan(data, prior_file, out, weights={"identity": 0.0}, resume="force")["steps"] == 6
+    provenance = _receipt(out)["provenance"]
+    assert provenance["hash"] != trained_with["hash"]
+    assert provenance["history"] == [
+        {"from_step": 0, "hash": trained_with["hash"], "forced": False, "changed": []},
+        {"from_step": 3, "hash": provenance["hash"], "forced": True, "changed": ["train.weights.identity"]}]
+
+
+def test_resume_names_changed_inputs_and_ignores_logging_settings(data: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "prior"
+    with pytest.raises(TrainingInterrupted):
+        _run_prior(data, out, stop_after=1)
+    # another learning rate and other training data: both named, the logging/threads changes are not
+    other_shards = tmp_path / "shards"
+    shutil.copytree(data["shards"], other_shards)
+    index = json.loads((other_shards / "index.json").read_text())
+    index["splits"]["train"]["note"] = "rebuilt"
+    (other_shards / "index.json").write_text(json.dumps(index))
+    with pytest.raises(RuntimeError, match="was trained with other parameters") as refused:
+        _run_prior(data, out, shards=other_shards, lr=1e-3, threads=2, checkpoint_every=1, tensorboard=True)
+    message = str(refused.value)
+    assert "train_prior.lr: 0.002 -> 0.001" in message and "inputs.shards_index_sha256" in message
+    assert "threads" not in message and "checkpoint_every" not in message and "tensorboard" not in message
+    # settings that cannot change the result resume without force
+    assert _run_prior(data, out, threads=2, checkpoint_every=1, sample_every=5, keep_checkpoints=True,
+                      tensorboard=True, workers=2)["steps"] == 6
+    assert _receipt(out)["provenance"]["history"][-1]["forced"] is False
+
+
+def test_a_checkpoint_without_provenance_is_refused_unless_forced(tmp_path: Path) -> None:
+    from dlfp.train.loop import resume_provenance, training_provenance
+
+    current = training_provenance({"seed": 7, "train.lr": 0.002})
+    legacy = {"step": 5, "state": {}}
+    with pytest.raises(RuntimeError, match="records no training parameters"):
+        resume_provenance(legacy, current, True, tmp_path / "last.pth")
+    forced = resume_provenance(legacy, current, "force", tmp_path / "last.pth")
+    assert [(h["from_step"], h["hash"], h["forced"]) for h in forced["history"]] == [
+        (0, None, False), (5, current["hash"], True)]
+
+
+def test_converting_the_identity_network_draws_nothing_from_the_training_rng(tmp_path: Path) -> None:
+    """The validator converts dlib's network on first use (an empty DLFP_CACHE), after the training RNG was seeded or
+    restored from a checkpoint: the conversion must leave that RNG alone, or the trained weights would depend on
+    the state of the weights cache (and a resumed run would drift from an uninterrupted one)."""
+    from dlfp.models import identity as idm
+
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    assert idm.convert_dlib_resnet(cache=tmp_path).converted_now
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data: dict[str, Path], prior_file: Path,
@@ -374,8 +487,10 @@ def test_resume_refuses_a_checkpoint_of_another_architecture(data: dict[str, Pat
     out = tmp_path / "prior"
     with pytest.raises(TrainingInterrupted):
         prior.run(make_params({"iters": 4}), data["shards"], out, stop_after=1)
-    with pytest.raises(RuntimeError, match="resume: false"):
+    with pytest.raises(RuntimeError, match=r"train_prior\.num_style_feat: 32 -> 16.*resume: false"):
         prior.run(make_params({"iters": 4, "num_style_feat": 16}), data["shards"], out)
+    with pytest.raises(RuntimeError, match="network config"):  # force cannot load another architecture
+        prior.run(make_params({"iters": 4, "num_style_feat": 16, "resume": "force"}), data["shards"], out)
 
 
 def test_paper_parameters_validate_and_match_the_published_recipe() -> None:

@@ -292,7 +292,9 @@ class OptimParams(_Section):
     r1_interval: int = Field(default=16, ge=1, description="lazy R1 every N steps, scaled by N")
     checkpoint_every: int = Field(default=200, ge=1)
     sample_every: int = Field(default=500, ge=1, description="sample grid PNG every N steps (and at the end)")
-    resume: bool = Field(default=True, description="continue from <out>.partial/checkpoints/last.pth if present")
+    resume: bool | Literal["force"] = Field(
+        default=True, description="continue from <out>.partial/checkpoints/last.pth if present, refusing a checkpoint "
+        "trained with other parameters; force: continue anyway (the receipt records both hashes)")
     keep_checkpoints: bool = Field(default=False, description="keep checkpoints/ in the finished output")
     shuffle_buffer: int = Field(default=1000, ge=1)
     workers: int = Field(default=1, ge=0, description="DataLoader worker processes (degradation runs there)")

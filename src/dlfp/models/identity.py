@@ -256,7 +256,9 @@ class DlibFaceResNet(nn.Module):
 
 def dlib_state_dict(net: DlibNet, model: DlibFaceResNet | None = None) -> dict[str, Tensor]:
     """Map parsed dlib layers onto DlibFaceResNet's parameters, checking kinds and shapes on the way."""
-    model = model or DlibFaceResNet()
+    if model is None:
+        with torch.device("meta"):  # only the layout is read: no random init, nothing drawn from the global RNG
+            model = DlibFaceResNet()
     plan = model.dlib_plan()
     if len(plan) != len(net.layers):
         raise ValueError(f"dlib file has {len(net.layers)} layers, the port expects {len(plan)}")

@@ -53,16 +53,19 @@ from dlfp.train.loop import (
     broadcast_module,
     check_resume_config,
     ema_decay,
+    flatten_params,
     init_distributed,
-    load_checkpoint,
     lr_at,
     rank_seed,
     requires_grad,
     resolve_device,
+    result_params,
+    resume_checkpoint,
     save_image_grid,
     seed_everything,
     set_lr,
     train_loop,
+    training_provenance,
     work_folder,
 )
 from dlfp.train.prior import load_prior
@@ -345,7 +348,8 @@ def run(params: Params, shards_dir: Path, prior_path: Path, pairs_dir: Path, out
                           packages=("torch", "torchvision", "webdataset", "albumentations"),
                           extra={"config": summary["config"], "validation": summary["validation"],
                                  "validation_pairs": {"split": VAL_SPLIT, "preset": p.val_preset,
-                                                      "ids": summary["validation_ids"]}})
+                                                      "ids": summary["validation_ids"]},
+                                 "provenance": summary["provenance"]})
     summary.update(out=str(out_dir), seconds=round(time.monotonic() - started, 1))
     if info.is_main:
         val = {k: float(v) for k, v in (summary["validation"] or {}).items()}
@@ -368,7 +372,8 @@ def _train(params: Params, shards_dir: Path, prior_path: Path, pairs_dir: Path, 
     trainer = GFPGANTrainer(p, prior_state, prior_cfg, params.seed, info, device, feature_net, identity)
     size = trainer.config["out_size"]
 
-    checkpoint = load_checkpoint(work, info) if p.resume else None
+    provenance = training_provenance(provenance_params(params, shards_dir, prior_path, pairs_dir, trainer))
+    checkpoint, provenance = resume_checkpoint(work, info, p.resume, provenance)
     start_step, data_state = 0, {"epoch": 0, "offset": 0}
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint["state"])
@@ -411,7 +416,7 @@ def _train(params: Params, shards_dir: Path, prior_path: Path, pairs_dir: Path, 
     if info.is_main:
         _truncate_validation(work / VALIDATION_CSV, start_step)
     config = LoopConfig(total_steps=p.iters, checkpoint_every=p.checkpoint_every, start_step=start_step,
-                        stop_after=stop_after, desc="train")
+                        stop_after=stop_after, desc="train", provenance=provenance)
     try:
         last = train_loop(trainer.step, batches, trainer.state_dict, work, config, info, loss_log, on_step_end)
     finally:
@@ -428,7 +433,25 @@ def _train(params: Params, shards_dir: Path, prior_path: Path, pairs_dir: Path, 
         if not p.keep_checkpoints:
             shutil.rmtree(work / "checkpoints", ignore_errors=True)
     return {"steps": last, "train_samples": stream.samples_per_epoch(), "config": trainer.config,
-            "validation": last_validation, "validation_ids": val_ids}
+            "validation": last_validation, "validation_ids": val_ids,
+            "provenance": {"hash": provenance["hash"], "history": provenance["history"]}}
+
+
+def provenance_params(params: Params, shards_dir: Path, prior_path: Path, pairs_dir: Path,
+                      trainer: GFPGANTrainer) -> dict[str, object]:
+    """Everything the trained model and its validation figures depend on, as dotted keys: the train section (less
+    dlfp.train.loop.RESULT_NEUTRAL_KEYS), seed, data.size, the degrade preset used, the feature and identity
+    networks really loaded (`auto` depends on the weights cache), and the digests of the inputs."""
+    p = params.train
+    preset = params.degrade.presets[p.preset].model_dump(mode="json")
+    return {"seed": params.seed, "data.size": params.data.size,
+            **result_params("train", p.model_dump(mode="json")),
+            **flatten_params({"degrade": {"presets": {p.preset: preset}}}),
+            "resolved.perceptual_network": getattr(trainer.feature_net, "name", None),
+            "resolved.identity_network": trainer.identity.kind if trainer.identity is not None else None,
+            "inputs.shards_index_sha256": streams.index_digest(shards_dir),
+            "inputs.prior_sha256": file_digest(prior_path),
+            "inputs.pairs_index_sha256": streams.index_digest(pairs_dir)}
 
 
 def _round(value: float) -> float | int:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import hashlib
+import json
 import logging
 import math
 import os
@@ -41,6 +43,23 @@ LOSSES_CSV = "losses.csv"
 TENSORBOARD_DIR = "tensorboard"
 CHECKPOINT_FORMAT = 1
 RNG_NAMESPACE = "train-rng"
+RESUME_FORCE = "force"
+
+# Keys of the train_prior / train sections left out of the resume provenance: changing them between an interruption
+# and the resume cannot change the recipe (data, order, schedule, losses, networks) nor the validation figures in the
+# receipt; threads and device can at most move float rounding.
+# - threads: intra-op parallelism; like the device it may move float rounding, never the recipe;
+# - workers: ShardStream deals samples to workers by position and the DataLoader collects them in that order, so
+#   batches do not depend on the count (test_train.py resumes a workers=0 run with workers=2, bit-identically);
+# - device: CPU and GPU round differently, but moving a run between them keeps its recipe (the device is recorded
+#   in losses_active.json);
+# - tensorboard, checkpoint_every, sample_every, keep_checkpoints, val_every: logging and saving cadence only
+#   (sample grids and validation use fixed noise and draw nothing from the training RNG);
+# - resume: how this run starts, not what it trains.
+# Everything else counts, iters included: a resume under another iters would end at another step than its
+# checkpoint's recipe said.
+RESULT_NEUTRAL_KEYS = frozenset({"threads", "workers", "device", "tensorboard", "checkpoint_every", "sample_every",
+                                 "keep_checkpoints", "val_every", "resume"})
 
 
 class TrainingInterrupted(RuntimeError):
@@ -267,8 +286,10 @@ def _rng_path(work_dir: Path, rank: int) -> Path:
     return Path(work_dir) / CHECKPOINT_DIR / f"rng-rank{rank}.pth"
 
 
-def save_checkpoint(work_dir: Path, state: dict, step: int, data_state: dict, info: DistInfo) -> Path:
-    """Atomically write the training state: per-rank RNG files first, then (rank 0) the main file."""
+def save_checkpoint(work_dir: Path, state: dict, step: int, data_state: dict, info: DistInfo,
+                    provenance: dict | None = None) -> Path:
+    """Atomically write the training state: per-rank RNG files first, then (rank 0) the main file (with the
+    run's provenance: see training_provenance)."""
     path = checkpoint_path(work_dir)
     rng_path = _rng_path(work_dir, info.rank)
     with atomic_path(rng_path) as tmp:
@@ -278,6 +299,8 @@ def save_checkpoint(work_dir: Path, state: dict, step: int, data_state: dict, in
     if info.is_main:
         payload = {"format": CHECKPOINT_FORMAT, "step": step, "data": data_state, "state": state,
                    "world_size": info.world_size}
+        if provenance is not None:
+            payload["provenance"] = provenance
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
     if info.distributed:
@@ -291,6 +314,80 @@ def check_resume_config(state: Mapping, config: Mapping) -> None:
     if saved is not None and dict(saved) != dict(config):
         raise RuntimeError(f"the checkpoint to resume was made with network config {dict(saved)}, the parameters now "
                            f"give {dict(config)}; set resume: false (or delete the .partial folder) to start afresh")
+
+
+def flatten_params(tree: Mapping, prefix: str = "") -> dict[str, object]:
+    """Nested mapping -> {"dotted.key": value}; lists and scalars are values."""
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, f"{name}."))
+        else:
+            flat[name] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def result_params(section: str, values: Mapping) -> dict[str, object]:
+    """A train_prior / train section as dotted keys, without the RESULT_NEUTRAL_KEYS."""
+    return flatten_params({section: {k: v for k, v in values.items() if k not in RESULT_NEUTRAL_KEYS}})
+
+
+def params_digest(flat: Mapping[str, object]) -> str:
+    blob = json.dumps(dict(flat), sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def training_provenance(flat: Mapping[str, object]) -> dict:
+    """What a run is trained with: the hash of every result-relevant parameter and input digest, the flattened
+    values themselves (so a resume can name the keys that changed), and the run's history of segments."""
+    digest = params_digest(flat)
+    return {"hash": digest, "params": dict(flat),
+            "history": [{"from_step": 0, "hash": digest, "forced": False, "changed": []}]}
+
+
+def changed_keys(saved: Mapping[str, object], current: Mapping[str, object]) -> list[str]:
+    return sorted(k for k in set(saved) | set(current) if k not in saved or k not in current
+                  or saved[k] != current[k])
+
+
+def _describe(flat: Mapping[str, object], key: str) -> str:
+    return json.dumps(flat[key]) if key in flat else "(absent)"
+
+
+def resume_provenance(checkpoint: Mapping, current: dict, resume: bool | str, path: Path) -> dict:
+    """The provenance to carry on after resuming `checkpoint`: the same run, or (resume: force) a run whose
+    history records the change. Raises, naming every changed key, when the parameters differ without force."""
+    saved = checkpoint.get("provenance")
+    step = int(checkpoint["step"])
+    if saved is not None and saved["hash"] == current["hash"]:
+        return {**current, "history": list(saved["history"])}
+    changed = changed_keys(saved["params"], current["params"]) if saved is not None else []
+    if resume != RESUME_FORCE:
+        if saved is None:
+            reason = "records no training parameters (made before provenance was stored)"
+        else:
+            reason = "was trained with other parameters: " + "; ".join(
+                f"{k}: {_describe(saved['params'], k)} -> {_describe(current['params'], k)}" for k in changed)
+        raise RuntimeError(
+            f"{path} (step {step}) {reason}. Resuming would mix two recipes in one model: set resume: false (or "
+            f"delete the .partial folder) to start afresh, or resume: {RESUME_FORCE} to continue anyway (the receipt "
+            "then records both hashes)")
+    log.warning("resume: %s: continuing step %d under changed parameters (%s)", RESUME_FORCE, step,
+                ", ".join(changed) or "the checkpoint recorded none")
+    history = list(saved["history"]) if saved is not None else [
+        {"from_step": 0, "hash": None, "forced": False, "changed": []}]
+    history.append({"from_step": step, "hash": current["hash"], "forced": True, "changed": changed})
+    return {**current, "history": history}
+
+
+def resume_checkpoint(work_dir: Path, info: DistInfo, resume: bool | str,
+                      provenance: dict) -> tuple[dict | None, dict]:
+    """The checkpoint to continue from (None: start afresh) and the provenance the run carries on with."""
+    checkpoint = load_checkpoint(work_dir, info) if resume else None
+    if checkpoint is None:
+        return None, provenance
+    return checkpoint, resume_provenance(checkpoint, provenance, resume, checkpoint_path(work_dir))
 
 
 def load_checkpoint(work_dir: Path, info: DistInfo) -> dict | None:
@@ -399,6 +496,7 @@ class LoopConfig:
     checkpoint_every: int
     start_step: int = 0
     stop_after: int | None = None  # save and stop after this step, as if a signal had come (tests, time limits)
+    provenance: dict | None = None  # stored in every checkpoint (training_provenance / resume_provenance)
     progress: bool = True
     desc: str = "train"
 
@@ -442,7 +540,7 @@ def train_loop(
                 if step % config.checkpoint_every == 0 or step == config.total_steps or stop_now:
                     if loss_log is not None and info.is_main:
                         loss_log.flush()
-                    save_checkpoint(work_dir, state_fn(), step, data_state(), info)
+                    save_checkpoint(work_dir, state_fn(), step, data_state(), info, config.provenance)
                     saved_at = step
                 if on_step_end is not None:
                     on_step_end(step)

@@ -44,15 +44,17 @@ from dlfp.train.loop import (
     check_resume_config,
     ema_decay,
     init_distributed,
-    load_checkpoint,
     lr_at,
     rank_seed,
     requires_grad,
     resolve_device,
+    result_params,
+    resume_checkpoint,
     save_image_grid,
     seed_everything,
     set_lr,
     train_loop,
+    training_provenance,
     work_folder,
 )
 
@@ -70,6 +72,13 @@ def prior_config(p: TrainPriorParams) -> dict:
     """Constructor arguments of StyleGAN2GeneratorClean, stored in prior.pth for the train stage."""
     return {"out_size": p.out_size, "num_style_feat": p.num_style_feat, "num_mlp": p.num_mlp,
             "channel_multiplier": p.channel_multiplier, "narrow": p.narrow}
+
+
+def provenance_params(params: Params, shards_dir: Path) -> dict[str, object]:
+    """Everything the trained prior depends on, as dotted keys (see dlfp.train.loop.RESULT_NEUTRAL_KEYS)."""
+    return {"seed": params.seed, "data.size": params.data.size,
+            **result_params("train_prior", params.train_prior.model_dump(mode="json")),
+            "inputs.shards_index_sha256": streams.index_digest(shards_dir)}
 
 
 def load_prior(path: Path | str) -> tuple[dict[str, Tensor], dict]:
@@ -220,7 +229,8 @@ def run(params: Params, shards_dir: Path, out_dir: Path, *, stop_after: int | No
                                                     "train_samples": summary["train_samples"]},
                           inputs={"shards": str(shards_dir),
                                   "shards_index_sha256": streams.index_digest(shards_dir)},
-                          packages=("torch", "webdataset"), extra={"config": summary["config"]})
+                          packages=("torch", "webdataset"),
+                          extra={"config": summary["config"], "provenance": summary["provenance"]})
     summary.update(out=str(out_dir), seconds=round(time.monotonic() - started, 1))
     if info.is_main:
         print(f"train_prior: {summary['steps']} steps in {summary['seconds']} s -> {out_dir / PRIOR_FILE}")
@@ -235,7 +245,8 @@ def _train(params: Params, shards_dir: Path, work: Path, info: DistInfo, device:
     if info.distributed:
         dist.barrier()  # rank 0 has created (or cleared) the working folder
     trainer = PriorTrainer(p, params.seed, info, device)
-    checkpoint = load_checkpoint(work, info) if p.resume else None
+    checkpoint, provenance = resume_checkpoint(work, info, p.resume,
+                                               training_provenance(provenance_params(params, shards_dir)))
     start_step, data_state = 0, {"epoch": 0, "offset": 0}
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint["state"])
@@ -265,7 +276,7 @@ def _train(params: Params, shards_dir: Path, work: Path, info: DistInfo, device:
             save_image_grid(work / SAMPLES_DIR / f"step-{step:06d}.png", list(trainer.samples().split(8)))
 
     config = LoopConfig(total_steps=p.iters, checkpoint_every=p.checkpoint_every, start_step=start_step,
-                        stop_after=stop_after, desc="train_prior")
+                        stop_after=stop_after, desc="train_prior", provenance=provenance)
     try:
         last = train_loop(trainer.step, batches, trainer.state_dict, work, config, info, loss_log, on_step_end)
     finally:
@@ -277,4 +288,5 @@ def _train(params: Params, shards_dir: Path, work: Path, info: DistInfo, device:
             import shutil
 
             shutil.rmtree(work / "checkpoints", ignore_errors=True)
-    return {"steps": last, "train_samples": stream.samples_per_epoch(), "config": trainer.config}
+    return {"steps": last, "train_samples": stream.samples_per_epoch(), "config": trainer.config,
+            "provenance": {"hash": provenance["hash"], "history": provenance["history"]}}
