@@ -21,7 +21,7 @@ dlib = pytest.importorskip("dlib")
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
 ARCFACE_MANIFEST = Path(__file__).resolve().parents[2] / "shared" / "reference" / "state_dicts" / \
     "arcface_resnet18.json"
-MAX_ABS_DIFF = 1e-3
+MAX_ABS_DIFF = 1e-6  # per element; measured max 4.8e-7 to 5.4e-7 on the 334 faces (threads, batch size)
 MIN_COSINE = 0.9999
 WILD_MAX_SIDE_DEFAULT = 1100  # larger wild photos only in the slow run (HOG on 12 Mpx takes seconds)
 
