@@ -18,7 +18,7 @@ from PIL import Image
 
 from dlfp.cli import main
 from dlfp.data import acquire
-from dlfp.data.download import DriveQuotaError
+from dlfp.data.download import DownloadError, DriveQuotaError
 from dlfp.params import load_params, parse_params
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
@@ -566,3 +566,19 @@ def test_auto_with_the_folder_is_exactly_source_folder(server, tmp_path: Path) -
     assert receipts[1]["inputs"].pop("chosen_by") == "source auto: data.folder exists"
     assert receipts[0]["inputs"] == receipts[1]["inputs"]
     assert server.requests == []  # the mirror is never contacted when the folder exists
+
+
+@needs_faces
+def test_a_corrupted_row_group_fails_its_page_checksum_and_is_fetched_again(server, tmp_path: Path) -> None:
+    shards = _serve_mirror(server, tmp_path)
+    start, stop = _row_group_spans(shards[0])[0]
+    damaged = bytearray(shards[0])
+    damaged[(start + stop) // 2] ^= 0xFF  # inside the first face's page data
+    server.serve("/pq/0000.parquet", bytes(damaged))
+    params = load_params(_auto_params_file(tmp_path, server.url("pq/{index:04d}.parquet"), count=1))
+    with pytest.raises(DownloadError, match="row group 0: the downloaded bytes are unreadable.*CRC"):
+        acquire.run(params, out_dir=tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+    server.serve("/pq/0000.parquet", shards[0])  # the mirror is repaired
+    acquire.run(params, out_dir=tmp_path / "raw")
+    assert [row["md5"] for row in _read_csv(tmp_path / "raw" / "manifest.csv")] == [_md5(_real_faces(1)[0][1])]

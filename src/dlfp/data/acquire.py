@@ -1008,8 +1008,10 @@ def _row_group_items(plan: _Plan, mirror: ParquetMirror, wanted: range, policy: 
         try:
             rows = list(_parquet_rows(sparse, mirror, piece.base, [piece.row_group], footer.url))
         except (OSError, ValueError) as error:  # pyarrow raises OSError for bad pages and checksum failures
-            raise DownloadError(f"{footer.url} row group {piece.row_group} (cached as {piece.path}): unreadable "
-                                f"({error}); delete the file to download it again") from None
+            bad = piece.path.with_name(piece.path.name + ".bad")
+            os.replace(piece.path, bad)
+            raise DownloadError(f"{footer.url} row group {piece.row_group}: the downloaded bytes are unreadable "
+                                f"({error}); moved to {bad}, the next run downloads them again") from None
         for ffhq_id, row, image in rows:
             if ffhq_id in wanted and ffhq_id not in seen:
                 seen.add(ffhq_id)
