@@ -582,3 +582,23 @@ def test_a_corrupted_row_group_fails_its_page_checksum_and_is_fetched_again(serv
     server.serve("/pq/0000.parquet", shards[0])  # the mirror is repaired
     acquire.run(params, out_dir=tmp_path / "raw")
     assert [row["md5"] for row in _read_csv(tmp_path / "raw" / "manifest.csv")] == [_md5(_real_faces(1)[0][1])]
+
+
+def test_ffhq_row_groups_are_chosen_by_the_id_column_statistics(server, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    order = [5, 4, 0, 1, 3, 2]  # not in id order: positions say nothing, the statistics do
+    table = pa.table({"image": [_encode(_image(300 + i)) for i in order], "ffhq_id": [f"{i:05d}" for i in order]})
+    pq.write_table(table, tmp_path / "shard.parquet", row_group_size=2)
+    shard = (tmp_path / "shard.parquet").read_bytes()
+    server.serve("/pq/0.parquet", shard)
+    mirror = {"url_template": server.url("pq/{index}.parquet"), "num_shards": 1, "id_column": "ffhq_id",
+              "fetch": "row_groups"}
+    acquire.run(_params(tmp_path, source="ffhq", count=2, ffhq={"parquet": mirror, "retries": 0}),
+                out_dir=tmp_path / "raw")
+    assert [row["id"] for row in _read_csv(tmp_path / "raw" / "manifest.csv")] == ["00000", "00001"]
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "raw" / "images" / "00001.png")), _image(301))
+    groups = _row_group_spans(shard)
+    asked = _asked_bytes(server, "/pq/0.parquet", len(shard))
+    assert asked[2:] == [groups[1]]  # after the size probe and the footer: only the row group holding ids 0, 1

@@ -67,7 +67,7 @@ from dlfp.io.atomic import staged_output, write_csv_atomic, write_json_atomic
 from dlfp.io.hashing import file_digest
 from dlfp.io.images import ImageRejected, decode_image_bytes, encode_png
 from dlfp.io.receipt import write_receipt
-from dlfp.params import DataParams, FallbackSource, FFHQSource, Params, ParquetMirror
+from dlfp.params import DataParams, FFHQSource, Params, ParquetMirror
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def _auto_selection(data: DataParams) -> Selection:
                                       _policy(data.ffhq), fallback.probe_timeout_s, reason,
                                       _local_hint(data.folder))
     except DownloadError as error:
-        raise SourceUnavailableError(_both_ways_message(data, fallback, reason, error)) from None
+        raise SourceUnavailableError(_both_ways_message(data, count, reason, error)) from None
     selection.inputs["chosen_by"] = f"source auto: {reason}"
     return selection
 
@@ -210,13 +210,13 @@ def _local_hint(folder: str | None) -> str:
     return f"to use local faces instead, {where}set data.folder (a folder, .zip or .tar of images) in params.yaml"
 
 
-def _both_ways_message(data: DataParams, fallback: FallbackSource, reason: str, error: DownloadError) -> str:
-    url = fallback.parquet.url_template.format(index=0)
+def _both_ways_message(data: DataParams, count: int, reason: str, error: DownloadError) -> str:
+    url = data.fallback.parquet.url_template.format(index=0)
     host = urllib.parse.urlsplit(url).netloc or url
     folder = f"put face images (a folder, .zip or .tar) at {data.folder}, or point data.folder in params.yaml at " \
              "yours" if data.folder else "set data.folder in params.yaml to a folder, .zip or .tar of face images"
     return (f"no faces to acquire: {reason}, and the FFHQ mirror cannot be used ({error}). Either {folder}; "
-            f"or allow network access to {host} ({url}) so that {data.count or fallback.count} faces can be "
+            f"or allow network access to {host} ({url}) so that {count} faces can be "
             f"downloaded into {data.cache_dir}.")
 
 
@@ -790,8 +790,8 @@ def _id_from_image_path(value: object) -> int | None:
 
 def _parse_id(value: object, path: Path | str, column: str | None) -> int:
     try:
-        return int(str(value).strip())
-    except ValueError:
+        return int((value.decode("ascii") if isinstance(value, bytes) else str(value)).strip())
+    except (ValueError, UnicodeDecodeError):
         raise ValueError(f"{path}: id column {column!r} holds {value!r}, not an FFHQ id") from None
 
 
