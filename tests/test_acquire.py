@@ -545,8 +545,9 @@ def test_auto_without_folder_or_network_fails_at_once_naming_both_ways(tmp_path:
     message = errors[0]
     assert f"data.folder {tmp_path / 'nowhere'} does not exist" in message
     assert f"put face images (a folder, .zip or .tar) at {tmp_path / 'nowhere'}" in message
-    assert f"allow network access to {url_template.split('/')[2]} ({url_template.format(index=0)})" in message
-    assert "connection failed" in message and "1200 faces" in message
+    assert f"cannot be used: {url_template.format(index=0)}: connection failed" in message
+    assert f"allow network access to {url_template.split('/')[2]} (the mirror in data.fallback.parquet)" in message
+    assert "1200 faces" in message
     assert waits == []  # no retry loop: a refused connection is final
     assert not (tmp_path / "raw").exists()
     with pytest.raises(acquire.SourceUnavailableError, match="data.folder"):

@@ -215,9 +215,9 @@ def _both_ways_message(data: DataParams, count: int, reason: str, error: Downloa
     host = urllib.parse.urlsplit(url).netloc or url
     folder = f"put face images (a folder, .zip or .tar) at {data.folder}, or point data.folder in params.yaml at " \
              "yours" if data.folder else "set data.folder in params.yaml to a folder, .zip or .tar of face images"
-    return (f"no faces to acquire: {reason}, and the FFHQ mirror cannot be used ({error}). Either {folder}; "
-            f"or allow network access to {host} ({url}) so that {count} faces can be "
-            f"downloaded into {data.cache_dir}.")
+    return (f"no faces to acquire: {reason}, and the FFHQ mirror cannot be used: {error}. Either {folder}; "
+            f"or allow network access to {host} (the mirror in data.fallback.parquet) so that {count} faces can "
+            f"be downloaded into {data.cache_dir}.")
 
 
 def _write_tables(staging: Path, accepted: list[Accepted], rejected: list[Rejection],
