@@ -87,16 +87,17 @@ def _handler_for(server: FileServer) -> type[http.server.BaseHTTPRequestHandler]
             if route.status != 200:
                 self._send_simple(route.status, route.body)
                 return
-            start = self._range_start(route)
+            start, stop = self._range(route)
             if start is not None and start >= len(route.body):
                 self._send_simple(416, b"")
                 return
-            body = route.body[start or 0:]
+            body = route.body[start or 0:stop]
             self.send_response(206 if start is not None else 200)
             self.send_header("Content-Type", route.content_type)
             self.send_header("Content-Length", str(len(body)))
             if start is not None:
-                self.send_header("Content-Range", f"bytes {start}-{len(route.body) - 1}/{len(route.body)}")
+                last = start + len(body) - 1
+                self.send_header("Content-Range", f"bytes {start}-{last}/{len(route.body)}")
             self.end_headers()
             if route.drops_left and route.drop_after is not None:
                 route.drops_left -= 1
@@ -106,10 +107,13 @@ def _handler_for(server: FileServer) -> type[http.server.BaseHTTPRequestHandler]
                 return
             self.wfile.write(body)
 
-        def _range_start(self, route: Route) -> int | None:
+        def _range(self, route: Route) -> tuple[int | None, int | None]:
+            """`bytes=N-` or `bytes=N-M` (inclusive M) -> (start, stop); (None, None): the whole body."""
             header = self.headers.get("Range")
-            match = re.fullmatch(r"bytes=(\d+)-", header or "")
-            return int(match.group(1)) if match and route.honour_range else None
+            match = re.fullmatch(r"bytes=(\d+)-(\d*)", header or "")
+            if not match or not route.honour_range:
+                return None, None
+            return int(match.group(1)), int(match.group(2)) + 1 if match.group(2) else None
 
         def _send_simple(self, status: int, body: bytes) -> None:
             self.send_response(status)

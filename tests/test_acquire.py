@@ -19,7 +19,7 @@ from PIL import Image
 
 from dlfp.cli import main
 from dlfp.data import acquire
-from dlfp.data.download import DriveQuotaError
+from dlfp.data.download import DownloadError, DriveQuotaError
 from dlfp.params import load_params, parse_params
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
@@ -385,3 +385,222 @@ def test_real_faces_via_cli_and_workers_do_not_change_bytes(tmp_path: Path) -> N
 
     acquire.run(load_params(params_file), out_dir=tmp_path / "pooled", workers=2)
     assert _tree_bytes(tmp_path / "raw") == _tree_bytes(tmp_path / "pooled")
+
+
+# ---------------------------------------------------------------------------------------- source auto
+FACE_ROWS = 8  # per mirror shard
+ROWS_PER_GROUP = 2
+
+
+def _real_faces(number: int) -> list[tuple[int, bytes]]:
+    """(FFHQ id, original JPEG bytes) of the first real FFHQ faces in ../shared/faces."""
+    files = sorted((FACES / "aligned_hq").glob("ffhq256_0*.jpg"))[:number]
+    return [(int(path.stem[-5:]), path.read_bytes()) for path in files]
+
+
+def _serve_mirror(server, tmp_path: Path, shards: int = 2) -> list[bytes]:
+    """Parquet shards in the mirror's layout (an `image` struct of bytes + file name, rows in id order, small
+    row groups), built from real faces and served at /pq/NNNN.parquet; returns each shard's bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    faces = _real_faces(FACE_ROWS * shards)
+    served = []
+    for index in range(shards):
+        rows = faces[index * FACE_ROWS:(index + 1) * FACE_ROWS]
+        table = pa.table({"image": [{"bytes": data, "path": f"{ffhq_id:05d}.jpg"} for ffhq_id, data in rows]})
+        path = tmp_path / f"{index:04d}.parquet"
+        pq.write_table(table, path, row_group_size=ROWS_PER_GROUP, write_page_checksum=True)
+        served.append(path.read_bytes())
+        server.serve(f"/pq/{index:04d}.parquet", served[-1])
+    return served
+
+
+def _auto_params_file(tmp_path: Path, url_template: str, count: int | None = 3, **ffhq) -> Path:
+    import yaml
+
+    data = {"source": "auto", "folder": str(tmp_path / "nowhere"), "count": count,
+            "cache_dir": str(tmp_path / "cache"), "max_pixels": 1_000_000,
+            "ffhq": {"retries": 1, "backoff_s": 0.0, "timeout_s": 10, **ffhq},
+            "fallback": {"parquet": {"url_template": url_template, "num_shards": 2, "rows_per_shard": FACE_ROWS,
+                                     "fetch": "row_groups"}, "probe_timeout_s": 5}}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"data": data}), encoding="utf-8")
+    return path
+
+
+def _row_group_spans(shard: bytes) -> list[tuple[int, int]]:
+    import pyarrow.parquet as pq
+
+    metadata = pq.ParquetFile(io.BytesIO(shard)).metadata
+    spans = []
+    for group in range(metadata.num_row_groups):
+        chunks = [metadata.row_group(group).column(column) for column in range(metadata.num_columns)]
+        starts = [min(c.data_page_offset, c.dictionary_page_offset or c.data_page_offset) for c in chunks]
+        spans.append((min(starts), max(s + c.total_compressed_size for s, c in zip(starts, chunks, strict=True))))
+    return spans
+
+
+def _asked_bytes(server, path: str, size: int) -> list[tuple[int, int]]:
+    """[start, stop) of every Range request made for `path`."""
+    spans = []
+    for seen in server.requests:
+        if seen.path == path and seen.range:
+            start, _, end = seen.range.removeprefix("bytes=").partition("-")
+            spans.append((int(start), int(end) + 1 if end else size))
+    return spans
+
+
+needs_faces = pytest.mark.skipif(not (FACES / "aligned_hq").is_dir(), reason="shared faces not present")
+
+
+@needs_faces
+def test_auto_without_folder_downloads_only_the_needed_row_groups(server, tmp_path: Path, capsys) -> None:
+    shards = _serve_mirror(server, tmp_path)
+    url = server.url("pq/0000.parquet")
+    params_file = _auto_params_file(tmp_path, server.url("pq/{index:04d}.parquet"))
+    out = tmp_path / "data" / "raw"
+    assert main(["--params", str(params_file), "acquire", "--out", str(out)]) == 0
+
+    announced = [line for line in capsys.readouterr().out.splitlines() if "downloading" in line]
+    assert len(announced) == 1
+    line = announced[0]
+    assert f"data.folder {tmp_path / 'nowhere'} does not exist" in line
+    megabytes = sum(stop - start for start, stop in _row_group_spans(shards[0])[:2]) / 1e6
+    assert f"3 FFHQ faces (2 parquet row groups, about {megabytes:.1f} MB)" in line and url in line
+    assert "to use local faces instead" in line and "set data.folder" in line
+
+    faces = dict(_real_faces(3))
+    manifest = _read_csv(out / "manifest.csv")
+    assert [(row["id"], row["ffhq_id"]) for row in manifest] == [("00000", "0"), ("00001", "1"), ("00002", "2")]
+    assert [row["source"] for row in manifest] == [f"{url}#row={row}" for row in range(3)]
+    assert [row["md5"] for row in manifest] == [_md5(faces[i]) for i in range(3)]  # the original JPEG bytes
+    for ffhq_id, data in faces.items():
+        written = np.asarray(Image.open(out / "images" / f"{ffhq_id:05d}.png"))
+        np.testing.assert_array_equal(written, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    # the ids 0..2 live in row groups 0 and 1 of shard 0: nothing of row groups 2, 3 or of shard 1 is fetched
+    spans = _row_group_spans(shards[0])
+    asked = _asked_bytes(server, "/pq/0000.parquet", len(shards[0]))
+    assert asked[0] == (0, 1)  # the size probe
+    assert asked[1][1] == len(shards[0])  # the footer (the file's last 64 KiB, as pyarrow reads it)
+    assert asked[2:] == [spans[0], spans[1]]  # then exactly the two row groups, each once
+    assert server.count("pq/0001.parquet") == 0
+
+    inputs = json.loads((out / "receipt.json").read_text())["inputs"]
+    assert inputs["source"] == "ffhq-parquet-row-groups" and "does not exist" in inputs["chosen_by"]
+    assert inputs["files"][url]["size"] == len(shards[0])
+    assert [(group["row_group"], group["sha256"]) for group in inputs["row_groups"]] == [
+        (group, hashlib.sha256(shards[0][start:stop]).hexdigest()) for group, (start, stop) in enumerate(spans[:2])]
+
+    requests_before = len(server.requests)
+    assert main(["--params", str(params_file), "acquire", "--out", str(tmp_path / "again")]) == 0
+    assert len(server.requests) == requests_before  # every piece came from data.cache_dir
+    assert _tree_bytes(out / "images") == _tree_bytes(tmp_path / "again" / "images")
+    assert (out / "manifest.csv").read_bytes() == (tmp_path / "again" / "manifest.csv").read_bytes()
+
+    from dlfp.report import build
+
+    build.run(load_params(params_file), data_dir=out.parent, out_dir=tmp_path / "reports",
+              models_dir=tmp_path / "models")
+    page = (tmp_path / "reports" / "data.html").read_text(encoding="utf-8")
+    assert "Where the faces came from" in page and "FFHQ parquet mirror" in page
+    assert url in page and inputs["row_groups"][1]["sha256"] in page
+
+
+@needs_faces
+def test_auto_download_resumes_a_dropped_row_group(server, tmp_path: Path) -> None:
+    shards = _serve_mirror(server, tmp_path)
+    spans = _row_group_spans(shards[0])
+    url_template = server.url("pq/{index:04d}.parquet")
+    acquire.run(load_params(_auto_params_file(tmp_path, url_template, count=1)), out_dir=tmp_path / "one")
+    before = len(server.requests)
+    route = server.routes["/pq/0000.parquet"]
+    route.drop_after, route.drops_left = 1000, 1  # the next request, for row group 1, breaks after 1000 bytes
+    acquire.run(load_params(_auto_params_file(tmp_path, url_template, count=3)), out_dir=tmp_path / "raw")
+    asked = [seen.range for seen in server.requests[before:]]
+    assert asked == [f"bytes={spans[1][0]}-{spans[1][1] - 1}", f"bytes={spans[1][0] + 1000}-{spans[1][1] - 1}"]
+    faces = dict(_real_faces(3))
+    assert [row["md5"] for row in _read_csv(tmp_path / "raw" / "manifest.csv")] == [_md5(faces[i]) for i in range(3)]
+
+
+def _closed_port_url() -> str:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/pq/{{index:04d}}.parquet"  # nothing listens there any more
+
+
+def test_auto_without_folder_or_network_fails_at_once_naming_both_ways(tmp_path: Path, capsys,
+                                                                      monkeypatch) -> None:
+    from dlfp.data import download as download_module
+
+    waits: list[float] = []
+    monkeypatch.setattr(download_module.time, "sleep", waits.append)
+    url_template = _closed_port_url()
+    params_file = _auto_params_file(tmp_path, url_template, count=None, retries=5, backoff_s=30.0)
+    assert main(["--params", str(params_file), "acquire", "--out", str(tmp_path / "raw")]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1
+    message = errors[0]
+    assert f"data.folder {tmp_path / 'nowhere'} does not exist" in message
+    assert f"put face images (a folder, .zip or .tar) at {tmp_path / 'nowhere'}" in message
+    assert f"cannot be used: {url_template.format(index=0)}: connection failed" in message
+    assert f"allow network access to {url_template.split('/')[2]} (the mirror in data.fallback.parquet)" in message
+    assert "1200 faces" in message
+    assert waits == []  # no retry loop: a refused connection is final
+    assert not (tmp_path / "raw").exists()
+    with pytest.raises(acquire.SourceUnavailableError, match="data.folder"):
+        acquire.run(load_params(params_file), out_dir=tmp_path / "raw")
+
+
+@needs_faces
+def test_auto_with_the_folder_is_exactly_source_folder(server, tmp_path: Path) -> None:
+    folder = _linked_faces(tmp_path, 6)
+    common = {"folder": str(folder), "fallback": {"parquet": {"url_template": server.url("pq/{index}.parquet"),
+                                                              "num_shards": 1}}}
+    acquire.run(_params(tmp_path, source="folder", **common), out_dir=tmp_path / "as-folder")
+    acquire.run(_params(tmp_path, source="auto", **common), out_dir=tmp_path / "as-auto")
+    as_folder, as_auto = _tree_bytes(tmp_path / "as-folder"), _tree_bytes(tmp_path / "as-auto")
+    receipts = [json.loads(tree.pop("receipt.json")) for tree in (as_folder, as_auto)]
+    assert as_folder == as_auto and len(as_auto) == 6 + 2  # images, manifest.csv, rejects.csv
+    assert receipts[1]["inputs"].pop("chosen_by") == "source auto: data.folder exists"
+    assert receipts[0]["inputs"] == receipts[1]["inputs"]
+    assert server.requests == []  # the mirror is never contacted when the folder exists
+
+
+@needs_faces
+def test_a_corrupted_row_group_fails_its_page_checksum_and_is_fetched_again(server, tmp_path: Path) -> None:
+    shards = _serve_mirror(server, tmp_path)
+    start, stop = _row_group_spans(shards[0])[0]
+    damaged = bytearray(shards[0])
+    damaged[(start + stop) // 2] ^= 0xFF  # inside the first face's page data
+    server.serve("/pq/0000.parquet", bytes(damaged))
+    params = load_params(_auto_params_file(tmp_path, server.url("pq/{index:04d}.parquet"), count=1))
+    with pytest.raises(DownloadError, match="row group 0: the downloaded bytes are unreadable.*CRC"):
+        acquire.run(params, out_dir=tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+    server.serve("/pq/0000.parquet", shards[0])  # the mirror is repaired
+    acquire.run(params, out_dir=tmp_path / "raw")
+    assert [row["md5"] for row in _read_csv(tmp_path / "raw" / "manifest.csv")] == [_md5(_real_faces(1)[0][1])]
+
+
+def test_ffhq_row_groups_are_chosen_by_the_id_column_statistics(server, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    order = [5, 4, 0, 1, 3, 2]  # not in id order: positions say nothing, the statistics do
+    table = pa.table({"image": [_encode(_image(300 + i)) for i in order], "ffhq_id": [f"{i:05d}" for i in order]})
+    pq.write_table(table, tmp_path / "shard.parquet", row_group_size=2)
+    shard = (tmp_path / "shard.parquet").read_bytes()
+    server.serve("/pq/0.parquet", shard)
+    mirror = {"url_template": server.url("pq/{index}.parquet"), "num_shards": 1, "id_column": "ffhq_id",
+              "fetch": "row_groups"}
+    acquire.run(_params(tmp_path, source="ffhq", count=2, ffhq={"parquet": mirror, "retries": 0}),
+                out_dir=tmp_path / "raw")
+    assert [row["id"] for row in _read_csv(tmp_path / "raw" / "manifest.csv")] == ["00000", "00001"]
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "raw" / "images" / "00001.png")), _image(301))
+    groups = _row_group_spans(shard)
+    asked = _asked_bytes(server, "/pq/0.parquet", len(shard))
+    assert asked[2:] == [groups[1]]  # after the size probe and the footer: only the row group holding ids 0, 1

@@ -13,8 +13,11 @@ from dlfp.data.download import (
     DriveQuotaError,
     NotFoundError,
     RetryPolicy,
+    Span,
+    UnreachableError,
     download,
     part_path,
+    probe_size,
 )
 
 FAST = RetryPolicy(retries=3, backoff_s=0.0, timeout_s=10.0)
@@ -168,3 +171,40 @@ def test_local_path_is_verified_in_place(tmp_path: Path) -> None:
     assert result.path == source and not result.downloaded
     with pytest.raises(ChecksumError, match="meta.json"):
         download(str(source), tmp_path / "cache" / "meta.json", md5="1" * 32)
+
+
+# ------------------------------------------------------------------------------------------ byte ranges
+def test_span_download_fetches_only_its_bytes_and_resumes(server, tmp_path: Path) -> None:
+    route = server.serve("/f.bin", PAYLOAD, drop_after=5000, drops_left=1)
+    dest = tmp_path / "piece.bin"
+    span = Span(100_000, 150_000, len(PAYLOAD))
+    result = download(server.url("f.bin"), dest, span=span, policy=FAST,
+                      sha256=hashlib.sha256(PAYLOAD[100_000:150_000]).hexdigest())
+    assert dest.read_bytes() == PAYLOAD[100_000:150_000] and result.bytes_fetched == 50_000
+    assert [seen.range for seen in server.requests] == ["bytes=100000-149999", "bytes=105000-149999"]
+    assert route.drops_left == 0
+
+
+def test_span_of_a_file_that_changed_size_is_refused(server, tmp_path: Path) -> None:
+    server.serve("/f.bin", PAYLOAD)
+    with pytest.raises(DownloadError, match=f"now {len(PAYLOAD)} bytes, not the {len(PAYLOAD) + 7} bytes"):
+        download(server.url("f.bin"), tmp_path / "piece.bin", span=Span(0, 10, len(PAYLOAD) + 7), policy=FAST)
+
+
+def test_span_from_a_server_without_range_support_is_an_error(server, tmp_path: Path) -> None:
+    server.serve("/f.bin", PAYLOAD, honour_range=False)
+    with pytest.raises(DownloadError, match="ignored a Range request.*fetch: shards"):
+        download(server.url("f.bin"), tmp_path / "piece.bin", span=Span(0, 10, len(PAYLOAD)), policy=FAST)
+    assert server.count("f.bin") == 1  # not retried
+
+
+def test_probe_size_reads_one_byte_and_fails_at_once_when_refused(server) -> None:
+    server.serve("/f.bin", PAYLOAD)
+    assert probe_size(server.url("f.bin"), timeout_s=5) == len(PAYLOAD)
+    assert [seen.range for seen in server.requests] == ["bytes=0-0"]
+    with pytest.raises(NotFoundError):
+        probe_size(server.url("missing.bin"), timeout_s=5)
+    closed = server.url("f.bin")
+    server.__exit__()  # nothing listens on the port any more
+    with pytest.raises(UnreachableError, match="connection failed"):
+        probe_size(closed, timeout_s=5)

@@ -15,6 +15,7 @@ rule acquire:
         image_count=config["data"]["count"],
         max_pixels=config["data"]["max_pixels"],
         ffhq=config["data"]["ffhq"],
+        fallback=config["data"]["fallback"],
     log:
         "logs/acquire.log",
     conda:

@@ -1,5 +1,10 @@
 """The acquire stage: get face images from a folder/zip/tar or from FFHQ (metadata JSON, mirror, parquet).
 
+`data.source: auto` (the default in params.yaml) takes `data.folder` when it exists, exactly as `source: folder`
+does; otherwise it downloads `data.count` (or `data.fallback.count`) FFHQ faces from `data.fallback.parquet`,
+fetching only the byte ranges of the row groups that hold them. One printed line says what is downloaded from
+where and how to use a local folder instead; an unreachable mirror fails at once with both ways out.
+
 Output (built in `<out>.partial`, swapped into place on success):
 - images/<id>.png      every accepted image as 8-bit RGB PNG (dlfp.io.images: EXIF, CMYK, 16-bit, alpha ...)
 - manifest.csv         id, source, md5 (of the source bytes), size (source bytes), width, height, licence,
@@ -18,6 +23,8 @@ Decisions, in one place:
   rejected, never followed; nothing is ever extracted to a path taken from the archive.
 - A `manifest.csv` beside the images with a file column and a licence/license column gives the licence.
 - Output bytes do not depend on the worker count: images are processed independently and the CSVs are sorted.
+- Parquet mirrors: a row's FFHQ id comes from the id column, else from an image path named like an FFHQ id
+  (`01234.png`), else from its position (shard index x rows_per_shard + row).
 """
 
 from __future__ import annotations
@@ -32,8 +39,11 @@ import logging
 import os
 import re
 import stat
+import struct
 import tarfile
 import time
+import urllib.parse
+import urllib.request
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -48,10 +58,12 @@ from dlfp.data.download import (
     DownloadError,
     DriveQuotaError,
     RetryPolicy,
+    Span,
     build_opener,
     download,
+    probe_size,
 )
-from dlfp.io.atomic import staged_output, write_csv_atomic
+from dlfp.io.atomic import staged_output, write_csv_atomic, write_json_atomic
 from dlfp.io.hashing import file_digest
 from dlfp.io.images import ImageRejected, decode_image_bytes, encode_png
 from dlfp.io.receipt import write_receipt
@@ -83,6 +95,13 @@ POOL_MIN_ITEMS = 32  # below this, starting worker processes costs more than it 
 PENDING_PER_WORKER = 4  # bounded queue: never hold more than this many undecoded images per worker
 DOWNLOAD_THREADS = 4
 PARQUET_BATCH_ROWS = 64
+PARQUET_MAGIC = b"PAR1"
+FOOTER_TAIL_BYTES = 64 << 10  # what pyarrow reads first from a file's end; more when the footer is larger
+ROW_GROUP_CACHE = "parquet-row-groups"
+
+
+class SourceUnavailableError(RuntimeError):
+    """`data.source: auto` found neither the folder nor the mirror; the message names both ways out."""
 
 
 # ------------------------------------------------------------------------------------------- records
@@ -159,10 +178,46 @@ def run(params: Params, out_dir: Path | str, *, workers: int | None = None) -> d
 
 
 def _select(data: DataParams) -> Selection:
+    if data.source == "auto":
+        return _auto_selection(data)
     if data.source == "folder":
         assert data.folder is not None  # the schema requires it for this source
         return _folder_selection(Path(data.folder), data.count)
     return _ffhq_selection(data.ffhq, data.count, Path(data.cache_dir))
+
+
+def _auto_selection(data: DataParams) -> Selection:
+    """The folder when it exists (the same selection as `source: folder`), else the fallback download."""
+    if data.folder and Path(data.folder).exists():
+        selection = _folder_selection(Path(data.folder), data.count)
+        selection.inputs["chosen_by"] = "source auto: data.folder exists"
+        return selection
+    fallback = data.fallback
+    reason = f"data.folder {data.folder} does not exist" if data.folder else "data.folder is not set"
+    count = data.count or fallback.count
+    try:
+        selection = _mirror_selection(fallback.parquet, wanted_ids(None, count), Path(data.cache_dir),
+                                      _policy(data.ffhq), fallback.probe_timeout_s, reason,
+                                      _local_hint(data.folder))
+    except DownloadError as error:
+        raise SourceUnavailableError(_both_ways_message(data, count, reason, error)) from None
+    selection.inputs["chosen_by"] = f"source auto: {reason}"
+    return selection
+
+
+def _local_hint(folder: str | None) -> str:
+    where = f"put them at {folder} or " if folder else ""
+    return f"to use local faces instead, {where}set data.folder (a folder, .zip or .tar of images) in params.yaml"
+
+
+def _both_ways_message(data: DataParams, count: int, reason: str, error: DownloadError) -> str:
+    url = data.fallback.parquet.url_template.format(index=0)
+    host = urllib.parse.urlsplit(url).netloc or url
+    folder = f"put face images (a folder, .zip or .tar) at {data.folder}, or point data.folder in params.yaml at " \
+             "yours" if data.folder else "set data.folder in params.yaml to a folder, .zip or .tar of face images"
+    return (f"no faces to acquire: {reason}, and the FFHQ mirror cannot be used: {error}. Either {folder}; "
+            f"or allow network access to {host} (the mirror in data.fallback.parquet) so that {count} faces can "
+            f"be downloaded into {data.cache_dir}.")
 
 
 def _write_tables(staging: Path, accepted: list[Accepted], rejected: list[Rejection],
@@ -542,6 +597,9 @@ def wanted_ids(id_range: tuple[int, int] | None, count: int | None) -> range | N
 
 
 def _ffhq_selection(ffhq: FFHQSource, count: int | None, cache: Path) -> Selection:
+    if ffhq.parquet is not None and ffhq.parquet.fetch == "row_groups":
+        return _mirror_selection(ffhq.parquet, wanted_ids(ffhq.id_range, count), cache, _policy(ffhq),
+                                 ffhq.timeout_s, "data.source ffhq", "")
     if ffhq.parquet is not None:
         return _parquet_selection(ffhq.parquet, ffhq, count, cache)
     policy = _policy(ffhq)
@@ -657,22 +715,28 @@ def _parquet_items(mirror: ParquetMirror, shard_list: list[int], wanted: range |
         rows = 0
         for ffhq_id, row, data in _parquet_rows(path, mirror, base):
             rows += 1
-            if wanted is not None and ffhq_id not in wanted:
-                continue
-            seen.add(ffhq_id)
-            candidate = Candidate(id=f"{ffhq_id:05d}", source=f"{url}#row={row}", ffhq_id=ffhq_id)
-            if data is None:
-                yield Rejection(candidate.id, candidate.source, "no image bytes",
-                                f"{url} row {row}: column {mirror.image_column} holds no bytes")
-            else:
-                yield candidate, data
+            if wanted is None or ffhq_id in wanted:
+                seen.add(ffhq_id)
+                yield _row_item(ffhq_id, row, data, url, mirror)
         position += rows
         if wanted is not None and len(seen) >= len(wanted):
             return
+    yield from _not_in_mirror(wanted, seen, mirror, f"shards {shard_list}")
+
+
+def _row_item(ffhq_id: int, row: int, data: bytes | None, url: str, mirror: ParquetMirror) -> Item:
+    candidate = Candidate(id=f"{ffhq_id:05d}", source=f"{url}#row={row}", ffhq_id=ffhq_id)
+    if data is None:
+        return Rejection(candidate.id, candidate.source, "no image bytes",
+                         f"{url} row {row}: column {mirror.image_column} holds no bytes")
+    return candidate, data
+
+
+def _not_in_mirror(wanted: range | None, seen: set[int], mirror: ParquetMirror, where: str) -> Iterator[Item]:
     for ffhq_id in (wanted or ()):
         if ffhq_id not in seen:
             yield Rejection(f"{ffhq_id:05d}", mirror.url_template, "not in mirror",
-                            f"FFHQ id {ffhq_id} was not found in shards {shard_list}")
+                            f"FFHQ id {ffhq_id} was not found in {where}")
 
 
 def _shard_filename(url: str, index: int) -> str:
@@ -680,31 +744,54 @@ def _shard_filename(url: str, index: int) -> str:
     return name if name.endswith(".parquet") else f"shard-{index:05d}.parquet"
 
 
-def _parquet_rows(path: Path, mirror: ParquetMirror, base: int) -> Iterator[tuple[int, int, bytes | None]]:
-    """(ffhq_id, row number in the shard, image bytes) for each row."""
+def _parquet_rows(path: Path | io.RawIOBase, mirror: ParquetMirror, base: int, row_groups: list[int] | None = None,
+                  name: str | None = None) -> Iterator[tuple[int, int, bytes | None]]:
+    """(ffhq_id, row number in the shard, image bytes) for each row (of `row_groups` only, when given)."""
     import pyarrow.parquet as pq
 
-    parquet = pq.ParquetFile(path)
+    name = name or str(path)
+    parquet = pq.ParquetFile(path, page_checksum_verification=True)  # pages that carry a CRC are checked
     names = set(parquet.schema_arrow.names)
     columns = [mirror.image_column] + ([mirror.id_column] if mirror.id_column else [])
-    missing = [name for name in columns if name not in names]
+    missing = [column for column in columns if column not in names]
     if missing:
-        raise ValueError(f"{path}: no column {missing} (columns: {sorted(names)}); "
-                         "check data.ffhq.parquet.image_column / id_column")
-    row = 0
-    for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
-        images = batch.column(mirror.image_column).to_pylist()
-        ids = batch.column(mirror.id_column).to_pylist() if mirror.id_column else None
-        for offset, value in enumerate(images):
-            ffhq_id = _parse_id(ids[offset], path, mirror.id_column) if ids is not None else base + row
-            yield ffhq_id, row, _image_bytes(value)
-            row += 1
+        raise ValueError(f"{name}: no column {missing} (columns: {sorted(names)}); "
+                         "check the mirror's image_column / id_column")
+    firsts = _row_group_firsts(parquet.metadata)
+    for group in range(parquet.num_row_groups) if row_groups is None else row_groups:
+        row = firsts[group]
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group], columns=columns):
+            images = batch.column(mirror.image_column).to_pylist()
+            ids = batch.column(mirror.id_column).to_pylist() if mirror.id_column else None
+            for offset, value in enumerate(images):
+                if ids is not None:
+                    ffhq_id = _parse_id(ids[offset], name, mirror.id_column)
+                else:
+                    ffhq_id = _id_from_image_path(value)
+                    ffhq_id = base + row if ffhq_id is None else ffhq_id
+                yield ffhq_id, row, _image_bytes(value)
+                row += 1
 
 
-def _parse_id(value: object, path: Path, column: str | None) -> int:
+def _row_group_firsts(metadata: object) -> list[int]:
+    """Index of the first row of each row group in its file."""
+    firsts, total = [], 0
+    for group in range(metadata.num_row_groups):  # type: ignore[attr-defined]
+        firsts.append(total)
+        total += metadata.row_group(group).num_rows  # type: ignore[attr-defined]
+    return firsts
+
+
+def _id_from_image_path(value: object) -> int | None:
+    """Hugging Face image structs keep the file name: `01234.png` names FFHQ id 1234."""
+    path = value.get("path") if isinstance(value, dict) else None
+    return ffhq_id_from_name(PurePosixPath(path).stem) if isinstance(path, str) and path else None
+
+
+def _parse_id(value: object, path: Path | str, column: str | None) -> int:
     try:
-        return int(str(value).strip())
-    except ValueError:
+        return int((value.decode("ascii") if isinstance(value, bytes) else str(value)).strip())
+    except (ValueError, UnicodeDecodeError):
         raise ValueError(f"{path}: id column {column!r} holds {value!r}, not an FFHQ id") from None
 
 
@@ -713,3 +800,220 @@ def _image_bytes(value: object) -> bytes | None:
     if isinstance(value, dict):
         value = value.get("bytes")
     return bytes(value) if value else None
+
+
+# ------------------------------------------------------------------------------ parquet row groups
+@dataclass
+class _Footer:
+    """A parquet file's size and its last bytes (the footer), cached beside its row groups."""
+
+    url: str
+    size: int
+    tail_start: int
+    tail: bytes
+    sha256: str
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """One row group to fetch: its byte range in the shard, and the ids it may hold."""
+
+    shard: int
+    row_group: int
+    span: Span
+    path: Path
+    base: int  # FFHQ id of the shard's first row, for ids by position
+
+
+@dataclass
+class _Plan:
+    footers: dict[int, _Footer]
+    pieces: list[_Piece]
+    cache: Path
+
+    def bytes_to_fetch(self) -> int:
+        return sum(piece.span.length for piece in self.pieces if not piece.path.is_file())
+
+
+class _SparseFile(io.RawIOBase):
+    """Read-only view of a remote file of which only some byte ranges were downloaded; pyarrow reads through it
+    (footer and the planned row groups), and any read outside them is an error, never silent zeros."""
+
+    def __init__(self, name: str, size: int, pieces: dict[int, bytes]) -> None:
+        super().__init__()
+        self.name, self._size, self._pieces, self._position = name, size, sorted(pieces.items()), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = base + offset
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        stop = self._size if size is None or size < 0 else min(self._size, self._position + size)
+        if stop <= self._position:
+            return b""
+        for start, data in self._pieces:
+            if start <= self._position and stop <= start + len(data):
+                chunk = data[self._position - start:stop - start]
+                self._position = stop
+                return chunk
+        raise OSError(f"{self.name}: bytes {self._position}..{stop} were not downloaded (not in a planned row group)")
+
+    def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
+        chunk = self.read(len(buffer))
+        buffer[:len(chunk)] = chunk
+        return len(chunk)
+
+
+def _mirror_selection(mirror: ParquetMirror, wanted: range | None, cache: Path, policy: RetryPolicy,
+                      probe_timeout_s: float, reason: str, hint: str) -> Selection:
+    """Plan from the shards' footers (small range reads), print the one line, then fetch lazily."""
+    if wanted is None:
+        raise ValueError("fetching parquet row groups needs data.count or data.ffhq.id_range")
+    opener = build_opener()
+    shard_list = shards_for(wanted, mirror) or list(range(mirror.num_shards))
+    plan = _plan_row_groups(mirror, shard_list, wanted, cache / ROW_GROUP_CACHE, policy, probe_timeout_s, opener)
+    urls = [plan.footers[index].url for index in sorted({piece.shard for piece in plan.pieces})]
+    planned = sum(piece.span.length for piece in plan.pieces)
+    to_fetch = plan.bytes_to_fetch()
+    cached = "" if to_fetch == planned else ", all cached" if to_fetch == 0 else \
+        f", {_megabytes(planned - to_fetch)} of it cached"
+    print(f"acquire: {reason}; downloading {len(wanted)} FFHQ faces ({len(plan.pieces)} parquet row groups, "
+          f"about {_megabytes(planned)}{cached}) from {', '.join(urls) or mirror.url_template} into {plan.cache}"
+          + (f"; {hint}" if hint else ""), flush=True)
+    inputs = {"source": "ffhq-parquet-row-groups", "url_template": mirror.url_template, "ids": [wanted.start,
+              wanted.stop], "files": {plan.footers[index].url: {"size": plan.footers[index].size,
+                                                                  "footer_sha256": plan.footers[index].sha256}
+                                      for index in sorted(plan.footers)},
+              "row_groups": []}
+    description = f"FFHQ parquet mirror ({len(plan.pieces)} row groups of {len(urls)} files)"
+    items = _row_group_items(plan, mirror, wanted, policy, opener, inputs["row_groups"])
+    return Selection(items, len(wanted), inputs, description)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.0f} MB" if size >= 10e6 else f"{size / 1e6:.1f} MB"
+
+
+def _plan_row_groups(mirror: ParquetMirror, shard_list: list[int], wanted: range, folder: Path,
+                     policy: RetryPolicy, probe_timeout_s: float,
+                     opener: urllib.request.OpenerDirector) -> _Plan:
+    import pyarrow.parquet as pq
+
+    footers: dict[int, _Footer] = {}
+    pieces: list[_Piece] = []
+    found = 0
+    for index in shard_list:
+        url = mirror.url_template.format(index=index)
+        shard_folder = folder / PurePosixPath(_shard_filename(url, index)).stem
+        footer = _footer(url, shard_folder, policy, probe_timeout_s, opener)
+        footers[index] = footer
+        metadata = pq.ParquetFile(_SparseFile(url, footer.size, {footer.tail_start: footer.tail})).metadata
+        roots = {mirror.image_column, *([mirror.id_column] if mirror.id_column else [])}
+        base = index * mirror.rows_per_shard if mirror.rows_per_shard else found
+        firsts = _row_group_firsts(metadata)
+        for group in range(metadata.num_row_groups):
+            ids = _row_group_ids(metadata.row_group(group), mirror, base + firsts[group], url)
+            if ids is None or (ids[0] < wanted.stop and wanted.start <= ids[1]):
+                span = _row_group_span(metadata.row_group(group), roots, footer.size, url)
+                pieces.append(_Piece(index, group, span, shard_folder / f"row-group-{group:05d}.bin", base))
+        found += metadata.num_rows
+    return _Plan(footers, pieces, folder)
+
+
+def _footer(url: str, folder: Path, policy: RetryPolicy, probe_timeout_s: float,
+            opener: urllib.request.OpenerDirector) -> _Footer:
+    """The cached footer when it matches its record, else: probe the size (fails fast offline), fetch the tail."""
+    record_path, tail_path = folder / "footer.json", folder / "footer.bin"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        tail = tail_path.read_bytes()
+        if record["url"] == url and hashlib.sha256(tail).hexdigest() == record["sha256"]:
+            return _Footer(url, int(record["size"]), int(record["tail_start"]), tail, record["sha256"])
+    tail_path.unlink(missing_ok=True)  # a stale tail must not pass as a cached download
+    size = probe_size(url, timeout_s=probe_timeout_s, opener=opener)
+    if size < 12:
+        raise ValueError(f"{url}: {size} bytes, too small for a parquet file")
+    tail_length = min(size, FOOTER_TAIL_BYTES)
+    while True:
+        download(url, tail_path, span=Span(size - tail_length, size, size), policy=policy, progress=False,
+                 opener=opener)
+        tail = tail_path.read_bytes()
+        footer_length, magic = struct.unpack("<I4s", tail[-8:])
+        if magic != PARQUET_MAGIC:
+            tail_path.unlink()
+            raise ValueError(f"{url}: not a parquet file (its last bytes are not {PARQUET_MAGIC!r})")
+        if footer_length + 8 <= tail_length or tail_length == size:
+            break
+        tail_path.unlink()
+        tail_length = min(size, footer_length + 8)
+    footer = _Footer(url, size, size - tail_length, tail, hashlib.sha256(tail).hexdigest())
+    write_json_atomic(record_path, {"url": url, "size": size, "tail_start": footer.tail_start,
+                                    "sha256": footer.sha256})
+    return footer
+
+
+def _row_group_ids(group: object, mirror: ParquetMirror, first: int, url: str) -> tuple[int, int] | None:
+    """Lowest and highest FFHQ id in a row group: from the id column's statistics, else by position.
+
+    None when the id column has no statistics (the row group is then fetched to look).
+    """
+    if not mirror.id_column:
+        return first, first + group.num_rows - 1  # type: ignore[attr-defined]
+    for column in range(group.num_columns):  # type: ignore[attr-defined]
+        chunk = group.column(column)  # type: ignore[attr-defined]
+        if chunk.path_in_schema == mirror.id_column and chunk.is_stats_set and chunk.statistics.has_min_max:
+            return (_parse_id(chunk.statistics.min, url, mirror.id_column),
+                    _parse_id(chunk.statistics.max, url, mirror.id_column))
+    return None
+
+
+def _row_group_span(group: object, roots: set[str], size: int, url: str) -> Span:
+    """Bytes of the row group's column chunks for the columns read (all leaves of the image struct)."""
+    starts, stops = [], []
+    for column in range(group.num_columns):  # type: ignore[attr-defined]
+        chunk = group.column(column)  # type: ignore[attr-defined]
+        if chunk.path_in_schema.split(".")[0] not in roots:
+            continue
+        start = chunk.data_page_offset
+        if chunk.has_dictionary_page and chunk.dictionary_page_offset:
+            start = min(start, chunk.dictionary_page_offset)
+        starts.append(start)
+        stops.append(start + chunk.total_compressed_size)
+    if not starts:
+        raise ValueError(f"{url}: row group without the columns {sorted(roots)}")
+    return Span(min(starts), max(stops), size)
+
+
+def _row_group_items(plan: _Plan, mirror: ParquetMirror, wanted: range, policy: RetryPolicy,
+                     opener: urllib.request.OpenerDirector, record: list[dict]) -> Iterator[Item]:
+    """Fetch each planned row group (resumable, cached), read its rows, and note its sha256 for the receipt."""
+    seen: set[int] = set()
+    for piece in plan.pieces:
+        footer = plan.footers[piece.shard]
+        download(footer.url, piece.path, span=piece.span, policy=policy, progress=False, opener=opener)
+        data = piece.path.read_bytes()
+        record.append({"url": footer.url, "row_group": piece.row_group, "bytes": [piece.span.start,
+                       piece.span.stop], "sha256": hashlib.sha256(data).hexdigest()})
+        sparse = _SparseFile(footer.url, footer.size, {footer.tail_start: footer.tail, piece.span.start: data})
+        try:
+            rows = list(_parquet_rows(sparse, mirror, piece.base, [piece.row_group], footer.url))
+        except (OSError, ValueError) as error:  # pyarrow raises OSError for bad pages and checksum failures
+            bad = piece.path.with_name(piece.path.name + ".bad")
+            os.replace(piece.path, bad)
+            raise DownloadError(f"{footer.url} row group {piece.row_group}: the downloaded bytes are unreadable "
+                                f"({error}); moved to {bad}, the next run downloads them again") from None
+        for ffhq_id, row, image in rows:
+            if ffhq_id in wanted and ffhq_id not in seen:
+                seen.add(ffhq_id)
+                yield _row_item(ffhq_id, row, image, footer.url, mirror)
+    yield from _not_in_mirror(wanted, seen, mirror, f"the planned row groups of {mirror.url_template}")

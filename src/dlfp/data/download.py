@@ -8,6 +8,11 @@ Google Drive, the official home of FFHQ, answers with an HTML page instead of th
 is exceeded ("Too many users have viewed or downloaded this file recently") and asks for confirmation before
 large files ("can't scan this file for viruses"). The first is a clear error suggesting a mirror; the second
 is confirmed automatically, once.
+
+Parts of a file (`span`: a byte range, e.g. one parquet row group) go through the same machinery: the `.part`
+file holds the range's bytes, a resume asks for the rest of the range, and the server's Content-Range must
+name the expected total size, so pieces of two different versions of a file are never stitched together.
+`probe_size` is a single short request that tells an unreachable host (fail fast) from a reachable one.
 """
 
 from __future__ import annotations
@@ -64,6 +69,10 @@ class DriveQuotaError(DownloadError):
     """Google Drive served its quota page instead of the file."""
 
 
+class UnreachableError(DownloadError):
+    """No connection to the host at all (refused, unknown name, no route, timeout): retrying will not help."""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How hard to try: `retries` extra attempts after the first, waiting backoff_s * 2**n between them."""
@@ -95,6 +104,23 @@ class Checksums:
 
 
 @dataclass(frozen=True)
+class Span:
+    """Bytes [start, stop) of a remote file whose total size is `total` (checked against Content-Range)."""
+
+    start: int
+    stop: int
+    total: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start < self.stop <= self.total:
+            raise ValueError(f"byte range [{self.start}, {self.stop}) does not lie in a file of {self.total} bytes")
+
+    @property
+    def length(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
 class DownloadResult:
     path: Path
     downloaded: bool  # False: a valid cached file was used
@@ -112,26 +138,26 @@ class _RangeNotSatisfiable(Exception):
 # ------------------------------------------------------------------------------------------ public API
 def download(url: str, dest: Path | str, *, md5: str | None = None, sha256: str | None = None,
              policy: RetryPolicy | None = None, allow_html: bool = False, progress: bool = True,
-             opener: urllib.request.OpenerDirector | None = None) -> DownloadResult:
-    """Fetch `url` to `dest` unless a valid copy is already there; resume, retry and verify."""
+             opener: urllib.request.OpenerDirector | None = None, span: Span | None = None) -> DownloadResult:
+    """Fetch `url` (or only its `span`) to `dest` unless a valid copy is already there; resume, retry, verify."""
     dest = Path(dest)
     policy = policy or RetryPolicy()
     sums = Checksums(md5=md5, sha256=sha256)
     if _cached_copy_valid(dest, sums):
         return DownloadResult(dest, downloaded=False, bytes_fetched=0)
-    if _is_local(url):
+    if _is_local(url) and span is None:
         return _copy_local(url, dest, sums)
     dest.parent.mkdir(parents=True, exist_ok=True)
     opener = opener or build_opener()
     resumed = part_path(dest).exists()
-    fetched = _fetch_with_retries(url, dest, policy, allow_html, progress, opener)
+    fetched = _fetch_with_retries(url, dest, policy, allow_html, progress, opener, span)
     try:
         _verify_or_quarantine(url, dest, sums)
     except ChecksumError as error:
         if not resumed:
             raise
         log.warning("%s; the partial file from an earlier run may be stale, downloading from scratch", error)
-        fetched += _fetch_with_retries(url, dest, policy, allow_html, progress, opener)
+        fetched += _fetch_with_retries(url, dest, policy, allow_html, progress, opener, span)
         _verify_or_quarantine(url, dest, sums)
     return DownloadResult(dest, downloaded=True, bytes_fetched=fetched)
 
@@ -145,6 +171,33 @@ def build_opener() -> urllib.request.OpenerDirector:
 
 def part_path(dest: Path) -> Path:
     return dest.with_name(dest.name + PART_SUFFIX)
+
+
+def probe_size(url: str, *, timeout_s: float, opener: urllib.request.OpenerDirector | None = None) -> int:
+    """The size of the file at `url` from one short request (`Range: bytes=0-0`), without retries.
+
+    A connection that cannot be made at all raises UnreachableError at once; an HTTP error status means the
+    host is reachable and is reported like a download error.
+    """
+    opener = opener or build_opener()
+    request = urllib.request.Request(url, headers={"Range": "bytes=0-0"})
+    try:
+        with opener.open(request, timeout=timeout_s) as response:
+            content_range = response.headers.get("Content-Range", "")
+            match = re.fullmatch(r"bytes \d+-\d+/(\d+)", content_range.strip())
+            length = response.headers.get("Content-Length", "")
+            if response.status == 206 and match:
+                return int(match.group(1))
+            if response.status == 200 and length.isdigit():
+                return int(length)  # the server ignores Range; the body is not read
+    except urllib.error.HTTPError as error:
+        error.close()
+        if error.code in NOT_FOUND_STATUSES:
+            raise NotFoundError(f"{url}: HTTP {error.code} not found; check the URL or the mirror template") from None
+        raise DownloadError(f"{url}: HTTP {error.code} {error.reason}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:  # refused, DNS, timeout ...
+        raise UnreachableError(f"{url}: {_describe(error)}") from None
+    raise DownloadError(f"{url}: the server reports no file size (no Content-Range or Content-Length)")
 
 
 # ------------------------------------------------------------------------------------------- caching
@@ -206,13 +259,13 @@ def _digest(path: Path, algorithm: str) -> str:
 
 # -------------------------------------------------------------------------------------- transferring
 def _fetch_with_retries(url: str, dest: Path, policy: RetryPolicy, allow_html: bool, progress: bool,
-                        opener: urllib.request.OpenerDirector) -> int:
+                        opener: urllib.request.OpenerDirector, span: Span | None = None) -> int:
     """Attempts until complete; an attempt that made progress does not use up a retry."""
     failures, fetched, current_url = 0, 0, url
     while True:
         before = _part_size(dest)
         try:
-            current_url = _attempt(current_url, url, dest, policy, allow_html, progress, opener)
+            current_url = _attempt(current_url, url, dest, policy, allow_html, progress, opener, span)
             return fetched + _part_size(dest) - before
         except _RangeNotSatisfiable:
             part_path(dest).unlink(missing_ok=True)
@@ -247,8 +300,10 @@ def _describe(error: BaseException) -> str:
 
 
 def _attempt(url: str, original_url: str, dest: Path, policy: RetryPolicy, allow_html: bool, progress: bool,
-             opener: urllib.request.OpenerDirector) -> str:
+             opener: urllib.request.OpenerDirector, span: Span | None = None) -> str:
     """One request; returns the URL that served the file (Drive's confirmation may change it)."""
+    if span is not None:
+        return _attempt_span(url, dest, policy, progress, opener, span)
     offset = _part_size(dest)
     request = urllib.request.Request(url)
     if offset:
@@ -270,6 +325,29 @@ def _attempt(url: str, original_url: str, dest: Path, policy: RetryPolicy, allow
             response.close()
             return _attempt(confirm_url, original_url, dest, policy, allow_html, progress, opener)
         _stream(response, head, dest, offset, url, progress)
+    return url
+
+
+def _attempt_span(url: str, dest: Path, policy: RetryPolicy, progress: bool,
+                  opener: urllib.request.OpenerDirector, span: Span) -> str:
+    """One request for the rest of `span`; the server must answer 206 for the file size we planned with."""
+    offset = _part_size(dest)
+    if offset > span.length:
+        part_path(dest).unlink()
+        offset = 0
+    if offset == span.length:
+        return url  # a complete `.part` from an interrupted run: only the rename was missing
+    request = urllib.request.Request(url, headers={"Range": f"bytes={span.start + offset}-{span.stop - 1}"})
+    try:
+        response = opener.open(request, timeout=policy.timeout_s)
+    except urllib.error.HTTPError as error:
+        _raise_http_error(error, url, url, offset)
+    with response:
+        if response.status != 206:
+            raise DownloadError(f"{url}: the server ignored a Range request (HTTP {response.status}), so parts of "
+                                "the file cannot be fetched; set the mirror's fetch: shards to download whole files")
+        _check_content_range(response, span.start + offset, url, total=span.total)
+        _stream(response, b"", dest, offset, url, progress)
     return url
 
 
@@ -297,11 +375,15 @@ def _read_quietly(response: object) -> bytes:
         return b""
 
 
-def _check_content_range(response: http.client.HTTPResponse, offset: int, url: str) -> None:
+def _check_content_range(response: http.client.HTTPResponse, offset: int, url: str,
+                         total: int | None = None) -> None:
     content_range = response.headers.get("Content-Range", "")
-    match = re.match(r"bytes (\d+)-", content_range)
+    match = re.match(r"bytes (\d+)-(?:\d+/(\d+|\*))?", content_range)
     if not match or int(match.group(1)) != offset:
         raise DownloadError(f"{url}: asked for bytes from {offset}, server sent '{content_range}'")
+    if total is not None and match.group(2) != str(total):
+        raise DownloadError(f"{url}: the file is now {match.group(2)} bytes, not the {total} bytes planned with; "
+                            "it changed on the server: delete its cached pieces and run again")
 
 
 def _expected_total(response: http.client.HTTPResponse, offset: int) -> int | None:

@@ -362,6 +362,38 @@ def _counts(raw_manifest: Table | None, rejects: dict[str, RejectsView], alignme
     return rows
 
 
+@dataclass
+class Provenance:
+    """Which way the faces came (a local folder or a download), from the acquire receipt's inputs."""
+
+    way: str
+    details: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _provenance(raw: StageInputs) -> Provenance | None:
+    inputs = (raw.receipt or {}).get("inputs")
+    if not isinstance(inputs, Mapping):
+        return None
+    source = str(inputs.get("source", ""))
+    details = [("chosen by", str(inputs["chosen_by"]))] if inputs.get("chosen_by") else []
+    if source == "folder":
+        details.insert(0, (str(inputs.get("kind", "folder")), str(inputs.get("path", ""))))
+        return Provenance("local folder", details)
+    if source == "ffhq-parquet-row-groups":
+        files = inputs.get("files") if isinstance(inputs.get("files"), Mapping) else {}
+        details.append(("mirror", str(inputs.get("url_template", ""))))
+        details.extend((f"file {url}", f"{(info or {}).get('size')} bytes, footer sha256 "
+                        f"{(info or {}).get('footer_sha256')}") for url, info in files.items()
+                       if isinstance(info, Mapping))
+        groups = inputs.get("row_groups") if isinstance(inputs.get("row_groups"), list) else []
+        details.extend((f"row group {group.get('row_group')} of {group.get('url')}", f"sha256 {group.get('sha256')}")
+                       for group in groups if isinstance(group, Mapping))
+        return Provenance("downloaded: FFHQ parquet mirror, only the row groups holding the requested ids", details)
+    details.extend((str(key), json.dumps(value)) for key, value in inputs.items()
+                   if key in ("variant", "url_template", "metadata_md5", "shards"))
+    return Provenance(f"downloaded: {source or 'unknown source'}", details)
+
+
 def _receipt_view(inputs: StageInputs) -> dict | None:
     receipt = inputs.receipt
     if receipt is None:
@@ -401,6 +433,7 @@ def render(ctx: PageContext) -> str:
         split_rule=shard_index.get("split_rule") if isinstance(shard_index, Mapping) else None,
         splits=splits, presets=presets,
         receipts={name: _receipt_view(inputs) for name, inputs in stages.items()},
+        provenance=_provenance(raw),
     )
 
 
