@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
+import socket
 import struct
 import zlib
 from pathlib import Path
@@ -26,7 +28,7 @@ from dlfp.data.landmarks import template_5_points, template_points
 from dlfp.io.images import load_rgb
 from dlfp.models.checkpoints import read_state_dict, save_official
 from dlfp.models.gfpgan import GFPGANv1Clean, release_model
-from dlfp.restore import photos
+from dlfp.restore import official_weights, photos
 
 REPO = Path(__file__).resolve().parents[1]
 WILD = REPO.parent / "shared" / "faces" / "wild"
@@ -132,7 +134,7 @@ def case_run(case_inputs: dict[str, Path], tiny_weights: Path, tmp_path_factory:
     before = {path: _sha(path) for path in files}
     out = tmp_path_factory.mktemp("run") / "out"
     summary = photos.run_photos(folders, out, weights=tiny_weights, min_face_size=MIN_FACE, progress=False,
-                                max_pixels=photos.DEFAULT_MAX_PIXELS, batch_size=3)
+                                max_pixels=photos.DEFAULT_MAX_PIXELS, batch_size=3, force=True)
     after = {path: _sha(path) for path in files}
     rows = {row["input"]: row for row in summary["photos"]}
     return summary, rows, out, before, after
@@ -236,7 +238,8 @@ def test_summary_files_have_one_row_per_photo(case_run, case_inputs):
     for row in summary["photos"]:
         assert row["seconds"] > 0
         assert row["faces_found"] == (row["faces_restored"] + row["faces_skipped_small"]
-                                      + row["faces_skipped_landmarks"] + row["faces_skipped_off_centre"])
+                                      + row["faces_skipped_landmarks"] + row["faces_skipped_off_centre"]
+                                      + row["faces_skipped_too_large"])
     assert photos.exit_code(summary) == 1  # the corrupt files failed
 
 
@@ -258,7 +261,7 @@ def test_wild_photos_upscaled_through_the_cli(tiny_weights, tmp_path, capsys):
         prereq.missing(f"photos missing in {WILD}")
     out = tmp_path / "out"
     code = cli.main([*PARAMS, "restore", *map(str, inputs), "-o", str(out), "--weights", str(tiny_weights),
-                     "--upscale", "2", "--device", "cpu"])
+                     "--upscale", "2", "--device", "cpu", "--force"])
     assert code == 0, capsys.readouterr().err
     summary = json.loads((out / photos.SUMMARY_JSON).read_text(encoding="utf-8"))
     for path, row in zip(inputs, summary["photos"], strict=True):
@@ -279,7 +282,8 @@ def test_only_center_face_restores_one(tiny_weights, tmp_path):
 
 
 def test_outputs_are_not_overwritten_without_the_flag(tiny_weights, tmp_path):
-    args = [*PARAMS, "restore", str(WILD / BASE_PHOTO), "-o", str(tmp_path / "out"), "--weights", str(tiny_weights)]
+    args = [*PARAMS, "restore", str(WILD / BASE_PHOTO), "-o", str(tmp_path / "out"), "--weights", str(tiny_weights),
+            "--force"]  # its face is too large for the 64 px model: restored anyway, so faces/ is written
     assert cli.main(args) == 0
     restored = tmp_path / "out" / photos.RESTORED_DIR / f"{Path(BASE_PHOTO).stem}.png"
     stamp = (restored.stat().st_mtime_ns, _sha(restored))
@@ -336,8 +340,11 @@ def test_stage_form_is_unchanged(monkeypatch, tmp_path):
 def test_cli_defaults_match_the_module():
     args = cli.build_parser().parse_args(["restore", "x.jpg", "-o", "out"])
     assert args.weights is None and cli.PHOTOS_DEFAULT_WEIGHTS == str(photos.DEFAULT_WEIGHTS)
-    assert (args.min_face_size, args.max_pixels, args.batch_size, args.upscale) == (
-        photos.DEFAULT_MIN_FACE_SIZE, photos.DEFAULT_MAX_PIXELS, photos.DEFAULT_BATCH_SIZE, photos.DEFAULT_UPSCALE)
+    assert (args.min_face_size, args.max_pixels, args.batch_size, args.upscale, args.too_large_ratio) == (
+        photos.DEFAULT_MIN_FACE_SIZE, photos.DEFAULT_MAX_PIXELS, photos.DEFAULT_BATCH_SIZE, photos.DEFAULT_UPSCALE,
+        photos.DEFAULT_TOO_LARGE_RATIO)
+    assert args.force is False
+    assert cli.PHOTOS_OFFICIAL_NAMES == tuple(official_weights.OFFICIAL_NAMES)
 
 
 # ------------------------------------------------------------------------------------------- geometry
@@ -391,3 +398,163 @@ def test_official_format_release_checkpoint_restores_a_face(tmp_path):
     assert summary["run"]["model"]["out_size"] == 512
     with Image.open(tmp_path / "out" / row["crops"][0]["after"]) as face:
         assert face.size == (512, 512)
+
+
+# ------------------------------------------------------------------------------------ faces too large
+LARGE_FACES_PHOTO = "facerec_two_people.jpg"  # 1126x661, two faces (HOG boxes 186 and 156 px)
+TOO_LOW = re.compile(r"model resolution too low \((\d+) px model, ((?:\d+ px(?:, )?)+) faces?\)")
+
+
+def _too_low_sizes(reason: str) -> tuple[int, list[int]]:
+    """(model px, face px...) from a 'model resolution too low (64 px model, 250 px face)' reason."""
+    match = TOO_LOW.search(reason)
+    assert match, reason
+    return int(match.group(1)), [int(size) for size in re.findall(r"(\d+) px", match.group(2))]
+
+
+def test_too_large_faces_are_left_untouched_with_the_reason(tiny_weights, tmp_path):
+    path = WILD / LARGE_FACES_PHOTO
+    if not path.is_file():
+        prereq.missing(f"{path} missing")
+    out = tmp_path / "out"
+    summary = photos.run_photos([path], out, weights=tiny_weights, progress=False)
+    row = summary["photos"][0]
+    boxes = dlib.get_frontal_face_detector()(np.ascontiguousarray(load_rgb(path)), photos.HOG_UPSAMPLE)
+    assert row["status"] == photos.STATUS_RESOLUTION_TOO_LOW
+    assert (row["faces_found"], row["faces_restored"], row["faces_skipped_too_large"]) == (len(boxes), 0, len(boxes))
+    model_px, face_px = _too_low_sizes(row["reason"])
+    assert model_px == TINY["out_size"]
+    # The aligned crop around a face is wider than dlib's box round its eyes, nose and mouth, but not 3x wider.
+    sides = sorted(box.width() for box in boxes)
+    assert [side < size < 3 * side for side, size in zip(sides, sorted(face_px), strict=True)] == [True, True]
+    assert min(face_px) > photos.DEFAULT_TOO_LARGE_RATIO * TINY["out_size"]
+    np.testing.assert_array_equal(load_rgb(out / row["output"]), load_rgb(path))  # not one pixel changed
+    assert row["crops"] == []
+    csv_text = (out / photos.SUMMARY_CSV).read_text(encoding="utf-8")
+    assert row["reason"] in csv_text and "faces_skipped_too_large" in csv_text.splitlines()[0]
+    assert row["reason"] in (out / photos.INDEX_HTML).read_text(encoding="utf-8")
+    assert photos.exit_code(summary) == 0  # a success: the photo is copied through, never silently degraded
+
+
+def test_one_large_face_reason_names_both_sizes(tiny_weights, tmp_path):
+    summary = photos.run_photos([WILD / BASE_PHOTO], tmp_path / "out", weights=tiny_weights, progress=False)
+    row = summary["photos"][0]
+    assert row["status"] == photos.STATUS_RESOLUTION_TOO_LOW
+    model_px, face_px = _too_low_sizes(row["reason"])
+    assert row["reason"].startswith(f"model resolution too low ({model_px} px model, {face_px[0]} px face)")
+    assert len(face_px) == 1 and face_px[0] > photos.DEFAULT_TOO_LARGE_RATIO * model_px
+
+
+def test_force_restores_too_large_faces(tiny_weights, tmp_path):
+    path = WILD / LARGE_FACES_PHOTO
+    out = tmp_path / "out"
+    code = cli.main([*PARAMS, "restore", str(path), "-o", str(out), "--weights", str(tiny_weights), "--device",
+                     "cpu", "--force"])
+    assert code == 0
+    row = json.loads((out / photos.SUMMARY_JSON).read_text(encoding="utf-8"))["photos"][0]
+    assert (row["status"], row["faces_skipped_too_large"]) == (photos.STATUS_OK, 0)
+    assert row["faces_restored"] == row["faces_found"] > 0
+    assert np.any(load_rgb(out / row["output"]) != load_rgb(path))
+
+
+def test_too_large_ratio_splits_a_group_photo(tiny_weights, tmp_path):
+    """codeformer_00's four faces span 61-75 px at the 64 px model: ratio 1.1 leaves the larger ones alone."""
+    summary = photos.run_photos([WILD / "codeformer_00.jpg"], tmp_path / "out", weights=tiny_weights,
+                                too_large_ratio=1.1, progress=False)
+    row = summary["photos"][0]
+    assert row["status"] == photos.STATUS_OK
+    assert row["faces_restored"] > 0 and row["faces_skipped_too_large"] > 0
+    assert row["faces_restored"] + row["faces_skipped_too_large"] == row["faces_found"]
+    _, face_px = _too_low_sizes(row["reason"])
+    assert len(face_px) == row["faces_skipped_too_large"] and min(face_px) > 1.1 * TINY["out_size"]
+    assert "--force" in row["reason"] and len(row["crops"]) == row["faces_restored"]
+
+
+# ------------------------------------------------------------------------------ official weights by name
+RELEASE_FILE = "GFPGANv1.4.pth"
+SERVED = f"/releases/{RELEASE_FILE}"
+
+
+def _release_layout_bytes(tmp_path: Path, drop: str | None = None) -> bytes:
+    """A file in the official layout ({'params_ema': state_dict}, every key and shape of the 512 release model).
+
+    Each tensor is one stored zero expanded to its shape (stride 0): the file is about 90 kB instead of 340 MB,
+    while the strict structural check, which reads keys and shapes, sees exactly the release layout.
+    """
+    with torch.device("meta"):
+        model = release_model()
+    state = {key: torch.zeros(1, dtype=value.dtype).expand(value.shape)
+             for key, value in model.state_dict().items() if key != drop}
+    if drop is None:
+        assert {key: list(value.shape) for key, value in state.items()} == json.loads(MANIFEST_512.read_text())
+    path = tmp_path / "served.pth"
+    torch.save({"params_ema": state}, path)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def release_server(server, tmp_path, monkeypatch):
+    """The local server stands in for the release URL; $DLFP_CACHE is this test's own."""
+    monkeypatch.setenv(official_weights.URL_ENV, server.url("/releases"))
+    monkeypatch.setenv("DLFP_CACHE", str(tmp_path / "cache"))
+    return server
+
+
+def test_official_weights_by_name_are_downloaded_once_checked_and_hashed(release_server, tmp_path, capsys):
+    body = _release_layout_bytes(tmp_path)
+    release_server.serve(SERVED, body)
+    cached = tmp_path / "cache" / "weights" / RELEASE_FILE
+    out = tmp_path / "out"
+    code = cli.main([*PARAMS, "restore", str(WILD / BASE_PHOTO), "-o", str(out), "--weights", "gfpgan-v1.4",
+                     "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    assert cached.read_bytes() == body
+    record = json.loads((out / photos.SUMMARY_JSON).read_text(encoding="utf-8"))["run"]["weights_file"]
+    assert record["sha256"] == hashlib.sha256(body).hexdigest() and record["file"] == str(cached)
+    assert record["url"] == release_server.url(SERVED) and record["downloaded_now"] is True
+    assert record["matches_release"] is False  # a stand-in, not the real release file: recorded, not hidden
+    assert record["sha256"] in (out / photos.INDEX_HTML).read_text(encoding="utf-8")
+    row = json.loads((out / photos.SUMMARY_JSON).read_text(encoding="utf-8"))["photos"][0]
+    assert (row["status"], row["faces_restored"]) == (photos.STATUS_OK, 1)  # a 512 px model: the face fits
+    requests = release_server.count(SERVED)
+
+    flat = tmp_path / "wall.png"
+    Image.new("RGB", (64, 48), (90, 90, 90)).save(flat)
+    code = cli.main([*PARAMS, "restore", str(flat), "-o", str(tmp_path / "again"), "--weights", "gfpgan-v1.4",
+                     "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    assert release_server.count(SERVED) == requests  # the cached copy: no request at all
+    again = json.loads((tmp_path / "again" / photos.SUMMARY_JSON).read_text(encoding="utf-8"))["run"]
+    assert again["weights_file"]["sha256"] == record["sha256"] and again["weights_file"]["downloaded_now"] is False
+
+
+def test_served_file_with_a_missing_key_is_rejected_and_not_cached(release_server, tmp_path, capsys):
+    missing = "stylegan_decoder.to_rgbs.3.modulated_conv.weight"
+    release_server.serve(SERVED, _release_layout_bytes(tmp_path, drop=missing))
+    cached = tmp_path / "cache" / "weights" / RELEASE_FILE
+    args = [*PARAMS, "restore", str(WILD / BASE_PHOTO), "-o", str(tmp_path / "out"), "--weights", "gfpgan-v1.4"]
+    assert cli.main(args) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert str(cached) in err and missing in err
+    assert not cached.exists() and not (tmp_path / "out" / photos.SUMMARY_JSON).exists()
+    requests = release_server.count(SERVED)
+    assert cli.main(args) == cli.EXIT_FAILED
+    assert release_server.count(SERVED) > requests  # the bad copy was not taken for a valid cached file
+
+
+def test_unreachable_release_server_fails_at_once_with_url_and_folder(tmp_path, monkeypatch, capsys):
+    with socket.socket() as probe:  # a port with nothing listening: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv(official_weights.URL_ENV, f"http://127.0.0.1:{port}/releases")
+    monkeypatch.setenv("DLFP_CACHE", str(tmp_path / "cache"))
+    waits = []
+    monkeypatch.setattr("dlfp.data.download.time.sleep", waits.append)  # retries would back off here
+    code = cli.main([*PARAMS, "restore", str(WILD / BASE_PHOTO), "-o", str(tmp_path / "out"), "--weights",
+                     "gfpgan-v1.3"])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_FAILED
+    assert f"http://127.0.0.1:{port}/releases/GFPGANv1.3.pth" in err
+    assert f"{tmp_path / 'cache' / 'weights'}/" in err and "by hand" in err
+    assert waits == []  # one probe, no retry loop
+    assert not (tmp_path / "cache" / "weights" / "GFPGANv1.3.pth").exists()

@@ -73,27 +73,36 @@ RESTORE_STAGE_IN, RESTORE_STAGE_OUT = Path("data/pairs"), Path("data/restored")
 # Literal copies of dlfp.restore.photos' defaults (kept out of the import so `dlfp --help` stays light);
 # tests/test_restore_photos.py checks they agree.
 PHOTOS_DEFAULT_WEIGHTS, PHOTOS_DEFAULT_MIN_FACE, PHOTOS_DEFAULT_MAX_PIXELS = "models/gfpgan/gfpgan.pth", 24, 64_000_000
+PHOTOS_DEFAULT_TOO_LARGE_RATIO = 1.5
+PHOTOS_OFFICIAL_NAMES = ("gfpgan-v1.3", "gfpgan-v1.4")  # dlfp.restore.official_weights.OFFICIAL_NAMES
 
 
 def _add_restore(sp: argparse.ArgumentParser) -> None:
     """The own-photo form of `restore`, selected by positional INPUTs (the stage form keeps --in/--out)."""
     sp.set_defaults(inp=None, out=None)  # None = not given, so the two forms cannot be mixed silently
     sp.usage = ("dlfp restore [--in PAIRS] [--out RESTORED]\n"
-                "       dlfp restore INPUT [INPUT ...] -o OUTDIR [--weights PATH] [--upscale N] [--only-center-face]"
-                " [--device cpu|cuda] [--detector hog|cnn] [--overwrite] [...]")
-    sp.epilog = ("Own photos, exit codes: 0 every photo succeeded ('no face' and 'face too small' are successes: "
-                 "the photo is copied through), 1 some photo failed or no weights were found, 2 usage error "
+                "       dlfp restore INPUT [INPUT ...] -o OUTDIR [--weights PATH|gfpgan-v1.3|gfpgan-v1.4] [--upscale N]"
+                " [--only-center-face] [--force] [--device cpu|cuda] [--detector hog|cnn] [--overwrite] [...]")
+    sp.epilog = ("Own photos, exit codes: 0 every photo succeeded ('no face', 'face too small' and 'model "
+                 "resolution too low' are successes: the photo is copied through), 1 some photo failed or no "
+                 "weights were found, 2 usage error "
                  "(including outputs that already exist without --overwrite).")
     photos = sp.add_argument_group("own photos (dlfp restore INPUT... -o OUTDIR)")
     photos.add_argument("inputs", nargs="*", type=Path, metavar="INPUT",
                         help="photo files or folders (searched recursively)")
     photos.add_argument("-o", "--output", type=Path, default=None, metavar="OUTDIR",
                         help="output folder: restored/, faces/, summary.json, summary.csv, index.html")
-    photos.add_argument("--weights", type=Path, default=None,
-                        help=f"GFP-GAN weights: a dl-fp checkpoint or the official GFPGANv1.3/1.4 file "
-                             f"(default {PHOTOS_DEFAULT_WEIGHTS}, the train stage's output)")
+    photos.add_argument("--weights", default=None, metavar="PATH|NAME",
+                        help=f"GFP-GAN weights: a dl-fp checkpoint or the official GFPGANv1.3/1.4 file, or "
+                             f"{' / '.join(PHOTOS_OFFICIAL_NAMES)} to download the official release file once into "
+                             f"$DLFP_CACHE/weights (default {PHOTOS_DEFAULT_WEIGHTS}, the train stage's output)")
     photos.add_argument("--upscale", type=int, default=1, metavar="N", help="output size = input size x N (default 1)")
     photos.add_argument("--only-center-face", action="store_true", help="restore only the face nearest the centre")
+    photos.add_argument("--too-large-ratio", type=float, default=PHOTOS_DEFAULT_TOO_LARGE_RATIO, metavar="R",
+                        help=f"leave faces larger than R x the model's output size (in output px) as they are, with "
+                             f"status 'model resolution too low' (default {PHOTOS_DEFAULT_TOO_LARGE_RATIO})")
+    photos.add_argument("--force", action="store_true",
+                        help="restore too-large faces anyway (the model's output is upsampled: it loses detail)")
     photos.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto")
     photos.add_argument("--detector", choices=("hog", "cnn"), default="hog",
                         help="dlib face detector: hog (default) or cnn (mmod, slower, finds more)")
@@ -126,7 +135,7 @@ def _restore_photos(args: argparse.Namespace) -> int:
             args.inputs, args.output, weights=args.weights, upscale=args.upscale,
             only_center_face=args.only_center_face, detector=args.detector, device=args.device,
             overwrite=args.overwrite, min_face_size=args.min_face_size, max_pixels=args.max_pixels,
-            batch_size=args.batch_size)
+            batch_size=args.batch_size, too_large_ratio=args.too_large_ratio, force=args.force)
     except photos.PhotosUsageError as error:
         print(f"dlfp restore: usage error: {error}", file=sys.stderr)
         return EXIT_USAGE

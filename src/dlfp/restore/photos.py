@@ -12,7 +12,8 @@ Outputs in OUTDIR (all written atomically; nothing is ever written outside OUTDI
   Photos without a restorable face are copied through (the same resampled background) with their status.
 - `faces/<relative name>/face_NN_before.png`, `face_NN_after.png`: each aligned crop at the model's out_size.
 - `summary.json` and `summary.csv`: one row per photo (input, output, faces_found, faces_restored,
-  faces_skipped_small, faces_skipped_landmarks, faces_skipped_off_centre, seconds and its split, status, reason).
+  faces_skipped_small, faces_skipped_landmarks, faces_skipped_off_centre, faces_skipped_too_large, seconds and
+  its split, status, reason). summary.json's `run` also names the weights file and its sha256.
   seconds is the photo's own time: decode and writes + detection + alignment/warp + its share of the network
   batches (batch time / faces in the batch) + paste-back; the wait while other photos fill a batch is not in it.
 - `index.html`: before/after views, self-contained, relative links, every name escaped.
@@ -20,7 +21,9 @@ Outputs in OUTDIR (all written atomically; nothing is ever written outside OUTDI
 Decisions:
 - Status: "ok" (at least one face restored), "no face" (the detector found none), "face too small" (all found
   faces below `min_face_size`), "no usable face" (found faces' landmarks implausible or, with
-  `only_center_face`, none left): all four are successes, with the photo copied through. "failed": no output
+  `only_center_face`, none left), "model resolution too low" (every usable face larger than `too_large_ratio` x
+  the model's out_size in output pixels: restoring would paste a blurred, upsampled face; the reason names both
+  sizes; `force` restores them anyway): all five are successes, with the photo copied through. "failed": no output
   (corrupt, truncated, zero-byte, non-image, too large, unreadable, output would replace an input).
 - faces_found is dlib's detector count on the detection image; every found face is either restored or counted
   in exactly one faces_skipped_* column.
@@ -80,6 +83,9 @@ MAX_UPSCALE = 8
 DEFAULT_MIN_FACE_SIZE = 24        # detection box side (input px): below it the 68 points are guesses
 DEFAULT_MAX_PIXELS = 64_000_000   # OUTPUT pixels (a 4032x3024 phone photo at upscale 2 is 48.8 M)
 DEFAULT_BATCH_SIZE = 4
+# A face whose aligned crop covers more than this x out_size output pixels would come back upsampled by more than
+# 1.5x, blurrier than the input: it is left as it is (and reported) unless `force`.
+DEFAULT_TOO_LARGE_RATIO = 1.5
 HOG_UPSAMPLE = 1                  # HOG finds faces down to about 40 px at upsample 1 (80 px at 0)
 HOG_DETECT_MAX_SIDE = 2048        # larger photos are searched at this longest side (time grows with pixels)
 CNN_DETECT_MAX_SIDE = CNN_FALLBACK_MAX_SIDE
@@ -97,8 +103,9 @@ STATUS_OK = "ok"
 STATUS_NO_FACE = "no face"
 STATUS_TOO_SMALL = "face too small"
 STATUS_NO_USABLE_FACE = "no usable face"
+STATUS_RESOLUTION_TOO_LOW = "model resolution too low"
 STATUS_FAILED = "failed"
-SUCCESS_STATUSES = (STATUS_OK, STATUS_NO_FACE, STATUS_TOO_SMALL, STATUS_NO_USABLE_FACE)
+SUCCESS_STATUSES = (STATUS_OK, STATUS_NO_FACE, STATUS_TOO_SMALL, STATUS_NO_USABLE_FACE, STATUS_RESOLUTION_TOO_LOW)
 
 SUMMARY_JSON, SUMMARY_CSV, INDEX_HTML = "summary.json", "summary.csv", "index.html"
 RESTORED_DIR, FACES_DIR = "restored", "faces"
@@ -106,9 +113,9 @@ LOCK_NAME = ".dlfp-restore.lock"
 CROP_GLOB = "face_*_*.png"
 TEMPLATE_NAME = "photos.html"
 SUMMARY_COLUMNS = ("input", "output", "faces_found", "faces_restored", "faces_skipped_small",
-                   "faces_skipped_landmarks", "faces_skipped_off_centre", "width", "height", "out_width",
-                   "out_height", "seconds", "seconds_detect", "seconds_align", "seconds_network", "seconds_paste",
-                   "seconds_io", "status", "reason")
+                   "faces_skipped_landmarks", "faces_skipped_off_centre", "faces_skipped_too_large", "width", "height",
+                   "out_width", "out_height", "seconds", "seconds_detect", "seconds_align", "seconds_network",
+                   "seconds_paste", "seconds_io", "status", "reason")
 SECONDS_DECIMALS = 4
 
 
@@ -381,6 +388,7 @@ class FaceCounts:
     small: int = 0
     landmarks: int = 0
     off_centre: int = 0
+    too_large: int = 0
 
 
 @dataclass
@@ -394,6 +402,7 @@ class PhotoResult:
     faces_skipped_small: int = 0
     faces_skipped_landmarks: int = 0
     faces_skipped_off_centre: int = 0
+    faces_skipped_too_large: int = 0
     width: int = 0
     height: int = 0
     out_width: int = 0
@@ -408,6 +417,7 @@ class PhotoResult:
     reason: str = ""
     notes: str = ""
     crops: list[dict[str, str]] = field(default_factory=list)
+    too_large_sizes: list[int] = field(default_factory=list)  # output px of each face left as it was
 
     def own_seconds(self) -> float:
         """This photo's own time: its parts, not the wait while other photos filled its network batches."""
@@ -468,7 +478,18 @@ def select_faces(landmarker: FaceLandmarker, rgb: np.ndarray, boxes: list[FaceBo
     return [points for _, points in usable], counts
 
 
-def _status(result: PhotoResult, min_face_size: int) -> tuple[str, str]:
+def face_size(matrix: np.ndarray, out_size: int, upscale: int) -> float:
+    """Output pixels covered by the side of a face's aligned out_size crop (what the model's output is stretched to)."""
+    return out_size * upscale / _scale_of(matrix)
+
+
+def resolution_too_low(out_size: int, sizes: Sequence[int]) -> str:
+    """The reason text for faces left as they were, e.g. 'model resolution too low (64 px model, 250 px face)'."""
+    faces = ", ".join(f"{size} px" for size in sizes)
+    return f"{STATUS_RESOLUTION_TOO_LOW} ({out_size} px model, {faces} face{'s' if len(sizes) > 1 else ''})"
+
+
+def _status(result: PhotoResult, min_face_size: int, out_size: int) -> tuple[str, str]:
     skipped = []
     if result.faces_skipped_small:
         skipped.append(f"{result.faces_skipped_small} below the minimum face size {min_face_size} px")
@@ -476,13 +497,20 @@ def _status(result: PhotoResult, min_face_size: int) -> tuple[str, str]:
         skipped.append(f"{result.faces_skipped_landmarks} with implausible landmarks")
     if result.faces_skipped_off_centre:
         skipped.append(f"{result.faces_skipped_off_centre} off-centre (--only-center-face)")
-    detail = "; ".join(skipped)
+    too_large = ""
+    if result.faces_skipped_too_large:
+        left = "1 left as it was" if result.faces_skipped_too_large == 1 else \
+            f"{result.faces_skipped_too_large} left as they were"
+        too_large = f"{resolution_too_low(out_size, result.too_large_sizes)}: {left} (--force restores it anyway)"
     if result.faces_restored:
+        detail = "; ".join([*skipped, *([too_large] if too_large else [])])
         return STATUS_OK, f"skipped: {detail}" if detail else ""
     if not result.faces_found:
         return STATUS_NO_FACE, "dlib found no face; photo copied through"
+    if too_large:  # the resolution is what kept the usable faces from being restored: say that first
+        return STATUS_RESOLUTION_TOO_LOW, "; ".join([too_large, *skipped, "photo copied through"])
     status = STATUS_TOO_SMALL if result.faces_skipped_small == result.faces_found else STATUS_NO_USABLE_FACE
-    return status, f"{detail}; photo copied through"
+    return status, f"{'; '.join(skipped)}; photo copied through"
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -511,7 +539,7 @@ class _PhotoRun:
 
     def __init__(self, out_dir: Path, restorer, out_size: int, landmarker: FaceLandmarker, *, upscale: int,
                  only_center_face: bool, min_face_size: int, max_pixels: int, batch_size: int,
-                 input_paths: set[Path], progress: tqdm) -> None:
+                 too_large_ratio: float, force: bool, input_paths: set[Path], progress: tqdm) -> None:
         self.out_dir = out_dir
         self.restorer = restorer
         self.out_size = out_size
@@ -521,6 +549,8 @@ class _PhotoRun:
         self.min_face_size = min_face_size
         self.max_pixels = max_pixels
         self.batch_size = batch_size
+        self.too_large_ratio = too_large_ratio
+        self.force = force
         self.input_paths = input_paths
         self.progress = progress
         self.queue: list[tuple[_Pending, int]] = []
@@ -569,11 +599,17 @@ class _PhotoRun:
             except LandmarkError:
                 counts.landmarks += 1
                 continue
+            size = face_size(matrix, self.out_size, self.upscale)
+            if not self.force and size > self.too_large_ratio * self.out_size:
+                counts.too_large += 1
+                result.too_large_sizes.append(round(size))
+                continue
             matrices.append(matrix)
             crops.append(crop_face(photo.rgb, matrix, self.out_size))
         result.seconds_align = time.perf_counter() - tick
         result.faces_found, result.faces_skipped_small = counts.found, counts.small
         result.faces_skipped_landmarks, result.faces_skipped_off_centre = counts.landmarks, counts.off_centre
+        result.faces_skipped_too_large = counts.too_large
 
         pending = _Pending(source, result, photo, matrices, crops, [None] * len(crops))
         if not crops:
@@ -612,7 +648,7 @@ class _PhotoRun:
         result.seconds_paste = time.perf_counter() - tick
         result.out_height, result.out_width = canvas.shape[:2]
         result.faces_restored = len(pending.matrices)
-        result.status, result.reason = _status(result, self.min_face_size)
+        result.status, result.reason = _status(result, self.min_face_size, self.out_size)
 
         tick = time.perf_counter()
         output = f"{RESTORED_DIR}/{source.name}.png"
@@ -679,15 +715,31 @@ def _check_outputs(out_dir: Path, sources: Sequence[PhotoSource], overwrite: boo
                                 f"overwritten: pass --overwrite, or choose another -o folder")
 
 
+def _resolve_weights(weights: Path | str | None, progress: bool) -> tuple[Path, dict[str, object]]:
+    """The weights file and what the summary records about it: a path as given, or an official release name
+    (fetched into $DLFP_CACHE/weights on first use); WeightsNotFoundError says where the file goes."""
+    from dlfp.restore import official_weights
+
+    if official_weights.is_official_name(weights):
+        try:
+            fetched = official_weights.fetch(str(weights), progress=progress)
+        except official_weights.OfficialWeightsError as error:
+            raise WeightsNotFoundError(str(error)) from None
+        return fetched.path, fetched.record()
+    path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    if not path.is_file():
+        names = " or ".join(official_weights.OFFICIAL_NAMES)
+        raise WeightsNotFoundError(
+            f"no restoration weights at {path}. Put a dl-fp checkpoint there (`dlfp train` writes "
+            f"{DEFAULT_WEIGHTS}), or pass --weights PATH, e.g. the official {OFFICIAL_WEIGHTS_NAME}, or "
+            f"--weights {names} to download the official release file into $DLFP_CACHE/weights.")
+    return path, {"file": str(path), "sha256": official_weights.sha256_of(path)}
+
+
 def _load_restorer(weights: Path, batch_size: int, device: str):
     """The GFP-GAN restorer, or WeightsNotFoundError that says where the file goes."""
     from dlfp.restore.restorers import RestorerUnavailable, gfpgan_restorer
 
-    if not weights.is_file():
-        raise WeightsNotFoundError(
-            f"no restoration weights at {weights}. Put a dl-fp checkpoint there (`dlfp train` writes "
-            f"{DEFAULT_WEIGHTS}), or pass --weights PATH, e.g. the official {OFFICIAL_WEIGHTS_NAME} "
-            f"(https://github.com/TencentARC/GFPGAN/releases); dl-fp never downloads weights at run time.")
     try:
         return gfpgan_restorer(weights, None, batch_size=batch_size, device=device)
     except RestorerUnavailable as error:
@@ -701,12 +753,14 @@ def _landmarker(detector: Detector) -> FaceLandmarker:
 
 
 def _check_options(upscale: int, batch_size: int, min_face_size: int, max_pixels: int, device: str,
-                   detector: str) -> None:
+                   detector: str, too_large_ratio: float) -> None:
     if not 1 <= upscale <= MAX_UPSCALE:
         raise PhotosUsageError(f"--upscale must be an integer from 1 to {MAX_UPSCALE}, got {upscale}")
     if batch_size < 1 or min_face_size < 0 or max_pixels < 1:
         raise PhotosUsageError(f"--batch-size and --max-pixels must be >= 1 and --min-face-size >= 0 "
                                f"(got {batch_size}, {max_pixels}, {min_face_size})")
+    if not too_large_ratio > 0:
+        raise PhotosUsageError(f"--too-large-ratio must be > 0, got {too_large_ratio}")
     if detector not in ("hog", "cnn"):
         raise PhotosUsageError(f"--detector must be hog or cnn, got {detector!r}")
     if device not in ("auto", "cpu", "cuda"):
@@ -735,22 +789,26 @@ def run_photos(inputs: Sequence[Path | str], out_dir: Path | str, *, weights: Pa
                upscale: int = DEFAULT_UPSCALE, only_center_face: bool = False, detector: Detector = "hog",
                device: str = "auto", overwrite: bool = False, min_face_size: int = DEFAULT_MIN_FACE_SIZE,
                max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: int = DEFAULT_BATCH_SIZE,
-               progress: bool = True) -> dict:
+               too_large_ratio: float = DEFAULT_TOO_LARGE_RATIO, force: bool = False, progress: bool = True) -> dict:
     """Restore every face in the input photos into out_dir; returns the summary (also summary.json).
+
+    `weights`: a checkpoint path, or an official release name (gfpgan-v1.3, gfpgan-v1.4: downloaded once into
+    $DLFP_CACHE/weights). Faces larger than `too_large_ratio` x the model's out_size (output px) are left as they
+    are, with the reason, unless `force`.
 
     Raises PhotosUsageError (bad options, outputs exist) and WeightsNotFoundError before any photo is touched;
     per-photo problems become that photo's status instead.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
-    _check_options(upscale, batch_size, min_face_size, max_pixels, device, detector)
+    _check_options(upscale, batch_size, min_face_size, max_pixels, device, detector, too_large_ratio)
     sources = collect_inputs(inputs, out_dir)
     if not sources:
         raise PhotosUsageError(f"no input photos found in {', '.join(map(str, inputs))} "
                                f"(folders are searched for {', '.join(sorted(IMAGE_SUFFIXES))})")
     _check_outputs(out_dir, sources, overwrite)
-    restorer = _load_restorer(weights, batch_size, device)
+    weights_path, weights_record = _resolve_weights(weights, progress)
+    restorer = _load_restorer(weights_path, batch_size, device)
     out_size = int(restorer.description["arch"]["out_size"])
     landmarker = _landmarker(detector)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -758,17 +816,20 @@ def run_photos(inputs: Sequence[Path | str], out_dir: Path | str, *, weights: Pa
                                     disable=not progress) as bar:
         state = _PhotoRun(out_dir, restorer, out_size, landmarker, upscale=upscale,
                           only_center_face=only_center_face, min_face_size=min_face_size, max_pixels=max_pixels,
-                          batch_size=batch_size, input_paths={s.path.resolve() for s in sources}, progress=bar)
+                          batch_size=batch_size, too_large_ratio=too_large_ratio, force=force,
+                          input_paths={s.path.resolve() for s in sources}, progress=bar)
         for source in sources:
             state.add(source)
         state.flush()
     results = [state.results[source.name] for source in sources]
     elapsed = time.perf_counter() - started
     failed = sum(result.status == STATUS_FAILED for result in results)
-    run_info = {"weights": str(weights), "model": restorer.description["arch"], "device":
+    run_info = {"weights": str(weights if weights is not None else DEFAULT_WEIGHTS),
+                "weights_file": weights_record, "model": restorer.description["arch"], "device":
                 restorer.description["device"], "detector": detector, "upscale": upscale,
                 "min_face_size": min_face_size, "max_pixels": max_pixels, "batch_size": batch_size,
-                "only_center_face": only_center_face, "photos": len(results), "failed": failed,
+                "only_center_face": only_center_face, "too_large_ratio": too_large_ratio, "force": force,
+                "photos": len(results), "failed": failed,
                 "faces_found": sum(r.faces_found for r in results),
                 "faces_restored": sum(r.faces_restored for r in results), "seconds": round(elapsed, 2)}
     summary = {"run": run_info, "photos": [{c: asdict(r)[c] for c in (*SUMMARY_COLUMNS, "notes", "crops")}
