@@ -500,15 +500,22 @@ def release_server(server, tmp_path, monkeypatch):
     return server
 
 
-def test_official_weights_by_name_are_downloaded_once_checked_and_hashed(release_server, tmp_path, capsys):
+def test_official_weights_by_name_are_downloaded_once_checked_and_hashed(release_server, tmp_path, capsys,
+                                                                         monkeypatch):
     body = _release_layout_bytes(tmp_path)
-    release_server.serve(SERVED, body)
+    half = len(body) // 2
+    # The server drops the connection after `half` bytes twice: on the 1-byte probe (which it fits in) and on the
+    # download, which breaks off halfway.
+    release_server.serve(SERVED, body, drop_after=half, drops_left=2)
+    monkeypatch.setattr("dlfp.data.download.time.sleep", lambda seconds: None)  # no backoff wait in a test
     cached = tmp_path / "cache" / "weights" / RELEASE_FILE
     out = tmp_path / "out"
     code = cli.main([*PARAMS, "restore", str(WILD / BASE_PHOTO), "-o", str(out), "--weights", "gfpgan-v1.4",
                      "--device", "cpu"])
     assert code == 0, capsys.readouterr().err
     assert cached.read_bytes() == body
+    # probe, download (broken off), resumed download from the first missing byte
+    assert [seen.range for seen in release_server.requests] == ["bytes=0-0", None, f"bytes={half}-"]
     record = json.loads((out / photos.SUMMARY_JSON).read_text(encoding="utf-8"))["run"]["weights_file"]
     assert record["sha256"] == hashlib.sha256(body).hexdigest() and record["file"] == str(cached)
     assert record["url"] == release_server.url(SERVED) and record["downloaded_now"] is True

@@ -31,7 +31,6 @@ RELEASE_SHA256 = {
     "GFPGANv1.3.pth": "c953a88f2727c85c3d9ae72e2bd4846bbaf59fe6972ad94130e23e7017524a70",
     "GFPGANv1.4.pth": "e2cd4703ab14f4d01fd1383a8a8b266f9a5833dacee8e6a79d3bf21a1b6be5ad",
 }
-SHA_CHUNK_BYTES = 1 << 20
 
 
 class OfficialWeightsError(RuntimeError):
@@ -78,11 +77,8 @@ def weights_url(file_name: str) -> str:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(SHA_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def check_release_layout(path: Path) -> None:

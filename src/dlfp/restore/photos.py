@@ -499,9 +499,10 @@ def _status(result: PhotoResult, min_face_size: int, out_size: int) -> tuple[str
         skipped.append(f"{result.faces_skipped_off_centre} off-centre (--only-center-face)")
     too_large = ""
     if result.faces_skipped_too_large:
-        left = "1 left as it was" if result.faces_skipped_too_large == 1 else \
-            f"{result.faces_skipped_too_large} left as they were"
-        too_large = f"{resolution_too_low(out_size, result.too_large_sizes)}: {left} (--force restores it anyway)"
+        count = result.faces_skipped_too_large
+        left = "1 left as it was (--force restores it" if count == 1 else \
+            f"{count} left as they were (--force restores them"
+        too_large = f"{resolution_too_low(out_size, result.too_large_sizes)}: {left} anyway)"
     if result.faces_restored:
         detail = "; ".join([*skipped, *([too_large] if too_large else [])])
         return STATUS_OK, f"skipped: {detail}" if detail else ""
