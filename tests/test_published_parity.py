@@ -1,4 +1,5 @@
-"""Output parity with the published GFP-GAN architecture (the gfpgan 1.3.8 wheel from the package registry is the oracle).
+"""Output parity with the published GFP-GAN architecture (the gfpgan 1.3.8 wheel, from the package registry, is the
+oracle).
 
 test_models.py checks key names and shapes only, so a miswiring that keeps shapes (SFT scale and shift
 swapped, a U-Net skip added at the wrong level, noise fed to the wrong layer) passes there. Here OUR weights
@@ -32,7 +33,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 PUBLISHED_REQUIREMENT = "gfpgan==1.3.8"
 WHEEL_NAME = "gfpgan-1.3.8-py3-none-any.whl"
-WHEEL_SHA256 = "3d8386df6320aa9dfb0dd4cd09d9f8ed12ae0bbd9b2df257c3d21aefac5d8b85"  # as pip fetched it from the package registry
+WHEEL_SHA256 = "3d8386df6320aa9dfb0dd4cd09d9f8ed12ae0bbd9b2df257c3d21aefac5d8b85"  # as pip fetched it
 ARCH_MEMBERS = ("gfpgan/archs/stylegan2_clean_arch.py", "gfpgan/archs/gfpganv1_clean_arch.py")
 PACKAGE = "_dlfp_test_published_gfpgan_archs"  # the two files are imported as this package's modules
 PIP_TIMEOUT_S = 300
