@@ -89,6 +89,18 @@ def _pair_ids(pairs_dir: Path, split: str) -> set[str]:
     return {s["__key__"] for entry in presets.values() for s in iter_samples(pairs_dir, entry["shards"])}
 
 
+def _rewired(source: Path, out: Path, listed: str, as_split: str) -> Path:
+    """A copy of a shard or pair folder (tars linked) whose index lists the `listed` split's tars as `as_split`."""
+    index = read_index(source)
+    index["splits"][as_split] = index["splits"][listed]
+    for path in source.rglob("*.tar"):
+        target = out / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(path)
+    write_json_atomic(out / "index.json", index)
+    return out
+
+
 def test_every_split_is_populated_and_pairs_follow_the_shard_split(project: dict) -> None:
     ids, pairs = project["ids"], project["root"] / "pairs"
     assert all(len(ids[split]) >= 2 for split in ids), {split: len(v) for split, v in ids.items()}
@@ -109,31 +121,13 @@ def test_no_test_id_reaches_the_training_stream_or_the_validator(project: dict) 
 
 def test_validation_pointed_at_test_pairs_stops_naming_the_sample(project: dict, tmp_path: Path) -> None:
     """An index whose 'val' entry lists the test tars (a miswired degrade) is refused, not silently used."""
-    pairs = project["root"] / "pairs"
-    index = read_index(pairs)
-    index["splits"]["val"] = index["splits"]["test"]
-    rewired = tmp_path / "pairs"
-    rewired.mkdir()
-    for path in pairs.rglob("*.tar"):
-        target = rewired / path.relative_to(pairs)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(path)
-    write_json_atomic(rewired / "index.json", index)
+    rewired = _rewired(project["root"] / "pairs", tmp_path / "pairs", listed="test", as_split="val")
     with pytest.raises(SplitLeakError, match=r"belongs to split 'test'"):
         gfpgan.load_val_pairs(rewired, "moderate", SIZE)
 
 
 def test_training_stream_refuses_test_shards_listed_as_train(project: dict, tmp_path: Path) -> None:
-    source = project["root"] / "shards"
-    index = read_index(source)
-    index["splits"]["train"] = index["splits"]["test"]
-    rewired = tmp_path / "shards"
-    rewired.mkdir()
-    for path in source.rglob("*.tar"):
-        target = rewired / path.relative_to(source)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(path)
-    write_json_atomic(rewired / "index.json", index)
+    rewired = _rewired(project["root"] / "shards", tmp_path / "shards", listed="test", as_split="train")
     stream = train_data.ShardStream(rewired, train_data.train_records(rewired),
                                     train_data.SampleRecipe(seed=1, out_size=SIZE))
     with pytest.raises(SplitLeakError, match="training stream"):
