@@ -257,6 +257,17 @@ def test_damaged_training_files_are_reported(tmp_path: Path) -> None:
     assert re.search(r"<td>pixel</td><td class=\"num\">2</td><td class=\"num\">0.5</td>", html)
 
 
+def test_a_skipped_face_measurement_is_reported(tmp_path: Path) -> None:
+    folder = tmp_path / "models" / "prior"
+    folder.mkdir(parents=True)
+    (folder / "prior_reference.json").write_text(json.dumps({"skipped": f"only 3 train face(s) {SCRIPT}"}))
+    build.run(make_params(tmp_path, tmp_path / "absent.pth"), tmp_path / "data", tmp_path / "reports",
+              models_dir=tmp_path / "models")
+    html = (tmp_path / "reports" / "training.html").read_text(encoding="utf-8")
+    assert f"face measurement skipped: only 3 train face(s) {SCRIPT_ESCAPED}" in html and SCRIPT not in html
+    assert "No face measurement: <code>prior_metrics.csv</code> is missing or empty" in html
+
+
 # ------------------------------------------------------------------------------------------------ evaluation
 @pytest.mark.slow
 def test_metrics_tables_equal_the_evaluation_output(pipeline: dict[str, Path]) -> None:

@@ -310,6 +310,21 @@ def test_prior_measures_its_samples_at_step_0_and_every_sample_step(data: dict[s
     assert len(reference["seconds_per_checkpoint"]) == 4
 
 
+def test_a_train_split_too_small_for_the_face_measurement_skips_it_and_says_why(tmp_path: Path) -> None:
+    shards, rng = tmp_path / "shards", np.random.default_rng(1)
+    writer = ShardSetWriter(shards, "train/clean-{:06d}.tar", samples_per_shard=8)
+    for i in range(3):
+        writer.write({"__key__": f"f{i}", "gt.png": encode_png(_face(rng)),
+                      "json": json_bytes({"id": f"f{i}", "split": "train"})})
+    records = [r.__dict__ for r in writer.close()]
+    write_json_atomic(shards / "index.json", {"splits": {"train": {"count": 3, "shards": records}}})
+    out = tmp_path / "prior"
+    assert prior.run(make_params({"iters": 2}), shards, out)["steps"] == 2  # training itself goes on
+    assert not (out / prior_metrics.METRICS_CSV).exists()
+    skipped = json.loads((out / prior_metrics.REFERENCE_JSON).read_text())["skipped"]
+    assert "only 3 train face(s)" in skipped and "at least 4" in skipped
+
+
 def test_resume_under_another_loss_weight_stops_and_force_records_both_hashes(data: dict[str, Path],
                                                                               prior_file: Path,
                                                                               tmp_path: Path) -> None:

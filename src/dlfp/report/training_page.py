@@ -231,6 +231,10 @@ def face_panels(frame: pd.DataFrame, reference: Mapping) -> tuple[list[tuple[str
 
 def face_view(folder: Path, errors: list[str]) -> FaceView | None:
     """prior_metrics.csv and prior_reference.json as a FaceView; None when the measurement did not run."""
+    stored = _read_json(folder / PRIOR_REFERENCE_JSON, errors)
+    if isinstance(stored, Mapping) and "skipped" in stored:
+        errors.append(f"face measurement skipped: {stored['skipped']}")
+        return None
     frame = read_numeric_csv(folder / PRIOR_METRICS_CSV, errors)
     if frame is None or not len(frame):
         return None
@@ -238,7 +242,6 @@ def face_view(folder: Path, errors: list[str]) -> FaceView | None:
     if missing:
         errors.append(f"{PRIOR_METRICS_CSV}: missing column(s) {', '.join(missing)}")
         return None
-    stored = _read_json(folder / PRIOR_REFERENCE_JSON, errors)
     if not (folder / PRIOR_REFERENCE_JSON).exists():
         errors.append(f"{PRIOR_REFERENCE_JSON} missing: the real-face levels are not shown")
     stored = stored if isinstance(stored, Mapping) else {}

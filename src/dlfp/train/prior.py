@@ -63,6 +63,7 @@ from dlfp.train.loop import (
 from dlfp.train.prior_metrics import (
     CLAIM,
     METRICS_CSV,
+    MIN_REAL_FACES,
     REFERENCE_JSON,
     FaceMeasure,
     MetricsLog,
@@ -212,14 +213,27 @@ class PriorTrainer:
 class _FaceCheckpoints:
     """The face measurement of the prior's samples at its sample checkpoints (main rank only)."""
 
-    def __init__(self, p: TrainPriorParams, seed: int, shards_dir: Path, records: list[dict], work: Path,
-                 start_step: int) -> None:
-        started = time.monotonic()
+    @classmethod
+    def start(cls, p: TrainPriorParams, seed: int, shards_dir: Path, records: list[dict], work: Path,
+              start_step: int) -> _FaceCheckpoints | None:
+        """The measurement, or None (recorded in prior_reference.json) when the train split is too small for it."""
         # Real train faces in their stored order, unflipped, downscaled to the prior's resolution as training sees
         # them; twice the sample count so that two disjoint halves give the FD floor at the same n.
         stream = ShardStream(shards_dir, records, SampleRecipe(seed=seed, out_size=p.out_size, flip_prob=0.0),
                              shuffle_buffer=1)
-        self.measure = FaceMeasure(real_faces(iter(stream), min(2 * p.eval_samples, stream.samples_per_epoch())))
+        available = stream.samples_per_epoch()
+        if available < MIN_REAL_FACES:
+            reason = (f"only {available} train face(s); the face measurement needs at least {MIN_REAL_FACES} "
+                      "for its real-face reference")
+            log.warning("train_prior: %s: skipped", reason)
+            write_json_atomic(work / REFERENCE_JSON, {"skipped": reason, "eval_samples": p.eval_samples})
+            return None
+        return cls(p, stream, min(2 * p.eval_samples, available), work, start_step)
+
+    def __init__(self, p: TrainPriorParams, stream: ShardStream, real_count: int, work: Path,
+                 start_step: int) -> None:
+        started = time.monotonic()
+        self.measure = FaceMeasure(real_faces(iter(stream), real_count))
         self.reference_path = work / REFERENCE_JSON
         self.reference = {"real_faces": self.measure.reference, "eval_samples": p.eval_samples,
                           "latents": "derive_seed(seed, 'prior-eval', 'latents'), EMA generator, fixed noise",
@@ -320,7 +334,7 @@ def _train(params: Params, shards_dir: Path, work: Path, info: DistInfo, device:
 
     face_measure = None
     if info.is_main and p.eval_samples > 0:
-        face_measure = _FaceCheckpoints(p, params.seed, shards_dir, records, work, start_step)
+        face_measure = _FaceCheckpoints.start(p, params.seed, shards_dir, records, work, start_step)
 
     def sample_checkpoint(step: int) -> None:
         save_image_grid(work / SAMPLES_DIR / f"step-{step:06d}.png", list(trainer.samples().split(8)))

@@ -31,6 +31,7 @@ from dlfp.io.atomic import write_csv_atomic
 from dlfp.io.hashing import derive_seed
 
 EVAL_FRAME = 256  # px: an FFHQ-aligned face is ~115 px wide here, above HOG's 80 px window (as evaluate's landmarks)
+MIN_REAL_FACES = 4  # two halves of two: the least that gives the FD floor a covariance
 EVAL_NAMESPACE = "prior-eval"  # derive_seed namespace of the fixed latents
 CONFIDENCE = 0.95
 METRICS_CSV = "prior_metrics.csv"
@@ -62,8 +63,9 @@ def eval_latents(seed: int, count: int, dim: int) -> Tensor:
 def real_faces(stream: Iterable[tuple[int, int, dict]], count: int) -> np.ndarray:
     """The first `count` GT faces of a (flip-free) training stream, uint8 at the stream's out_size."""
     images = [sample["gt"][None] for _, _, sample in islice(stream, count)]
-    if len(images) < 4:
-        raise ValueError(f"the prior's face measurement needs at least 4 train faces, got {len(images)}")
+    if len(images) < MIN_REAL_FACES:
+        raise ValueError(f"the prior's face measurement needs at least {MIN_REAL_FACES} train faces, "
+                         f"got {len(images)}")
     return to_uint8(torch.cat(images))
 
 
