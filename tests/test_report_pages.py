@@ -208,7 +208,8 @@ def test_training_page_shows_the_prior_face_measurement_and_its_real_face_levels
     for row in rows:
         n = int(row["n_samples"])
         found = round(float(row["detection_rate"]) * n)
-        assert re.search(rf"<figcaption>step {row['step']}: faces detected {found}/{n} ", html)
+        assert re.search(rf"<figcaption>step {row['step']}: on {n} measured samples \(not only these\): "
+                         rf"faces detected {found}/{n} ", html)
 
 
 def test_face_panels_draw_the_real_face_levels_as_reference_lines() -> None:
