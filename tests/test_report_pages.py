@@ -68,7 +68,7 @@ def make_params(root: Path, weights: Path, **report: int) -> Params:
         "degrade": {"workers": 1, "presets": {"moderate": {"blur_sigma": [1.0, 3.0], "downscale": [2.0, 3.0]},
                                               "paper": {}}},
         "train_prior": {**train_tests.TINY_NET, **train_tests.QUIET, "iters": 3, "checkpoint_every": 100,
-                        "sample_every": 2},
+                        "sample_every": 2, "eval_samples": 8},
         "train": {**train_tests.QUIET, "iters": 4, "checkpoint_every": 100, "sample_every": 2, "val_every": 2,
                   "perceptual_network": "off", "identity_network": "dlib", "r1_interval": 2, "val_preset": "moderate",
                   "val_count": 4},
@@ -144,10 +144,11 @@ def test_training_page_shows_curves_grids_and_active_losses(pipeline: dict[str, 
     assert "not run yet" not in html
     images = browser.collect(html).images
     plots = [src for src in images if src.startswith("data:image/png")]
-    assert len(plots) == 3  # prior losses, gfpgan losses, validation
+    assert len(plots) == 4  # prior losses, prior face measurement, gfpgan losses, validation
     grids = [src for src in images if src.startswith("training/")]
-    # sample_every 2: prior steps 2 and 3 (the last), gfpgan steps 2 and 4
-    assert grids == ["training/prior-step-000002.png", "training/prior-step-000003.png",
+    # sample_every 2: prior steps 0 (initialisation), 2 and 3 (the last), gfpgan steps 2 and 4
+    assert grids == ["training/prior-step-000000.png", "training/prior-step-000002.png",
+                     "training/prior-step-000003.png",
                      "training/gfpgan-step-000002.png", "training/gfpgan-step-000004.png"]
     for grid in grids:
         copied = (pipeline["reports"] / grid).read_bytes()
@@ -184,6 +185,48 @@ def test_training_page_shows_curves_grids_and_active_losses(pipeline: dict[str, 
     assert "models/gfpgan" not in html or SCRIPT_ESCAPED in html
 
 
+def test_training_page_shows_the_prior_face_measurement_and_its_real_face_levels(pipeline: dict[str, Path]) -> None:
+    html = page(pipeline, "training.html")
+    folder = pipeline["models"] / "prior"
+    with open(folder / "prior_metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["step"] for row in rows] == ["0", "2", "3"]
+    reference = json.loads((folder / "prior_reference.json").read_text())
+    real = reference["real_faces"]
+    section = html.split('id="prior-faces"', 1)[1].split('id="train_prior-samples"', 1)[0]
+    assert re.search(r'<img class="plot" src="data:image/png;base64,[^"]+" alt="face-detection rate', section)
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", section))
+    assert f"Real faces at this size: detection rate {real['detection_rate']:.3g}" in text
+    assert f"{real['detected']} of {real['n_real']} train faces" in text
+    assert f"(the floor): {real['fd_dlib']:.3g}" in text
+    assert "not realism" in text and "biased upward" in text  # what the figures can and cannot claim
+    cells = cell_texts(section)
+    for row in rows:
+        for column in ("detection_rate", "ci_low", "ci_high", "fd_dlib"):
+            assert f"{float(row[column]):.6g}" in cells
+    # each prior grid's caption carries that step's measurement
+    for row in rows:
+        n = int(row["n_samples"])
+        found = round(float(row["detection_rate"]) * n)
+        assert re.search(rf"<figcaption>step {row['step']}: on {n} measured samples \(not only these\): "
+                         rf"faces detected {found}/{n} ", html)
+
+
+def test_face_panels_draw_the_real_face_levels_as_reference_lines() -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame({"step": [0, 5], "detection_rate": [0.0, 0.5], "ci_low": [0.0, 0.2], "ci_high": [0.3, 0.8],
+                          "fd_dlib": [0.9, 0.4], "n_samples": [8, 8]})
+    panels, references = training_page.face_panels(frame, {"detection_rate": 0.97, "fd_dlib": 0.14})
+    (rate_title, (rate,)), (fd_title, (fd,)) = panels
+    assert list(rate.y) == [0.0, 0.5] and [list(v) for v in rate.band] == [[0.0, 0.2], [0.3, 0.8]]
+    assert list(fd.y) == [0.9, 0.4] and fd.band is None
+    assert [(r.label, r.value) for r in references[rate_title]] == [("real faces at this size", 0.97)]
+    assert [(r.label, r.value) for r in references[fd_title]] == [("real vs real (floor)", 0.14)]
+    _, no_reference = training_page.face_panels(frame, {})
+    assert no_reference == {rate_title: [], fd_title: []}
+
+
 def test_training_page_before_training(tmp_path: Path) -> None:
     (tmp_path / "models" / "gfpgan.partial").mkdir(parents=True)
     build.run(make_params(tmp_path, tmp_path / "absent.pth"), tmp_path / "data", tmp_path / "reports",
@@ -213,6 +256,17 @@ def test_damaged_training_files_are_reported(tmp_path: Path) -> None:
     assert "losses_active.json: unreadable" in html and "receipt.json missing" in html
     assert "not a readable PNG" in html and "1 of 1 grids" in html
     assert re.search(r"<td>pixel</td><td class=\"num\">2</td><td class=\"num\">0.5</td>", html)
+
+
+def test_a_skipped_face_measurement_is_reported(tmp_path: Path) -> None:
+    folder = tmp_path / "models" / "prior"
+    folder.mkdir(parents=True)
+    (folder / "prior_reference.json").write_text(json.dumps({"skipped": f"only 3 train face(s) {SCRIPT}"}))
+    build.run(make_params(tmp_path, tmp_path / "absent.pth"), tmp_path / "data", tmp_path / "reports",
+              models_dir=tmp_path / "models")
+    html = (tmp_path / "reports" / "training.html").read_text(encoding="utf-8")
+    assert f"face measurement skipped: only 3 train face(s) {SCRIPT_ESCAPED}" in html and SCRIPT not in html
+    assert "No face measurement: <code>prior_metrics.csv</code> is missing or empty" in html
 
 
 # ------------------------------------------------------------------------------------------------ evaluation

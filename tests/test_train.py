@@ -6,6 +6,7 @@ shard writer, so the tests need neither the shared faces nor model weights.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ from dlfp.data.shards import ShardSetWriter, json_bytes
 from dlfp.io.atomic import write_json_atomic
 from dlfp.io.images import encode_png
 from dlfp.params import DegradationParams, parse_params
-from dlfp.train import gfpgan, prior
+from dlfp.train import gfpgan, prior, prior_metrics
 from dlfp.train.data import Batches, SampleRecipe, ShardStream, make_sample, train_records
 from dlfp.train.loop import EMA, DistInfo, NonFiniteLossError, TrainingInterrupted, checkpoint_path, ema_decay
 
@@ -80,7 +81,7 @@ def make_params(train_prior: dict | None = None, train: dict | None = None):
     raw = {"seed": 7, "data": {"source": "folder", "folder": "unused", "size": SIZE},
            "degrade": {"presets": {"paper": {}, "moderate": {"blur_sigma": [1.0, 3.0]}}},
            "train_prior": {**TINY_NET, **QUIET, "iters": 4, "checkpoint_every": 100, "sample_every": 100,
-                           **(train_prior or {})},
+                           "eval_samples": 8, **(train_prior or {})},
            "train": {**QUIET, "iters": 4, "checkpoint_every": 100, "sample_every": 100, "val_every": 100,
                      "perceptual_network": "off", "identity_network": "off", "r1_interval": 2,
                      **(train or {})}}
@@ -278,9 +279,50 @@ def test_prior_resume_is_bit_identical_to_an_uninterrupted_run(data: dict[str, P
     _run_prior(data, interrupted, workers=workers_on_resume)
     _assert_same_weights(straight / prior.PRIOR_FILE, interrupted / prior.PRIOR_FILE)
     assert (straight / "losses.csv").read_text() == (interrupted / "losses.csv").read_text()
-    for grid in ("step-000003.png", "step-000006.png"):
+    for grid in ("step-000000.png", "step-000003.png", "step-000006.png"):
         assert (straight / "samples" / grid).read_bytes() == (interrupted / "samples" / grid).read_bytes()
     assert _receipt(interrupted)["provenance"] == _receipt(straight)["provenance"]
+    # the face measurement resumes too: the same rows, step 3 measured once
+    metrics = (straight / prior_metrics.METRICS_CSV).read_text()
+    assert metrics == (interrupted / prior_metrics.METRICS_CSV).read_text()
+    assert [line.split(",")[0] for line in metrics.splitlines()[1:]] == ["0", "3", "6"]
+
+
+def test_prior_measures_its_samples_at_step_0_and_every_sample_step(data: dict[str, Path], tmp_path: Path) -> None:
+    measured, unmeasured = tmp_path / "measured", tmp_path / "unmeasured"
+    _run_prior(data, measured, iters=5, sample_every=2)
+    _run_prior(data, unmeasured, iters=5, sample_every=2, eval_samples=0)
+    # the measurement draws nothing from the training RNG: the same weights with and without it
+    _assert_same_weights(measured / prior.PRIOR_FILE, unmeasured / prior.PRIOR_FILE)
+    assert not (unmeasured / prior_metrics.METRICS_CSV).exists()
+    with open(measured / prior_metrics.METRICS_CSV, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["step"]) for row in rows] == [0, 2, 4, 5]  # initialisation, every sample step, the end
+    assert sorted(p.name for p in (measured / "samples").iterdir()) == [f"step-{s:06d}.png" for s in (0, 2, 4, 5)]
+    for row in rows:
+        assert int(row["n_samples"]) == 8 and int(row["n_real"]) == TRAIN_COUNT // 2  # 2 x 8 wanted, 12 exist
+        rate = float(row["detection_rate"])
+        assert rate * 8 == round(rate * 8) and float(row["ci_low"]) <= rate <= float(row["ci_high"])
+        assert float(row["fd_dlib"]) > 0
+    reference = json.loads((measured / prior_metrics.REFERENCE_JSON).read_text())
+    assert reference["real_faces"]["n_real"] == TRAIN_COUNT and reference["eval_samples"] == 8
+    assert reference["real_faces"]["frame"] == prior_metrics.EVAL_FRAME and "biased upward" in reference["claim"]
+    assert len(reference["seconds_per_checkpoint"]) == 4
+
+
+def test_a_train_split_too_small_for_the_face_measurement_skips_it_and_says_why(tmp_path: Path) -> None:
+    shards, rng = tmp_path / "shards", np.random.default_rng(1)
+    writer = ShardSetWriter(shards, "train/clean-{:06d}.tar", samples_per_shard=8)
+    for i in range(3):
+        writer.write({"__key__": f"f{i}", "gt.png": encode_png(_face(rng)),
+                      "json": json_bytes({"id": f"f{i}", "split": "train"})})
+    records = [r.__dict__ for r in writer.close()]
+    write_json_atomic(shards / "index.json", {"splits": {"train": {"count": 3, "shards": records}}})
+    out = tmp_path / "prior"
+    assert prior.run(make_params({"iters": 2}), shards, out)["steps"] == 2  # training itself goes on
+    assert not (out / prior_metrics.METRICS_CSV).exists()
+    skipped = json.loads((out / prior_metrics.REFERENCE_JSON).read_text())["skipped"]
+    assert "only 3 train face(s)" in skipped and "at least 4" in skipped
 
 
 def test_resume_under_another_loss_weight_stops_and_force_records_both_hashes(data: dict[str, Path],
@@ -323,7 +365,7 @@ def test_resume_names_changed_inputs_and_ignores_logging_settings(data: dict[str
     assert "threads" not in message and "checkpoint_every" not in message and "tensorboard" not in message
     # settings that cannot change the result resume without force
     assert _run_prior(data, out, threads=2, checkpoint_every=1, sample_every=5, keep_checkpoints=True,
-                      tensorboard=True, workers=2)["steps"] == 6
+                      tensorboard=True, workers=2, eval_samples=4)["steps"] == 6
     assert _receipt(out)["provenance"]["history"][-1]["forced"] is False
 
 

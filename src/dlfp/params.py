@@ -336,9 +336,21 @@ class TrainPriorParams(OptimParams):
     iters: int = 700
     checkpoint_every: int = 100
     sample_every: int = 100
+    eval_samples: int = Field(
+        default=64, ge=0, description="prior samples measured at every sample step (dlib HOG face-detection rate, FD "
+                                      "in dlib's descriptor space vs train faces; twice as many real faces give the "
+                                      "reference levels); 0: off")
     ema_half_life_images: float = 2000
     official_weights: str | None = Field(
         default=None, description="official StyleGAN2 clean checkpoint: convert/check it instead of training")
+
+    @field_validator("eval_samples")
+    @classmethod
+    def _enough_for_fd(cls, value: int) -> int:
+        if 0 < value < 4:
+            raise ValueError(f"eval_samples must be 0 (off) or at least 4 (a Frechet distance needs a covariance), "
+                             f"got {value}")
+        return value
 
 
 class LossWeights(_Section):

@@ -5,6 +5,7 @@ rule train_prior:
     input:
         "data/shards",
         "src/dlfp/train/prior.py",
+        "src/dlfp/train/prior_metrics.py",
         "src/dlfp/train/loop.py",
         "src/dlfp/train/data.py",
         "src/dlfp/models/stylegan2.py",

@@ -163,12 +163,23 @@ def histogram_grid(samples: Sequence[Mapping[str, Scalar]], title: str, columns:
 
 @dataclass(frozen=True)
 class Series:
-    """One line of a panel: x and y values (NaN where a step did not log the value), drawn thin or bold."""
+    """One line of a panel: x and y values (NaN where a step did not log the value), drawn thin or bold, with an
+    optional interval band (low, high per x; drawn as given, without decimation: for short curves)."""
 
     label: str
     x: Sequence[float]
     y: Sequence[float]
     emphasis: bool = True
+    band: tuple[Sequence[float], Sequence[float]] | None = None
+    band_label: str = ""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A horizontal reference level in a panel (e.g. the same measurement on real data)."""
+
+    label: str
+    value: float
 
 
 def decimate(x: np.ndarray, y: np.ndarray, max_points: int = MAX_LINE_POINTS) -> tuple[np.ndarray, np.ndarray]:
@@ -191,8 +202,9 @@ def moving_average(y: np.ndarray, window: int) -> np.ndarray:
 
 
 def line_panels(panels: Sequence[tuple[str, Sequence[Series]]], title: str, columns: int = 3,
-                xlabel: str = "step") -> str | None:
-    """Small multiples of line plots (one panel per quantity); None when no panel has a finite point."""
+                xlabel: str = "step", references: Mapping[str, Sequence[Reference]] | None = None) -> str | None:
+    """Small multiples of line plots (one panel per quantity), with optional horizontal reference levels per panel
+    name; None when no panel has a finite point."""
     drawable = [(name, lines) for name, lines in panels
                 if any(np.isfinite(np.asarray(s.y, float)).any() for s in lines)]
     if not drawable:
@@ -214,10 +226,19 @@ def line_panels(panels: Sequence[tuple[str, Sequence[Series]]], title: str, colu
                     ax.plot(x, y, color=colour, linewidth=1.2, label=series.label[:40])
                 else:
                     ax.plot(x, y, color=colour, linewidth=0.6, alpha=0.35, label=series.label[:40])
+                if series.band is not None:
+                    bx, low, high = (np.asarray(v, float) for v in (series.x, *series.band))
+                    keep = np.isfinite(bx) & np.isfinite(low) & np.isfinite(high)
+                    ax.fill_between(bx[keep], low[keep], high[keep], color=colour, alpha=0.2, linewidth=0,
+                                    label=series.band_label[:40] or None)
+            panel_references = [r for r in (references or {}).get(name, ()) if math.isfinite(r.value)]
+            for number, reference in enumerate(panel_references):
+                ax.axhline(reference.value, color=LINE_COLOURS[(len(lines) + number) % len(LINE_COLOURS)],
+                           linestyle="--", linewidth=1.0, label=f"{reference.label[:36]}: {reference.value:.3g}")
             ax.set_title(name[:48], fontsize=8)
             ax.set_xlabel(xlabel, fontsize=7)
             ax.tick_params(labelsize=7)
-            if len(lines) > 1:
+            if len(lines) + len(panel_references) > 1 or any(series.band is not None for series in lines):
                 ax.legend(fontsize=6, loc="best")
         for ax in axes[len(drawable):]:
             ax.set_axis_off()

@@ -1,9 +1,11 @@
 """reports/training.html: how the two training stages went, from their output folders under models/.
 
 Per stage (train_prior -> models/prior, train -> models/gfpgan): loss curves from losses.csv (per step, with a
-running mean), the validation curves of the GFP-GAN (restored vs LQ input: PSNR, identity match rate and
-distance), the sample grids over time, and losses_active.json as a table that says which loss terms and which
-feature / identity networks were really used, checked against the columns that losses.csv actually logged.
+running mean), the prior's face measurement (prior_metrics.csv: HOG face-detection rate with its Wilson band and
+dlib-descriptor FD, each beside its real-face level from prior_reference.json), the validation curves of the
+GFP-GAN (restored vs LQ input: PSNR, identity match rate and distance), the sample grids over time, and
+losses_active.json as a table that says which loss terms and which feature / identity networks were really used,
+checked against the columns that losses.csv actually logged.
 
 The sample grids are copied (shrunk when wide) into reports/training/ under names made from the step number
 only, so the page stays small and no file name from the inputs reaches a path. A stage that has not run, or
@@ -27,7 +29,7 @@ from dlfp.io.atomic import staged_output
 from dlfp.io.receipt import read_receipt
 from dlfp.report import Page, PageContext, register
 from dlfp.report.data_page import StageInputs, Table, _read_json, _receipt_view
-from dlfp.report.plots import Series, decode_thumbnail, line_panels, moving_average
+from dlfp.report.plots import Reference, Series, decode_thumbnail, line_panels, moving_average
 
 ASSETS_DIR = "training"  # under the reports folder: the sample grids
 MAX_GRIDS_SHOWN = 8  # grids over time, evenly spaced from first to last
@@ -36,6 +38,11 @@ GRID_JPEG_QUALITY = 90
 SMOOTHING_POINTS = 50  # the running mean spans 1/50 of the logged steps
 LAST_FRACTION = 0.05  # "last" in the loss table = mean over the last 5% of logged steps (at least one)
 STEP_FILE = re.compile(r"^step-(\d{1,9})\.png$")
+PRIOR_METRICS_CSV = "prior_metrics.csv"  # written by dlfp.train.prior_metrics (not imported: it needs torch)
+PRIOR_REFERENCE_JSON = "prior_reference.json"
+FACE_COLUMNS = ("detection_rate", "ci_low", "ci_high", "fd_dlib", "n_samples")
+RATE_PANEL = "face-detection rate (dlib HOG), higher is better"
+FD_PANEL = "FD in dlib descriptor space, lower is better"
 PARTIAL_SUFFIX = ".partial"
 
 # The published loss weights (gfpgan-spec section 4), shown beside the ones used.
@@ -94,6 +101,20 @@ class Grid:
     width: int = 0
     height: int = 0
     problem: str | None = None
+    note: str = ""  # the face measurement at this step, when there is one
+
+
+@dataclass
+class FaceView:
+    """The prior's face measurement: curves, rows, and the real-face levels they are read against."""
+
+    plot: str | None
+    table: Table
+    reference: dict[str, object]  # real_faces of prior_reference.json (may be empty)
+    claim: str
+    seconds: list[float]
+    n_samples: int
+    rows: dict[int, dict[str, float]] = field(default_factory=dict)  # by step, for the grid captions
 
 
 @dataclass
@@ -110,6 +131,7 @@ class StageView:
     logged_steps: int = 0
     validation_plot: str | None = None
     validation: Table | None = None
+    faces: FaceView | None = None
     grids: list[Grid] = field(default_factory=list)
     grids_total: int = 0
     grid_caption: str = ""
@@ -187,6 +209,59 @@ def validation_plot(frame: pd.DataFrame) -> str | None:
         if lines:
             panels.append((title, lines))
     return line_panels(panels, "train: validation.csv (restored vs LQ input)", columns=3)
+
+
+def face_panels(frame: pd.DataFrame, reference: Mapping) -> tuple[list[tuple[str, list[Series]]],
+                                                                   dict[str, list[Reference]]]:
+    """Detection rate with its Wilson band and FD per measured step; the real-face levels as references."""
+    steps = frame["step"].to_numpy(dtype=float)
+    n = int(frame["n_samples"].max())
+    rate = Series(f"prior samples (n={n})", steps, frame["detection_rate"].to_numpy(dtype=float),
+                  band=(frame["ci_low"].to_numpy(dtype=float), frame["ci_high"].to_numpy(dtype=float)),
+                  band_label="Wilson 95% CI")
+    fd = Series(f"prior samples vs real faces (n={n})", steps, frame["fd_dlib"].to_numpy(dtype=float))
+    references: dict[str, list[Reference]] = {RATE_PANEL: [], FD_PANEL: []}
+    for panel, key, label in ((RATE_PANEL, "detection_rate", "real faces at this size"),
+                              (FD_PANEL, "fd_dlib", "real vs real (floor)")):
+        value = reference.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            references[panel].append(Reference(label, float(value)))
+    return [(RATE_PANEL, [rate]), (FD_PANEL, [fd])], references
+
+
+def face_view(folder: Path, errors: list[str]) -> FaceView | None:
+    """prior_metrics.csv and prior_reference.json as a FaceView; None when the measurement did not run."""
+    stored = _read_json(folder / PRIOR_REFERENCE_JSON, errors)
+    if isinstance(stored, Mapping) and "skipped" in stored:
+        errors.append(f"face measurement skipped: {stored['skipped']}")
+        return None
+    frame = read_numeric_csv(folder / PRIOR_METRICS_CSV, errors)
+    if frame is None or not len(frame):
+        return None
+    missing = [name for name in FACE_COLUMNS if name not in frame.columns]
+    if missing:
+        errors.append(f"{PRIOR_METRICS_CSV}: missing column(s) {', '.join(missing)}")
+        return None
+    if not (folder / PRIOR_REFERENCE_JSON).exists():
+        errors.append(f"{PRIOR_REFERENCE_JSON} missing: the real-face levels are not shown")
+    stored = stored if isinstance(stored, Mapping) else {}
+    reference = stored.get("real_faces") if isinstance(stored.get("real_faces"), Mapping) else {}
+    panels, references = face_panels(frame, reference)
+    plot = line_panels(panels, "train_prior: prior_metrics.csv (fixed samples, EMA generator)", columns=2,
+                       references=references)
+    seconds = [float(v) for v in stored.get("seconds_per_checkpoint", []) if isinstance(v, int | float)]
+    rows = {int(row["step"]): {name: float(row[name]) for name in FACE_COLUMNS}
+            for row in frame.to_dict("records") if all(math.isfinite(row[name]) for name in FACE_COLUMNS)}
+    return FaceView(plot, validation_table(frame), dict(reference), str(stored.get("claim", "")), seconds,
+                    int(frame["n_samples"].max()), rows)
+
+
+def grid_note(row: Mapping) -> str:
+    """'on 8 measured samples (not only these): faces detected 5/8 (0.625, 95% CI 0.31-0.86), FD 0.41'."""
+    n = int(row["n_samples"])
+    found = round(row["detection_rate"] * n)
+    return (f"on {n} measured samples (not only these): faces detected {found}/{n} "
+            f"({row['detection_rate']:.3g}, 95% CI {row['ci_low']:.2g}-{row['ci_high']:.2g}), FD {row['fd_dlib']:.3g}")
 
 
 def _format_number(value: object) -> str:
@@ -342,7 +417,13 @@ def stage_view(spec: TrainingStage, models_dir: Path, assets: Path) -> StageView
         config = _read_json(folder / "gfpgan.json", view.errors)
         if isinstance(config, Mapping):
             view.model_config = [(str(key), _json_text(value)) for key, value in config.items()]
+    else:
+        view.faces = face_view(folder, view.errors)
     view.grids, view.grids_total = copy_grids(spec, folder / "samples", assets)
+    if view.faces is not None:
+        for grid in view.grids:
+            if grid.step in view.faces.rows:
+                grid.note = grid_note(view.faces.rows[grid.step])
     return view
 
 

@@ -55,11 +55,13 @@ RESUME_FORCE = "force"
 #   in losses_active.json);
 # - tensorboard, checkpoint_every, sample_every, keep_checkpoints, val_every: logging and saving cadence only
 #   (sample grids and validation use fixed noise and draw nothing from the training RNG);
+# - eval_samples: how many fixed prior samples the face measurement (dlfp.train.prior_metrics) scores; its latents
+#   come from their own generator, so the count changes prior_metrics.csv only, never the weights;
 # - resume: how this run starts, not what it trains.
 # Everything else counts, iters included: a resume under another iters would end at another step than its
 # checkpoint's recipe said.
 RESULT_NEUTRAL_KEYS = frozenset({"threads", "workers", "device", "tensorboard", "checkpoint_every", "sample_every",
-                                 "keep_checkpoints", "val_every", "resume"})
+                                 "keep_checkpoints", "val_every", "resume", "eval_samples"})
 
 
 class TrainingInterrupted(RuntimeError):

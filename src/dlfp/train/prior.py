@@ -6,7 +6,10 @@ regularisation (optional in StyleGAN2, skipped here and recorded in losses_activ
 prior.pth instead of training.
 
 Output (<out>): prior.pth ({'params_ema': generator EMA state_dict, 'config': constructor arguments},
-weights_only-loadable), samples/step-NNNNNN.png, losses.csv, losses_active.json, receipt.json.
+weights_only-loadable), samples/step-NNNNNN.png (from step 0, the initialisation), losses.csv, losses_active.json,
+receipt.json; with `train_prior.eval_samples` > 0 also prior_metrics.csv (face-detection rate and descriptor FD of
+fixed samples at step 0 and every sample step) and prior_reference.json (the same measured on real train faces):
+see dlfp.train.prior_metrics.
 """
 
 from __future__ import annotations
@@ -56,6 +59,17 @@ from dlfp.train.loop import (
     train_loop,
     training_provenance,
     work_folder,
+)
+from dlfp.train.prior_metrics import (
+    CLAIM,
+    METRICS_CSV,
+    MIN_REAL_FACES,
+    REFERENCE_JSON,
+    FaceMeasure,
+    MetricsLog,
+    eval_latents,
+    real_faces,
+    to_uint8,
 )
 
 log = logging.getLogger(__name__)
@@ -123,6 +137,7 @@ class PriorTrainer:
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if p.bf16 else nullcontext())
         self.sample_z = torch.randn(GRID_SAMPLES, p.num_style_feat,
                                     generator=torch.Generator().manual_seed(derive_seed(seed, "prior-samples") % 2**63))
+        self.eval_z = eval_latents(seed, p.eval_samples, p.num_style_feat)
 
     def state_dict(self) -> dict:
         return {"config": self.config, "generator": self.generator.state_dict(),
@@ -184,13 +199,59 @@ class PriorTrainer:
         return losses
 
     @torch.no_grad()
-    def samples(self) -> Tensor:
-        """EMA generator on fixed z with its stored noise: comparable grids across checkpoints."""
+    def samples(self, z: Tensor | None = None) -> Tensor:
+        """EMA generator on fixed z (default: the grid's) with its stored noise: comparable across checkpoints."""
+        z = self.sample_z if z is None else z
         was_fixed = self.ema.model.fixed_noise
         self.ema.model.fixed_noise = True
-        images, _ = self.ema.model(self.sample_z.to(self.device))
+        images = torch.cat([self.ema.model(chunk.to(self.device))[0].float().cpu()
+                            for chunk in z.split(GRID_SAMPLES)]) if len(z) else torch.zeros(0)
         self.ema.model.fixed_noise = was_fixed
         return images
+
+
+class _FaceCheckpoints:
+    """The face measurement of the prior's samples at its sample checkpoints (main rank only)."""
+
+    @classmethod
+    def start(cls, p: TrainPriorParams, seed: int, shards_dir: Path, records: list[dict], work: Path,
+              start_step: int) -> _FaceCheckpoints | None:
+        """The measurement, or None (recorded in prior_reference.json) when the train split is too small for it."""
+        # Real train faces in their stored order, unflipped, downscaled to the prior's resolution as training sees
+        # them; twice the sample count so that two disjoint halves give the FD floor at the same n.
+        stream = ShardStream(shards_dir, records, SampleRecipe(seed=seed, out_size=p.out_size, flip_prob=0.0),
+                             shuffle_buffer=1)
+        available = stream.samples_per_epoch()
+        if available < MIN_REAL_FACES:
+            reason = (f"only {available} train face(s); the face measurement needs at least {MIN_REAL_FACES} "
+                      "for its real-face reference")
+            log.warning("train_prior: %s: skipped", reason)
+            write_json_atomic(work / REFERENCE_JSON, {"skipped": reason, "eval_samples": p.eval_samples})
+            return None
+        return cls(p, stream, min(2 * p.eval_samples, available), work, start_step)
+
+    def __init__(self, p: TrainPriorParams, stream: ShardStream, real_count: int, work: Path,
+                 start_step: int) -> None:
+        started = time.monotonic()
+        self.measure = FaceMeasure(real_faces(iter(stream), real_count))
+        self.reference_path = work / REFERENCE_JSON
+        self.reference = {"real_faces": self.measure.reference, "eval_samples": p.eval_samples,
+                          "latents": "derive_seed(seed, 'prior-eval', 'latents'), EMA generator, fixed noise",
+                          "claim": CLAIM, "setup_seconds": round(time.monotonic() - started, 2),
+                          "seconds_per_checkpoint": []}
+        self.log = MetricsLog(work / METRICS_CSV, start_step)
+
+    def record(self, step: int, trainer: PriorTrainer) -> None:
+        started = time.monotonic()
+        row = self.measure.measure(step, to_uint8(trainer.samples(trainer.eval_z)))
+        self.log.write(row)
+        seconds = round(time.monotonic() - started, 2)
+        self.reference["seconds_per_checkpoint"].append(seconds)
+        write_json_atomic(self.reference_path, self.reference)
+        log.info("train_prior: step %d: face-detection rate %.3f [%.3f, %.3f] (real faces %.3f), dlib FD %.4g "
+                 "(real-vs-real %.4g), %d samples, %.1f s", step, row["detection_rate"], row["ci_low"],
+                 row["ci_high"], self.measure.reference["detection_rate"], row["fd_dlib"],
+                 self.measure.reference["fd_dlib"], row["n_samples"], seconds)
 
 
 def _convert_official(p: TrainPriorParams, work: Path) -> dict:
@@ -271,9 +332,21 @@ def _train(params: Params, shards_dir: Path, work: Path, info: DistInfo, device:
             "batch_size": p.batch_size, "world_size": info.world_size, "bf16": p.bf16, "device": str(device)})
     loss_log = LossLog(work, LOSS_COLUMNS, start_step, p.tensorboard) if info.is_main else None
 
+    face_measure = None
+    if info.is_main and p.eval_samples > 0:
+        face_measure = _FaceCheckpoints.start(p, params.seed, shards_dir, records, work, start_step)
+
+    def sample_checkpoint(step: int) -> None:
+        save_image_grid(work / SAMPLES_DIR / f"step-{step:06d}.png", list(trainer.samples().split(8)))
+        if face_measure is not None:
+            face_measure.record(step, trainer)
+
+    if info.is_main and start_step == 0:
+        sample_checkpoint(0)  # the initialisation: where the curves start
+
     def on_step_end(step: int) -> None:
         if info.is_main and (step % p.sample_every == 0 or step == p.iters):
-            save_image_grid(work / SAMPLES_DIR / f"step-{step:06d}.png", list(trainer.samples().split(8)))
+            sample_checkpoint(step)
 
     config = LoopConfig(total_steps=p.iters, checkpoint_every=p.checkpoint_every, start_step=start_step,
                         stop_after=stop_after, desc="train_prior", provenance=provenance)
