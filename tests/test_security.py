@@ -1,0 +1,104 @@
+"""Security and data safety (issue 13): no shell from data, atomic swaps, safe restore, verified downloads, safe
+decoding, formula-free CSV cells. Each test reproduces one hole or fault with small synthetic data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from dlfp.data import streams
+from dlfp.data.shards import ShardSetWriter, iter_samples, json_bytes, read_index, split_records
+from dlfp.io.atomic import write_json_atomic
+from dlfp.io.images import encode_png
+from dlfp.params import parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+PER_SHARD = 2
+
+
+def _png(seed: int, size: int = 64) -> bytes:
+    return encode_png(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def _clean_shards(root: Path, extra_test_records: list[dict] = ()) -> Path:
+    """Two test shards of two random faces each (plus `extra_test_records` in the index), and an empty val split."""
+    writer = ShardSetWriter(root, "test/clean-{:06d}.tar", PER_SHARD)
+    for number in range(2 * PER_SHARD):
+        key = f"face_{number:03d}"
+        writer.write({"__key__": key, "gt.png": _png(number),
+                      "json": json_bytes({"id": key, "split": "test", "source": f"{key}.png", "licence": "test"})})
+    records = [record.__dict__ for record in writer.close()] + list(extra_test_records)
+    write_json_atomic(root / "index.json", {"split_rule": "hash", "splits": {
+        "train": {"count": 0, "shards": []}, "val": {"count": 0, "shards": []},
+        "test": {"count": 2 * PER_SHARD, "shards": records}}})
+    return root
+
+
+def _degrade_params():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["shard"]["samples_per_shard"] = PER_SHARD
+    raw["degrade"]["workers"] = 1
+    raw["degrade"]["presets"] = {"paper": raw["degrade"]["presets"]["paper"]}
+    return parse_params(raw)
+
+
+# ------------------------------------------------------------------------------------ 1. shard locations
+def test_an_index_path_that_would_run_a_command_is_refused_naming_the_entry(tmp_path: Path) -> None:
+    """The issue's recipe: a second test record whose path ends in `; touch FILE #`, read with a pipe: location."""
+    planted = tmp_path / "PWNED"
+    hostile = {"path": f"test/clean-000001.tar; touch {planted} #", "count": 2, "sha256": "0" * 64}
+    folder = _clean_shards(tmp_path / "shards", [hostile])
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    command = [sys.executable, "-m", "dlfp", "degrade", "--in", f"pipe:cat {folder}/test/clean-000000.tar",
+               "--out", str(tmp_path / "pairs")]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert not planted.exists()
+    assert result.returncode != 0
+    assert "splits.test.shards[2]" in result.stderr and "touch" in result.stderr, result.stderr
+    assert not (tmp_path / "pairs").exists()
+
+
+@pytest.mark.parametrize("path", ["../outside.tar", "/etc/clean.tar", "test/$(id).tar", "test/a b.tar",
+                                  "test/clean-{000000..000001}.tar", "test/../../x.tar", "test/x.tar\n"])
+def test_a_local_index_with_a_path_outside_or_odd_is_refused(tmp_path: Path, path: str) -> None:
+    folder = _clean_shards(tmp_path / "shards", [{"path": path, "count": 1, "sha256": "0" * 64}])
+    with pytest.raises(streams.UnsafeShardPathError, match=r"splits\.test\.shards\[2\]"):
+        read_index(folder)
+    with pytest.raises(streams.UnsafeShardPathError):
+        list(iter_samples(folder, [{"path": path, "count": 1, "sha256": "0" * 64}]))
+
+
+def test_a_pairs_index_is_checked_in_every_preset(tmp_path: Path) -> None:
+    (tmp_path / "index.json").write_text(json.dumps({"splits": {"test": {"presets": {
+        "paper": {"count": 1, "shards": [{"path": "test/paper/pairs-000000.tar`reboot`", "count": 1}]}}}}}))
+    with pytest.raises(streams.UnsafeShardPathError, match=r"splits\.test\.presets\.paper\.shards\[0\]"):
+        read_index(tmp_path)
+
+
+def test_every_reader_honours_the_brace_range(tmp_path: Path) -> None:
+    """iter_samples (degrade, restore, evaluate, bias) reads only the shards a location names, like training."""
+    folder = _clean_shards(tmp_path / "shards")
+    location = f"pipe:cat {folder}/test/clean-000001.tar"
+    records = split_records(read_index(location), "test")
+    assert len(records) == 2  # the whole index is known...
+    keys = [sample["__key__"] for sample in iter_samples(location, records)]
+    assert keys == ["face_002", "face_003"]  # ...but only the named shard is read
+
+    from dlfp.data import degrade
+
+    summary = degrade.run(_degrade_params(), Path(location), tmp_path / "pairs")
+    assert summary["counts"]["test"] == {"paper": PER_SHARD}
+    assert summary["counts"]["val"] == {"paper": 0}
+
+
+def test_a_pipe_command_gets_the_shard_path_quoted() -> None:
+    source = streams.StreamedShards("pipe:cat /data/", " | tee /dev/null", {})
+    assert source.url("test/clean-000000.tar") == "pipe:cat /data/test/clean-000000.tar | tee /dev/null"
+    assert source.url("a;b") == "pipe:cat /data/'a;b' | tee /dev/null"
