@@ -102,3 +102,102 @@ def test_a_pipe_command_gets_the_shard_path_quoted() -> None:
     source = streams.StreamedShards("pipe:cat /data/", " | tee /dev/null", {})
     assert source.url("test/clean-000000.tar") == "pipe:cat /data/test/clean-000000.tar | tee /dev/null"
     assert source.url("a;b") == "pipe:cat /data/'a;b' | tee /dev/null"
+
+
+# ------------------------------------------------------------------------------ 2. swaps that survive a kill
+OLD_FILES = {"a.txt": b"old a", "b/c.txt": b"old c"}
+NEW_FILES = {"a.txt": b"new a", "d.txt": b"new d"}
+
+
+def _contents(folder: Path) -> dict[str, bytes] | None:
+    if not folder.is_dir():
+        return None
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _write(folder: Path, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+
+
+def _stage(kind: str, out: Path):
+    from dlfp.io.atomic import staged_output
+    from dlfp.train.loop import run_folder
+
+    return staged_output(out) if kind == "staged" else run_folder(out, resume=False)
+
+
+def _killed_run(kind: str, out: Path, kill_at: int, half: bool) -> int:
+    """Build NEW_FILES in a forked child that dies (os._exit, as a kill: no handler runs) at the `kill_at`-th file
+    system step (rename, replace or rmtree) after the output was built; `half`: half-way through that rmtree."""
+    import multiprocessing
+    import shutil
+
+    def child() -> None:
+        calls = [0]
+
+        def fault(real, is_rmtree: bool):
+            def wrapped(*args, **kwargs):
+                calls[0] += 1
+                if calls[0] == kill_at:
+                    if half and is_rmtree:
+                        files = [p for p in Path(args[0]).rglob("*") if p.is_file()]
+                        files[0].unlink()
+                    os._exit(9)
+                return real(*args, **kwargs)
+            return wrapped
+
+        with _stage(kind, out) as work:
+            _write(work, NEW_FILES)
+            os.rename, os.replace = fault(os.rename, False), fault(os.replace, False)
+            shutil.rmtree = fault(shutil.rmtree, True)
+        os._exit(0)
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join()
+    return process.exitcode
+
+
+@pytest.mark.parametrize("kind", ["staged", "run_folder"])
+def test_a_kill_at_any_step_of_the_swap_leaves_the_old_or_the_new_output_and_a_rerun_completes(
+        tmp_path: Path, kind: str) -> None:
+    killed = 0
+    for kill_at in range(1, 6):
+        for half in (False, True):
+            out = tmp_path / f"{kind}-{kill_at}-{half}" / "out"
+            out.mkdir(parents=True)
+            _write(out, OLD_FILES)
+            if _killed_run(kind, out, kill_at, half) != 9:
+                continue  # the swap had fewer steps than kill_at
+            killed += 1
+            with pytest.raises(RuntimeError, match="failing run"), _stage(kind, out):  # starts up (recovers), fails
+                raise RuntimeError("failing run")
+            assert _contents(out) in (OLD_FILES, NEW_FILES), (kill_at, half, _contents(out))
+            with _stage(kind, out) as work:
+                _write(work, NEW_FILES)
+            assert _contents(out) == NEW_FILES, (kill_at, half)
+            assert sorted(p.name for p in out.parent.iterdir() if not p.name.startswith(".")) == ["out"]
+    assert killed >= 4  # at least: aside, rename in, delete old (whole and half-way)
+
+
+def test_checkpoints_are_fsynced_before_they_are_renamed_into_place(tmp_path: Path, monkeypatch) -> None:
+    from dlfp.train import loop
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    synced: set[str] = set()
+
+    def fsync(fd: int) -> None:
+        synced.add(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def replace(source, target) -> None:
+        events.append((str(target), "synced" if os.path.realpath(source) in synced else "not synced"))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    loop.save_checkpoint(tmp_path, {"weights": [1, 2, 3]}, 5, {"epoch": 0}, loop.DistInfo())
+    assert len(events) == 2 and all(state == "synced" for _, state in events), events

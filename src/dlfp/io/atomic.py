@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 PARTIAL_SUFFIX = ".partial"
+OLD_SUFFIX = ".old"  # the previous output, moved aside while the new one is renamed in (swap_into_place)
 
 
 def _default_file_mode() -> int:
@@ -52,6 +53,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, _FILE_MODE)
+        _fsync_file(tmp)  # the content is on disk before the name points at it
         os.replace(tmp, path)
     except OSError as error:
         tmp.unlink(missing_ok=True)
@@ -61,12 +63,27 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         raise
 
 
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make renames inside `folder` durable."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_bytes_atomic(path: Path | str, data: bytes) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
 
 
 def write_text_atomic(path: Path | str, text: str) -> None:
@@ -104,14 +121,49 @@ def output_lock(out_dir: Path) -> Iterator[None]:
         handle.close()
 
 
+def _old_path(out_dir: Path) -> Path:
+    return out_dir.with_name(out_dir.name + OLD_SUFFIX)
+
+
+def recover_swap(out_dir: Path | str) -> None:
+    """Finish or undo a swap that a kill interrupted (call under output_lock, before anything else).
+
+    `<out>.old` with no `<out>`: killed between moving the old output aside and renaming the new one in; the old
+    output is put back (the stage did not finish: its new output is rebuilt by the rerun). `<out>.old` beside
+    `<out>`: killed after the new output was in place; the old one is deleted."""
+    out_dir = Path(out_dir)
+    old = _old_path(out_dir)
+    if not old.exists():
+        return
+    if out_dir.exists():
+        shutil.rmtree(old)
+    else:
+        os.rename(old, out_dir)
+        _fsync_dir(out_dir.parent)
+
+
+def swap_into_place(new_dir: Path, out_dir: Path) -> None:
+    """Replace `out_dir` by `new_dir` so that a kill at any moment leaves one of them whole (see recover_swap):
+    move the old output aside, rename the new one in, then delete the old one."""
+    old = _old_path(out_dir)
+    if out_dir.exists():
+        os.rename(out_dir, old)
+    os.rename(new_dir, out_dir)
+    _fsync_dir(out_dir.parent)
+    if old.exists():
+        shutil.rmtree(old)
+
+
 @contextlib.contextmanager
 def staged_output(out_dir: Path | str) -> Iterator[Path]:
     """Build a stage's output folder as `<out>.partial`, then swap it into place on success.
 
-    A killed or failed stage leaves only the `.partial` folder, which no later stage reads as finished.
+    A killed or failed stage leaves only the `.partial` folder, which no later stage reads as finished; a kill
+    during the swap leaves the old or the new output whole, and the next run recovers it (recover_swap).
     """
     out_dir = Path(out_dir)
     with output_lock(out_dir):
+        recover_swap(out_dir)
         partial = out_dir.with_name(out_dir.name + PARTIAL_SUFFIX)
         if partial.exists():
             shutil.rmtree(partial)
@@ -124,6 +176,4 @@ def staged_output(out_dir: Path | str) -> Iterator[Path]:
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(partial, out_dir)
+        swap_into_place(partial, out_dir)
