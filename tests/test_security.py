@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
 import numpy as np
 import pytest
 import yaml
@@ -201,3 +202,84 @@ def test_checkpoints_are_fsynced_before_they_are_renamed_into_place(tmp_path: Pa
     monkeypatch.setattr(os, "replace", replace)
     loop.save_checkpoint(tmp_path, {"weights": [1, 2, 3]}, 5, {"epoch": 0}, loop.DistInfo())
     assert len(events) == 2 and all(state == "synced" for _, state in events), events
+
+
+# ------------------------------------------------------------------------------------------ 3. dlfp restore
+WILD_PHOTO = REPO.parent / "shared" / "faces" / "wild" / "dfdnet_test1.jpg"
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from dlfp.models.checkpoints import save_official
+    from dlfp.models.gfpgan import GFPGANv1Clean
+
+    if not WILD_PHOTO.is_file():
+        prereq.missing(f"{WILD_PHOTO} missing")
+    torch.manual_seed(0)
+    tiny = GFPGANv1Clean(out_size=64, num_style_feat=64, channel_multiplier=1, num_mlp=2, narrow=0.125)
+    return save_official(tiny, tmp_path_factory.mktemp("weights") / "tiny.pth")
+
+
+def _photo_folder(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "face.jpg").write_bytes(WILD_PHOTO.read_bytes())
+    return root
+
+
+def test_restore_refuses_an_outdir_equal_to_an_input_folder(tiny_weights: Path, tmp_path: Path, capsys) -> None:
+    from dlfp import cli
+
+    folder = _photo_folder(tmp_path / "photos")
+    code = cli.main(["--params", str(REPO / "params.yaml"), "restore", str(folder), "-o", str(folder / "."),
+                     "--weights", str(tiny_weights), "--device", "cpu"])
+    assert code == cli.EXIT_USAGE
+    assert "is the input folder" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["face.jpg"]
+
+
+def test_restore_outputs_inside_an_input_folder_are_never_read_back(tiny_weights: Path, tmp_path: Path) -> None:
+    from dlfp.restore import photos
+
+    folder = _photo_folder(tmp_path / "photos")
+    for overwrite in (False, True):
+        summary = photos.run_photos([folder], folder / "out", weights=tiny_weights, device="cpu",
+                                    overwrite=overwrite, progress=False)
+        assert [row["input"] for row in summary["photos"]] == [str(folder / "face.jpg")]
+
+
+def test_restore_checks_existing_outputs_under_the_lock(tiny_weights: Path, tmp_path: Path, monkeypatch) -> None:
+    """A concurrent run that writes its outputs between the early check and the lock is not overwritten."""
+    from dlfp.restore import photos
+
+    out = tmp_path / "out"
+    real_load = photos._load_restorer
+
+    def load_while_another_run_finishes(*args, **kwargs):
+        restorer = real_load(*args, **kwargs)
+        out.mkdir()
+        (out / photos.SUMMARY_JSON).write_text("written by the other run")
+        return restorer
+
+    monkeypatch.setattr(photos, "_load_restorer", load_while_another_run_finishes)
+    with pytest.raises(photos.OutputExistsError):
+        photos.run_photos([WILD_PHOTO], out, weights=tiny_weights, device="cpu", progress=False)
+    assert (out / photos.SUMMARY_JSON).read_text() == "written by the other run"
+
+
+def test_a_planted_lock_symlink_never_truncates_its_target(tiny_weights: Path, tmp_path: Path) -> None:
+    from dlfp.io.atomic import OutputLockedError, staged_output
+    from dlfp.restore import photos
+
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / photos.LOCK_NAME).symlink_to(victim)
+    with pytest.raises(OutputLockedError, match="symbolic link"):
+        photos.run_photos([WILD_PHOTO], out, weights=tiny_weights, device="cpu", progress=False)
+    (tmp_path / ".stage.lock").symlink_to(victim)
+    with pytest.raises(OutputLockedError, match="symbolic link"), staged_output(tmp_path / "stage"):
+        pass
+    assert victim.read_text() == "keep me"

@@ -102,13 +102,26 @@ def write_csv_atomic(path: Path | str, header: Sequence[str], rows: Sequence[Seq
             writer.writerows(rows)
 
 
+def open_lock_file(path: Path):
+    """A lock file opened for writing without following a symlink and without truncating: a link planted at
+    `path` cannot make the lock damage another file."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, _FILE_MODE)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise OutputLockedError(f"{path}: the lock file is a symbolic link; refusing to open it (remove it "
+                                    "if it is not yours)") from None
+        raise
+    return os.fdopen(fd, "w")
+
+
 @contextlib.contextmanager
 def output_lock(out_dir: Path) -> Iterator[None]:
     """Refuse a second concurrent run on the same output instead of letting two writers corrupt it."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     lock_path = out_dir.parent / f".{out_dir.name}.lock"
-    handle = open(lock_path, "w")  # noqa: SIM115 - held for the whole block
+    handle = open_lock_file(lock_path)
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
