@@ -283,3 +283,64 @@ def test_a_planted_lock_symlink_never_truncates_its_target(tiny_weights: Path, t
     with pytest.raises(OutputLockedError, match="symbolic link"), staged_output(tmp_path / "stage"):
         pass
     assert victim.read_text() == "keep me"
+
+
+# -------------------------------------------------------------------------------------------- 4. downloads
+def _confirm_page(action: str) -> bytes:
+    return (b"<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head><body>"
+            b"<p>Google Drive can't scan this file for viruses.</p><form id=\"download-form\" action=\""
+            + action.encode() + b"\" method=\"get\"><input type=\"hidden\" name=\"confirm\" value=\"t\"></form>"
+            b"</body></html>")
+
+
+def test_the_official_metadata_json_is_pinned_by_default() -> None:
+    ffhq = parse_params(yaml.safe_load((REPO / "params.yaml").read_text())).data.ffhq
+    assert (ffhq.metadata_md5, ffhq.metadata_size) == ("425ae20f06a4da1d4dc0f46d40ba5fd6", 267_793_842)
+    from dlfp.params import FFHQSource
+
+    assert FFHQSource().metadata_md5 == "425ae20f06a4da1d4dc0f46d40ba5fd6"
+    mirror = FFHQSource(metadata_url="https://mirror.example/ffhq.json", metadata_md5=None, metadata_size=None)
+    assert mirror.metadata_md5 is None  # a mirror overrides the pin explicitly
+
+
+def test_a_download_past_its_cap_is_aborted_and_leaves_nothing(server, tmp_path: Path) -> None:
+    from dlfp.data import download as dl
+
+    server.serve("/big.bin", b"x" * 5000)
+    dest = tmp_path / "big.bin"
+    with pytest.raises(dl.TooLargeError, match="4096"):
+        dl.download(server.url("big.bin"), dest, max_bytes=4096, policy=dl.RetryPolicy(retries=0))
+    assert not dest.exists() and not dl.part_path(dest).exists()
+
+
+@pytest.mark.parametrize("file_url", ["file:///etc/hostname", "/etc/hostname", "ftp://host/x.png"])
+def test_a_file_url_from_the_metadata_must_be_http(file_url: str) -> None:
+    from dlfp.data import acquire
+    from dlfp.data.download import UntrustedURLError
+    from dlfp.params import FFHQSource
+
+    entry = {"thumbnail": {"file_path": "thumbnails128x128/00000/00007.png", "file_url": file_url}}
+    with pytest.raises(UntrustedURLError, match="FFHQ metadata 7"):
+        acquire._ffhq_file(entry, 7, FFHQSource(metadata_md5=None))
+
+
+def test_the_metadata_file_size_caps_each_file_download() -> None:
+    from dlfp.data import acquire
+    from dlfp.params import FFHQSource
+
+    spec = {"file_path": "thumbnails128x128/00000/00007.png", "file_url": "https://host/x.png", "file_size": 1234}
+    assert acquire._ffhq_file({"thumbnail": spec}, 7, FFHQSource()).max_bytes == 1234
+    del spec["file_size"]
+    assert acquire._ffhq_file({"thumbnail": spec}, 7, FFHQSource(max_file_bytes=99)).max_bytes == 99
+
+
+def test_a_drive_confirmation_link_to_another_host_is_not_followed(server, tmp_path: Path) -> None:
+    from dlfp.data import download as dl
+
+    server.serve("/uc", _confirm_page("http://evil.invalid/download"), content_type="text/html")
+    with pytest.raises(dl.UntrustedURLError, match="evil.invalid"):
+        dl.download(server.url("uc?id=abc"), tmp_path / "meta.json", policy=dl.RetryPolicy(retries=0))
+    server.serve("/uc", _confirm_page("file:///tmp/download"), content_type="text/html")
+    with pytest.raises(dl.UntrustedURLError, match="file:"):
+        dl.download(server.url("uc?id=abc"), tmp_path / "meta.json", policy=dl.RetryPolicy(retries=0))
+    assert not (tmp_path / "meta.json").exists()

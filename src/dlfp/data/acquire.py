@@ -62,6 +62,7 @@ from dlfp.data.download import (
     build_opener,
     download,
     probe_size,
+    require_web_url,
 )
 from dlfp.io.atomic import staged_output, write_csv_atomic, write_json_atomic
 from dlfp.io.hashing import file_digest
@@ -604,7 +605,7 @@ def _ffhq_selection(ffhq: FFHQSource, count: int | None, cache: Path) -> Selecti
         return _parquet_selection(ffhq.parquet, ffhq, count, cache)
     policy = _policy(ffhq)
     metadata_path = download(ffhq.metadata_url, cache / "ffhq-dataset-v2.json", md5=ffhq.metadata_md5,
-                             policy=policy).path
+                             policy=policy, max_bytes=ffhq.metadata_size).path
     metadata = _load_metadata(metadata_path)
     wanted = wanted_ids(ffhq.id_range, count)
     ids = sorted(int(key) for key in metadata if wanted is None or int(key) in wanted)
@@ -633,6 +634,7 @@ class _FFHQFile:
     url: str
     md5: str | None
     filename: str
+    max_bytes: int
 
 
 def _ffhq_file(entry: dict, ffhq_id: int, ffhq: FFHQSource) -> _FFHQFile:
@@ -643,12 +645,14 @@ def _ffhq_file(entry: dict, ffhq_id: int, ffhq: FFHQSource) -> _FFHQFile:
         key = FFHQ_VARIANT_KEYS[ffhq.variant]
         raise ValueError(f"FFHQ metadata entry {ffhq_id}: no '{key}.file_path'") from None
     url = (ffhq.url_template.format(id=ffhq_id, variant=ffhq.variant, file_path=file_path)
-           if ffhq.url_template else spec.get("file_url", ""))
+           if ffhq.url_template else require_web_url(str(spec.get("file_url", "")), f"FFHQ metadata {ffhq_id}"))
     licence = (entry.get("metadata") or {}).get("license", "")
     candidate = Candidate(id=f"{ffhq_id:05d}", source=url, licence=licence, ffhq_id=ffhq_id,
                           pixel_md5=spec.get("pixel_md5"))
     suffix = PurePosixPath(file_path).suffix or ".png"
-    return _FFHQFile(candidate, url, spec.get("file_md5"), f"{ffhq_id:05d}{suffix}")
+    size = spec.get("file_size")
+    max_bytes = int(size) if isinstance(size, int) and size > 0 else ffhq.max_file_bytes
+    return _FFHQFile(candidate, url, spec.get("file_md5"), f"{ffhq_id:05d}{suffix}", max_bytes)
 
 
 def _download_all(files: list[_FFHQFile], folder: Path, policy: RetryPolicy) -> Iterator[Item]:
@@ -658,7 +662,7 @@ def _download_all(files: list[_FFHQFile], folder: Path, policy: RetryPolicy) -> 
     def fetch(item: _FFHQFile) -> Path | Rejection:
         try:
             return download(item.url, folder / item.filename, md5=item.md5, policy=policy, progress=False,
-                            opener=opener).path
+                            opener=opener, max_bytes=item.max_bytes).path
         except DriveQuotaError:
             raise
         except DownloadError as error:
@@ -698,19 +702,19 @@ def _parquet_selection(mirror: ParquetMirror, ffhq: FFHQSource, count: int | Non
     inputs = {"source": "ffhq-parquet", "url_template": mirror.url_template, "shards": shard_list}
     description = f"FFHQ parquet mirror ({len(shard_list)} of {mirror.num_shards} shards at most)"
     total = len(wanted) if wanted is not None else None
-    items = _parquet_items(mirror, shard_list, wanted, cache / "parquet", _policy(ffhq))
+    items = _parquet_items(mirror, shard_list, wanted, cache / "parquet", _policy(ffhq), ffhq.max_file_bytes)
     return Selection(items, total, inputs, description)
 
 
 def _parquet_items(mirror: ParquetMirror, shard_list: list[int], wanted: range | None, folder: Path,
-                   policy: RetryPolicy) -> Iterator[Item]:
+                   policy: RetryPolicy, max_bytes: int) -> Iterator[Item]:
     """Rows of the needed shards, in shard order; stops once every wanted id was seen."""
     seen: set[int] = set()
     position = 0  # ids by row position when rows_per_shard is unknown: count rows of the shards read
     for index in shard_list:
         url = mirror.url_template.format(index=index)
         dest = folder / _shard_filename(url, index)
-        path = download(url, dest, md5=mirror.md5.get(index), policy=policy).path
+        path = download(url, dest, md5=mirror.md5.get(index), policy=policy, max_bytes=max_bytes).path
         base = index * mirror.rows_per_shard if mirror.rows_per_shard else position
         rows = 0
         for ffhq_id, row, data in _parquet_rows(path, mirror, base):
