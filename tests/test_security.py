@@ -344,3 +344,58 @@ def test_a_drive_confirmation_link_to_another_host_is_not_followed(server, tmp_p
     with pytest.raises(dl.UntrustedURLError, match="file:"):
         dl.download(server.url("uc?id=abc"), tmp_path / "meta.json", policy=dl.RetryPolicy(retries=0))
     assert not (tmp_path / "meta.json").exists()
+
+
+# --------------------------------------------------------------------------------------------- 5. decoding
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n%%EndComments\n"
+       b"0 0 moveto 64 64 lineto stroke\nshowpage\n%%EOF\n")
+
+
+def test_eps_never_reaches_ghostscript(monkeypatch) -> None:
+    from PIL import EpsImagePlugin
+
+    from dlfp.io.images import ImageRejected, decode_image_bytes
+
+    calls = []
+
+    def ghostscript(*args, **kwargs):
+        calls.append(args)
+        raise OSError("Ghostscript must not run")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript)
+    monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: True)
+    with pytest.raises(ImageRejected, match="PostScript/EPS"):
+        decode_image_bytes(EPS, source="evil.jpg")
+    assert calls == []
+
+
+def test_accepted_formats_still_decode() -> None:
+    import io
+
+    from PIL import Image
+
+    from dlfp.io.images import decode_image_bytes
+
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    for fmt in ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF"):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format=fmt)
+        assert decode_image_bytes(buffer.getvalue(), source=f"x.{fmt}").rgb.shape == (32, 32, 3), fmt
+
+
+def test_pending_archive_members_are_bounded_in_bytes_not_only_in_count(monkeypatch) -> None:
+    from dlfp.data import acquire
+
+    member_bytes = 1000
+    monkeypatch.setattr(acquire, "MAX_PENDING_BYTES", 2 * member_bytes, raising=False)
+    pulled = []
+
+    def items():
+        for number in range(12):
+            pulled.append(number)
+            yield (acquire.Candidate(id=f"{number:05d}", source="a.zip", licence=""), b"x" * member_bytes)
+
+    results = acquire._map_bounded(len, items(), workers=2)  # len(item) == 2: any picklable task will do
+    assert next(results) == 2
+    assert len(pulled) <= 3  # at most MAX_PENDING_BYTES held, plus the member just pulled
+    assert list(results) == [2] * 11

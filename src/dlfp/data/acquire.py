@@ -94,6 +94,7 @@ TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz
 MAX_WORKERS = 8
 POOL_MIN_ITEMS = 32  # below this, starting worker processes costs more than it saves
 PENDING_PER_WORKER = 4  # bounded queue: never hold more than this many undecoded images per worker
+MAX_PENDING_BYTES = 1 << 30  # ...nor more than this many encoded bytes in all (members may be up to 512 MB each)
 DOWNLOAD_THREADS = 4
 PARQUET_BATCH_ROWS = 64
 PARQUET_MAGIC = b"PAR1"
@@ -289,22 +290,23 @@ def _worker_count(total: int | None, requested: int | None) -> int:
 
 def _map_bounded(task: Callable[[Job], Accepted | Rejection], items: Iterator[Item],
                  workers: int) -> Iterator[Accepted | Rejection]:
-    """Like Executor.map, but pulls input lazily so at most a few images per worker are held in memory."""
+    """Like Executor.map, but pulls input lazily so at most a few images per worker, and MAX_PENDING_BYTES of
+    encoded bytes in all (at least one image), are held in memory."""
     if workers <= 1:
         for item in items:
             yield item if isinstance(item, Rejection) else task(item)
         return
     limit = workers * PENDING_PER_WORKER
-    pending: list[Future] = []
+    pending: list[tuple[Future, int]] = []
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         for item in items:
             if isinstance(item, Rejection):
                 yield item
                 continue
-            pending.append(pool.submit(task, item))
-            while len(pending) >= limit:
-                yield pending.pop(0).result()
-        for future in pending:
+            pending.append((pool.submit(task, item), len(item[1])))
+            while len(pending) >= limit or sum(size for _, size in pending) > MAX_PENDING_BYTES:
+                yield pending.pop(0)[0].result()
+        for future, _ in pending:
             yield future.result()
 
 
