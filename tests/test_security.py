@@ -399,3 +399,36 @@ def test_pending_archive_members_are_bounded_in_bytes_not_only_in_count(monkeypa
     assert next(results) == 2
     assert len(pulled) <= 3  # at most MAX_PENDING_BYTES held, plus the member just pulled
     assert list(results) == [2] * 11
+
+
+# ---------------------------------------------------------------------------------------- 6. CSV formulas
+def test_csv_cells_that_would_be_formulas_are_neutralised_and_numbers_stay_numbers(tmp_path: Path) -> None:
+    import csv
+
+    from dlfp.io.atomic import write_csv_atomic
+
+    hostile = ["=HYPERLINK(\"http://x\")", "+cmd|' /C calc'!A0", "-2+3+cmd|' /C calc'!A0", "@SUM(1+1)", "\t=1+1"]
+    kept = [-0.5, 3, "-0.5", "+1e-3", "-inf", "-face_01", "plain name.png", ""]
+    write_csv_atomic(tmp_path / "t.csv", ["cell"], [[cell] for cell in hostile + kept])
+    with open(tmp_path / "t.csv", newline="", encoding="utf-8") as handle:
+        cells = [row[0] for row in csv.reader(handle)][1:]
+    assert cells[:len(hostile)] == ["'" + cell for cell in hostile]
+    assert cells[len(hostile):] == [str(cell) for cell in kept]
+
+
+def test_a_hostile_file_name_and_licence_reach_the_manifest_neutralised(tmp_path: Path) -> None:
+    import csv
+
+    from dlfp.data import acquire
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    name = "=HYPERLINK(1)+x.png"
+    (folder / name).write_bytes(_png(1))
+    (folder / "manifest.csv").write_text(f"file,licence\n\"{name}\",@SUM(1)\n")
+    params = parse_params({"data": {"source": "folder", "folder": str(folder), "cache_dir": str(tmp_path / "c")}})
+    acquire.run(params, out_dir=tmp_path / "raw")
+    with open(tmp_path / "raw" / "manifest.csv", newline="", encoding="utf-8") as handle:
+        row = next(csv.DictReader(handle))
+    assert row["source"] == "'" + name and row["licence"] == "'@SUM(1)"
+    assert (tmp_path / "raw" / "images" / f"{row['id']}.png").is_file()  # ids are untouched

@@ -8,6 +8,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -94,12 +95,31 @@ def write_json_atomic(path: Path | str, payload: object) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_TOKEN = re.compile(r"[A-Za-z0-9_.-]+")  # ids like "-face_01": no operator, call or DDE link possible
+
+
+def csv_safe(cell: object) -> object:
+    """A cell a spreadsheet cannot run as a formula: a string starting with = + - @ (or a tab or CR) gets a leading
+    single quote, unless it is a number ("-0.5", "+1e-3") or a plain token of letters, digits, '_', '.' and '-'
+    (ids and stems stay as they are, so stages reading them back find their files). Numbers (int, float) and
+    other strings are written unchanged."""
+    if not isinstance(cell, str) or not cell.startswith(_FORMULA_START) or _PLAIN_TOKEN.fullmatch(cell):
+        return cell
+    try:
+        float(cell)
+    except ValueError:
+        return "'" + cell
+    return cell
+
+
 def write_csv_atomic(path: Path | str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Every CSV the project writes goes through here: cells are made formula-safe (csv_safe)."""
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(header)
-            writer.writerows(rows)
+            writer.writerow([csv_safe(cell) for cell in header])
+            writer.writerows([csv_safe(cell) for cell in row] for row in rows)
 
 
 def open_lock_file(path: Path):

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from dlfp.io.atomic import PARTIAL_SUFFIX, atomic_path, output_lock, recover_swap, swap_into_place
+from dlfp.io.atomic import PARTIAL_SUFFIX, atomic_path, csv_safe, output_lock, recover_swap, swap_into_place
 from dlfp.io.hashing import derive_seed
 
 log = logging.getLogger(__name__)
@@ -477,7 +477,7 @@ def append_csv_row(path: Path, header: list[str], row: list[object]) -> None:
         writer = csv.writer(handle, lineterminator="\n")
         if new_file:
             writer.writerow(header)
-        writer.writerow(row)
+        writer.writerow([csv_safe(cell) for cell in row])
 
 
 # ------------------------------------------------------------------------------------------------ the loop
