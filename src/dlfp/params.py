@@ -49,6 +49,9 @@ class ParquetMirror(_Section):
     md5: dict[int, str] = Field(default_factory=dict, description="optional md5 per shard index")
     fetch: Literal["shards", "row_groups"] = Field(
         default="shards", description="shards: whole files; row_groups: only the byte ranges of the needed row groups")
+    variant: Literal["thumbs", "images"] | None = Field(
+        default=None, description="the FFHQ variant whose exact pixels the rows hold: rows are then checked against "
+        "the metadata's pixel_md5 (data.source ffhq); null for resized mirrors, which the metadata does not describe")
 
 
 FFHQ_METADATA_MD5 = "425ae20f06a4da1d4dc0f46d40ba5fd6"  # the official ffhq-dataset-v2.json

@@ -48,7 +48,7 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path, PurePosixPath
 
@@ -601,13 +601,12 @@ def wanted_ids(id_range: tuple[int, int] | None, count: int | None) -> range | N
 
 def _ffhq_selection(ffhq: FFHQSource, count: int | None, cache: Path) -> Selection:
     if ffhq.parquet is not None and ffhq.parquet.fetch == "row_groups":
-        return _mirror_selection(ffhq.parquet, wanted_ids(ffhq.id_range, count), cache, _policy(ffhq),
-                                 ffhq.timeout_s, "data.source ffhq", "")
+        return _with_pixel_md5(_mirror_selection(ffhq.parquet, wanted_ids(ffhq.id_range, count), cache,
+                                                 _policy(ffhq), ffhq.timeout_s, "data.source ffhq", ""), ffhq, cache)
     if ffhq.parquet is not None:
-        return _parquet_selection(ffhq.parquet, ffhq, count, cache)
+        return _with_pixel_md5(_parquet_selection(ffhq.parquet, ffhq, count, cache), ffhq, cache)
     policy = _policy(ffhq)
-    metadata_path = download(ffhq.metadata_url, cache / "ffhq-dataset-v2.json", md5=ffhq.metadata_md5,
-                             policy=policy, max_bytes=ffhq.metadata_size).path
+    metadata_path = _metadata_path(ffhq, cache)
     metadata = _load_metadata(metadata_path)
     wanted = wanted_ids(ffhq.id_range, count)
     ids = sorted(int(key) for key in metadata if wanted is None or int(key) in wanted)
@@ -617,6 +616,33 @@ def _ffhq_selection(ffhq: FFHQSource, count: int | None, cache: Path) -> Selecti
     description = f"FFHQ {ffhq.variant} ({len(ids)} ids from {metadata_path})"
     items = _download_all(candidates, cache / "ffhq" / ffhq.variant, policy)
     return Selection(items, len(candidates), inputs, description)
+
+
+def _metadata_path(ffhq: FFHQSource, cache: Path) -> Path:
+    """The FFHQ metadata JSON, downloaded once, checked against its pinned md5 and capped at its size."""
+    return download(ffhq.metadata_url, cache / "ffhq-dataset-v2.json", md5=ffhq.metadata_md5,
+                    policy=_policy(ffhq), max_bytes=ffhq.metadata_size).path
+
+
+def _with_pixel_md5(selection: Selection, ffhq: FFHQSource, cache: Path) -> Selection:
+    """Parquet rows of a mirror that declares its FFHQ variant get the metadata's pixel md5, which process_job
+    checks after decoding (a mismatch is a 'pixel md5 mismatch' reject)."""
+    if ffhq.parquet is None or ffhq.parquet.variant is None:
+        return selection
+    key = FFHQ_VARIANT_KEYS[ffhq.parquet.variant]
+    metadata = _load_metadata(_metadata_path(ffhq, cache))
+    sums = {int(ffhq_id): (entry.get(key) or {}).get("pixel_md5") for ffhq_id, entry in metadata.items()}
+
+    def checked(items: Iterator[Item]) -> Iterator[Item]:
+        for item in items:
+            if isinstance(item, Rejection):
+                yield item
+            else:
+                candidate, data = item
+                yield replace(candidate, pixel_md5=sums.get(candidate.ffhq_id)), data
+
+    return replace(selection, items=checked(selection.items),
+                               inputs={**selection.inputs, "pixel_md5_from": "ffhq metadata"})
 
 
 def _load_metadata(path: Path) -> dict:
