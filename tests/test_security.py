@@ -351,7 +351,7 @@ EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n%%EndComments\n"
        b"0 0 moveto 64 64 lineto stroke\nshowpage\n%%EOF\n")
 
 
-def test_eps_never_reaches_ghostscript(monkeypatch) -> None:
+def test_eps_never_reaches_ghostscript(monkeypatch, tmp_path: Path) -> None:
     from PIL import EpsImagePlugin
 
     from dlfp.io.images import ImageRejected, decode_image_bytes
@@ -366,6 +366,11 @@ def test_eps_never_reaches_ghostscript(monkeypatch) -> None:
     monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: True)
     with pytest.raises(ImageRejected, match="PostScript/EPS"):
         decode_image_bytes(EPS, source="evil.jpg")
+    from dlfp.restore import photos
+
+    (tmp_path / "evil.jpg").write_bytes(EPS)
+    with pytest.raises(ImageRejected, match="PostScript/EPS"):  # `dlfp restore` decodes through the same door
+        photos.decode_photo(tmp_path / "evil.jpg", upscale=2, max_pixels=10**8)
     assert calls == []
 
 
