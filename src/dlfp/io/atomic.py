@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 PARTIAL_SUFFIX = ".partial"
-OLD_SUFFIX = ".old"  # the previous output, moved aside while the new one is renamed in (swap_into_place)
+OLD_SUFFIX = ".dlfp-old"  # the previous output, moved aside while the new one is renamed in (swap_into_place)
 
 
 def _default_file_mode() -> int:
@@ -161,8 +161,8 @@ def _old_path(out_dir: Path) -> Path:
 def recover_swap(out_dir: Path | str) -> None:
     """Finish or undo a swap that a kill interrupted (call under output_lock, before anything else).
 
-    `<out>.old` with no `<out>`: killed between moving the old output aside and renaming the new one in; the old
-    output is put back (the stage did not finish: its new output is rebuilt by the rerun). `<out>.old` beside
+    `<out>.dlfp-old` with no `<out>`: killed between moving the old output aside and renaming the new one in; the old
+    output is put back (the stage did not finish: its new output is rebuilt by the rerun). `<out>.dlfp-old` beside
     `<out>`: killed after the new output was in place; the old one is deleted."""
     out_dir = Path(out_dir)
     old = _old_path(out_dir)
