@@ -357,6 +357,27 @@ def test_parquet_mirror_with_id_column_and_count(server, tmp_path: Path) -> None
     assert server.count("pq/train-00001.parquet") == 0  # all wanted ids were in the first shard
 
 
+def test_parquet_rows_of_a_declared_variant_are_checked_against_the_metadata_pixel_md5(server, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pixels = {ffhq_id: _image(300 + ffhq_id, (128, 128)) for ffhq_id in range(3)}
+    images = [{"bytes": _encode(pixels[i]), "path": f"{i:05d}.png"} for i in range(3)]
+    pq.write_table(pa.table({"image": images}), tmp_path / "train-00000.parquet")
+    server.serve("/pq/train-00000.parquet", (tmp_path / "train-00000.parquet").read_bytes())
+    metadata = {str(i): {"thumbnail": {"file_path": f"t/{i:05d}.png", "pixel_md5": _md5(pixels[i].tobytes())
+                                       if i != 1 else "0" * 32}} for i in range(3)}
+    blob = json.dumps(metadata).encode()
+    server.serve("/meta.json", blob, content_type="application/json")
+    mirror = {"url_template": server.url("pq/train-{index:05d}.parquet"), "num_shards": 1, "variant": "thumbs"}
+    ffhq = {"parquet": mirror, "retries": 0, "metadata_url": server.url("meta.json"), "metadata_md5": _md5(blob),
+            "metadata_size": len(blob)}
+    out = tmp_path / "raw"
+    acquire.run(_params(tmp_path, source="ffhq", ffhq=ffhq), out_dir=out)
+    assert [row["id"] for row in _read_csv(out / "manifest.csv")] == ["00000", "00002"]
+    assert [(row["id"], row["reason"]) for row in _read_csv(out / "rejects.csv")] == [("00001", "pixel md5 mismatch")]
+
+
 # ------------------------------------------------------------------------------------------ real data
 def _linked_faces(tmp_path: Path, number: int) -> Path:
     folder = tmp_path / "faces"

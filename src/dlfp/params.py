@@ -49,11 +49,24 @@ class ParquetMirror(_Section):
     md5: dict[int, str] = Field(default_factory=dict, description="optional md5 per shard index")
     fetch: Literal["shards", "row_groups"] = Field(
         default="shards", description="shards: whole files; row_groups: only the byte ranges of the needed row groups")
+    variant: Literal["thumbs", "images"] | None = Field(
+        default=None, description="the FFHQ variant whose exact pixels the rows hold: rows are then checked against "
+        "the metadata's pixel_md5 (data.source ffhq); null for resized mirrors, which the metadata does not describe")
+
+
+FFHQ_METADATA_MD5 = "425ae20f06a4da1d4dc0f46d40ba5fd6"  # the official ffhq-dataset-v2.json
+FFHQ_METADATA_BYTES = 267_793_842
 
 
 class FFHQSource(_Section):
     metadata_url: str = "https://drive.google.com/uc?id=16N0RV4fHI6joBuKbQAoG34V_cQk7vxSA"
-    metadata_md5: str | None = None
+    metadata_md5: str | None = Field(
+        default=FFHQ_METADATA_MD5, description="pinned md5 of the official ffhq-dataset-v2.json; a mirror serving "
+        "other bytes sets its own (or null) explicitly")
+    metadata_size: int | None = Field(
+        default=FFHQ_METADATA_BYTES, gt=0, description="size of the metadata JSON: a larger download is aborted")
+    max_file_bytes: int = Field(
+        default=4 << 30, gt=0, description="cap on any other FFHQ download whose size the metadata does not give")
     variant: Literal["thumbs", "images"] = Field(
         default="thumbs", description="thumbs: 128 px PNG thumbnails; images: 1024 px aligned PNGs"
     )

@@ -48,7 +48,7 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path, PurePosixPath
 
@@ -62,6 +62,7 @@ from dlfp.data.download import (
     build_opener,
     download,
     probe_size,
+    require_web_url,
 )
 from dlfp.io.atomic import staged_output, write_csv_atomic, write_json_atomic
 from dlfp.io.hashing import file_digest
@@ -93,6 +94,7 @@ TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz
 MAX_WORKERS = 8
 POOL_MIN_ITEMS = 32  # below this, starting worker processes costs more than it saves
 PENDING_PER_WORKER = 4  # bounded queue: never hold more than this many undecoded images per worker
+MAX_PENDING_BYTES = 1 << 30  # ...nor more than this many encoded bytes in all (members may be up to 512 MB each)
 DOWNLOAD_THREADS = 4
 PARQUET_BATCH_ROWS = 64
 PARQUET_MAGIC = b"PAR1"
@@ -288,22 +290,23 @@ def _worker_count(total: int | None, requested: int | None) -> int:
 
 def _map_bounded(task: Callable[[Job], Accepted | Rejection], items: Iterator[Item],
                  workers: int) -> Iterator[Accepted | Rejection]:
-    """Like Executor.map, but pulls input lazily so at most a few images per worker are held in memory."""
+    """Like Executor.map, but pulls input lazily so at most a few images per worker, and MAX_PENDING_BYTES of
+    encoded bytes in all (at least one image), are held in memory."""
     if workers <= 1:
         for item in items:
             yield item if isinstance(item, Rejection) else task(item)
         return
     limit = workers * PENDING_PER_WORKER
-    pending: list[Future] = []
+    pending: list[tuple[Future, int]] = []
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         for item in items:
             if isinstance(item, Rejection):
                 yield item
                 continue
-            pending.append(pool.submit(task, item))
-            while len(pending) >= limit:
-                yield pending.pop(0).result()
-        for future in pending:
+            pending.append((pool.submit(task, item), len(item[1])))
+            while len(pending) >= limit or sum(size for _, size in pending) > MAX_PENDING_BYTES:
+                yield pending.pop(0)[0].result()
+        for future, _ in pending:
             yield future.result()
 
 
@@ -598,13 +601,12 @@ def wanted_ids(id_range: tuple[int, int] | None, count: int | None) -> range | N
 
 def _ffhq_selection(ffhq: FFHQSource, count: int | None, cache: Path) -> Selection:
     if ffhq.parquet is not None and ffhq.parquet.fetch == "row_groups":
-        return _mirror_selection(ffhq.parquet, wanted_ids(ffhq.id_range, count), cache, _policy(ffhq),
-                                 ffhq.timeout_s, "data.source ffhq", "")
+        return _with_pixel_md5(_mirror_selection(ffhq.parquet, wanted_ids(ffhq.id_range, count), cache,
+                                                 _policy(ffhq), ffhq.timeout_s, "data.source ffhq", ""), ffhq, cache)
     if ffhq.parquet is not None:
-        return _parquet_selection(ffhq.parquet, ffhq, count, cache)
+        return _with_pixel_md5(_parquet_selection(ffhq.parquet, ffhq, count, cache), ffhq, cache)
     policy = _policy(ffhq)
-    metadata_path = download(ffhq.metadata_url, cache / "ffhq-dataset-v2.json", md5=ffhq.metadata_md5,
-                             policy=policy).path
+    metadata_path = _metadata_path(ffhq, cache)
     metadata = _load_metadata(metadata_path)
     wanted = wanted_ids(ffhq.id_range, count)
     ids = sorted(int(key) for key in metadata if wanted is None or int(key) in wanted)
@@ -614,6 +616,33 @@ def _ffhq_selection(ffhq: FFHQSource, count: int | None, cache: Path) -> Selecti
     description = f"FFHQ {ffhq.variant} ({len(ids)} ids from {metadata_path})"
     items = _download_all(candidates, cache / "ffhq" / ffhq.variant, policy)
     return Selection(items, len(candidates), inputs, description)
+
+
+def _metadata_path(ffhq: FFHQSource, cache: Path) -> Path:
+    """The FFHQ metadata JSON, downloaded once, checked against its pinned md5 and capped at its size."""
+    return download(ffhq.metadata_url, cache / "ffhq-dataset-v2.json", md5=ffhq.metadata_md5,
+                    policy=_policy(ffhq), max_bytes=ffhq.metadata_size).path
+
+
+def _with_pixel_md5(selection: Selection, ffhq: FFHQSource, cache: Path) -> Selection:
+    """Parquet rows of a mirror that declares its FFHQ variant get the metadata's pixel md5, which process_job
+    checks after decoding (a mismatch is a 'pixel md5 mismatch' reject)."""
+    if ffhq.parquet is None or ffhq.parquet.variant is None:
+        return selection
+    key = FFHQ_VARIANT_KEYS[ffhq.parquet.variant]
+    metadata = _load_metadata(_metadata_path(ffhq, cache))
+    sums = {int(ffhq_id): (entry.get(key) or {}).get("pixel_md5") for ffhq_id, entry in metadata.items()}
+
+    def checked(items: Iterator[Item]) -> Iterator[Item]:
+        for item in items:
+            if isinstance(item, Rejection):
+                yield item
+            else:
+                candidate, data = item
+                yield replace(candidate, pixel_md5=sums.get(candidate.ffhq_id)), data
+
+    return replace(selection, items=checked(selection.items),
+                               inputs={**selection.inputs, "pixel_md5_from": "ffhq metadata"})
 
 
 def _load_metadata(path: Path) -> dict:
@@ -633,6 +662,7 @@ class _FFHQFile:
     url: str
     md5: str | None
     filename: str
+    max_bytes: int
 
 
 def _ffhq_file(entry: dict, ffhq_id: int, ffhq: FFHQSource) -> _FFHQFile:
@@ -643,12 +673,14 @@ def _ffhq_file(entry: dict, ffhq_id: int, ffhq: FFHQSource) -> _FFHQFile:
         key = FFHQ_VARIANT_KEYS[ffhq.variant]
         raise ValueError(f"FFHQ metadata entry {ffhq_id}: no '{key}.file_path'") from None
     url = (ffhq.url_template.format(id=ffhq_id, variant=ffhq.variant, file_path=file_path)
-           if ffhq.url_template else spec.get("file_url", ""))
+           if ffhq.url_template else require_web_url(str(spec.get("file_url", "")), f"FFHQ metadata {ffhq_id}"))
     licence = (entry.get("metadata") or {}).get("license", "")
     candidate = Candidate(id=f"{ffhq_id:05d}", source=url, licence=licence, ffhq_id=ffhq_id,
                           pixel_md5=spec.get("pixel_md5"))
     suffix = PurePosixPath(file_path).suffix or ".png"
-    return _FFHQFile(candidate, url, spec.get("file_md5"), f"{ffhq_id:05d}{suffix}")
+    size = spec.get("file_size")
+    max_bytes = int(size) if isinstance(size, int) and size > 0 else ffhq.max_file_bytes
+    return _FFHQFile(candidate, url, spec.get("file_md5"), f"{ffhq_id:05d}{suffix}", max_bytes)
 
 
 def _download_all(files: list[_FFHQFile], folder: Path, policy: RetryPolicy) -> Iterator[Item]:
@@ -658,7 +690,7 @@ def _download_all(files: list[_FFHQFile], folder: Path, policy: RetryPolicy) -> 
     def fetch(item: _FFHQFile) -> Path | Rejection:
         try:
             return download(item.url, folder / item.filename, md5=item.md5, policy=policy, progress=False,
-                            opener=opener).path
+                            opener=opener, max_bytes=item.max_bytes).path
         except DriveQuotaError:
             raise
         except DownloadError as error:
@@ -698,19 +730,19 @@ def _parquet_selection(mirror: ParquetMirror, ffhq: FFHQSource, count: int | Non
     inputs = {"source": "ffhq-parquet", "url_template": mirror.url_template, "shards": shard_list}
     description = f"FFHQ parquet mirror ({len(shard_list)} of {mirror.num_shards} shards at most)"
     total = len(wanted) if wanted is not None else None
-    items = _parquet_items(mirror, shard_list, wanted, cache / "parquet", _policy(ffhq))
+    items = _parquet_items(mirror, shard_list, wanted, cache / "parquet", _policy(ffhq), ffhq.max_file_bytes)
     return Selection(items, total, inputs, description)
 
 
 def _parquet_items(mirror: ParquetMirror, shard_list: list[int], wanted: range | None, folder: Path,
-                   policy: RetryPolicy) -> Iterator[Item]:
+                   policy: RetryPolicy, max_bytes: int) -> Iterator[Item]:
     """Rows of the needed shards, in shard order; stops once every wanted id was seen."""
     seen: set[int] = set()
     position = 0  # ids by row position when rows_per_shard is unknown: count rows of the shards read
     for index in shard_list:
         url = mirror.url_template.format(index=index)
         dest = folder / _shard_filename(url, index)
-        path = download(url, dest, md5=mirror.md5.get(index), policy=policy).path
+        path = download(url, dest, md5=mirror.md5.get(index), policy=policy, max_bytes=max_bytes).path
         base = index * mirror.rows_per_shard if mirror.rows_per_shard else position
         rows = 0
         for ffhq_id, row, data in _parquet_rows(path, mirror, base):

@@ -44,6 +44,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from dlfp.data import streams
 from dlfp.data.shards import (
     TEST_SPLIT,
     VAL_SPLIT,
@@ -55,7 +56,7 @@ from dlfp.data.shards import (
     split_records,
 )
 from dlfp.io.atomic import staged_output, write_json_atomic
-from dlfp.io.hashing import derive_seed, file_digest
+from dlfp.io.hashing import derive_seed
 from dlfp.io.images import decode_png_bytes, encode_png
 from dlfp.io.receipt import write_receipt
 from dlfp.params import DegradationParams, Params
@@ -435,5 +436,5 @@ def _write_stage_receipt(staging: Path, params: Params, counts: dict[str, dict[s
     write_receipt(staging, stage="degrade", params_hash=params.section_hash("seed", "shard", "degrade"),
                   seed=params.seed, counts=counts,
                   inputs={"shards": str(shards_dir),
-                          "shards_index_sha256": file_digest(shards_dir / INDEX_NAME)},
+                          "shards_index_sha256": streams.index_digest(shards_dir)},
                   packages=("albumentations", "opencv-python-headless", "numpy", "webdataset"))

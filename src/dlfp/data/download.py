@@ -13,6 +13,12 @@ Parts of a file (`span`: a byte range, e.g. one parquet row group) go through th
 file holds the range's bytes, a resume asks for the rest of the range, and the server's Content-Range must
 name the expected total size, so pieces of two different versions of a file are never stitched together.
 `probe_size` is a single short request that tells an unreachable host (fail fast) from a reachable one.
+
+Trust: every download is capped (`max_bytes`, DEFAULT_MAX_BYTES unless the caller knows the size) and aborts past
+it. A URL taken from downloaded data (a metadata file's file_url, a Drive confirmation link) must be http(s)
+(`require_web_url`); file: URLs and bare paths are only for URLs the user wrote. A Drive confirmation link is
+followed only over https (or http when the page itself came over http, for local test servers) and only to the
+same host, or from one Google Drive host to another (DRIVE_HOSTS).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import http.cookiejar
+import itertools
 import logging
 import os
 import re
@@ -45,6 +52,9 @@ MAX_BACKOFF_S = 60.0
 USER_AGENT = "dlfp-acquire/0.1 (+https://github.com/; reproducible dataset download)"
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 NOT_FOUND_STATUSES = frozenset({404, 410})
+DEFAULT_MAX_BYTES = 8 << 30  # no FFHQ file (metadata 268 MB, a parquet shard < 1 GB) comes close
+WEB_SCHEMES = frozenset({"http", "https"})
+DRIVE_HOSTS = frozenset({"drive.google.com", "docs.google.com", "drive.usercontent.google.com"})
 MIRROR_HINT = ("use a mirror instead: set data.ffhq.url_template (per-file URLs) or data.ffhq.parquet "
                "(parquet shards), or place the file in the cache folder yourself")
 _QUOTA_MARKERS = ("too many users have viewed or downloaded this file", "quota exceeded",
@@ -67,6 +77,22 @@ class ChecksumError(DownloadError):
 
 class DriveQuotaError(DownloadError):
     """Google Drive served its quota page instead of the file."""
+
+
+class TooLargeError(DownloadError):
+    """More bytes than the cap (the size the metadata gives, or a parameter): the download was aborted."""
+
+
+class UntrustedURLError(DownloadError):
+    """A URL from downloaded data (not written by the user) has a scheme or host it may not have."""
+
+
+def require_web_url(url: str, where: str) -> str:
+    """`url` if it is http(s); URLs read from downloaded data must never name local files (file:, bare paths)."""
+    if urllib.parse.urlsplit(url).scheme.lower() not in WEB_SCHEMES:
+        raise UntrustedURLError(f"{where}: URL {url!r} is not http(s); a URL read from downloaded data may not name "
+                                "a local file or another scheme")
+    return url
 
 
 class UnreachableError(DownloadError):
@@ -138,8 +164,12 @@ class _RangeNotSatisfiable(Exception):
 # ------------------------------------------------------------------------------------------ public API
 def download(url: str, dest: Path | str, *, md5: str | None = None, sha256: str | None = None,
              policy: RetryPolicy | None = None, allow_html: bool = False, progress: bool = True,
-             opener: urllib.request.OpenerDirector | None = None, span: Span | None = None) -> DownloadResult:
-    """Fetch `url` (or only its `span`) to `dest` unless a valid copy is already there; resume, retry, verify."""
+             opener: urllib.request.OpenerDirector | None = None, span: Span | None = None,
+             max_bytes: int | None = None) -> DownloadResult:
+    """Fetch `url` (or only its `span`) to `dest` unless a valid copy is already there; resume, retry, verify.
+
+    More than `max_bytes` (default DEFAULT_MAX_BYTES) aborts the download with TooLargeError."""
+    max_bytes = max_bytes or DEFAULT_MAX_BYTES
     dest = Path(dest)
     policy = policy or RetryPolicy()
     sums = Checksums(md5=md5, sha256=sha256)
@@ -150,14 +180,14 @@ def download(url: str, dest: Path | str, *, md5: str | None = None, sha256: str 
     dest.parent.mkdir(parents=True, exist_ok=True)
     opener = opener or build_opener()
     resumed = part_path(dest).exists()
-    fetched = _fetch_with_retries(url, dest, policy, allow_html, progress, opener, span)
+    fetched = _fetch_with_retries(url, dest, policy, allow_html, progress, opener, span, max_bytes)
     try:
         _verify_or_quarantine(url, dest, sums)
     except ChecksumError as error:
         if not resumed:
             raise
         log.warning("%s; the partial file from an earlier run may be stale, downloading from scratch", error)
-        fetched += _fetch_with_retries(url, dest, policy, allow_html, progress, opener, span)
+        fetched += _fetch_with_retries(url, dest, policy, allow_html, progress, opener, span, max_bytes)
         _verify_or_quarantine(url, dest, sums)
     return DownloadResult(dest, downloaded=True, bytes_fetched=fetched)
 
@@ -259,13 +289,14 @@ def _digest(path: Path, algorithm: str) -> str:
 
 # -------------------------------------------------------------------------------------- transferring
 def _fetch_with_retries(url: str, dest: Path, policy: RetryPolicy, allow_html: bool, progress: bool,
-                        opener: urllib.request.OpenerDirector, span: Span | None = None) -> int:
+                        opener: urllib.request.OpenerDirector, span: Span | None = None,
+                        max_bytes: int = DEFAULT_MAX_BYTES) -> int:
     """Attempts until complete; an attempt that made progress does not use up a retry."""
     failures, fetched, current_url = 0, 0, url
     while True:
         before = _part_size(dest)
         try:
-            current_url = _attempt(current_url, url, dest, policy, allow_html, progress, opener, span)
+            current_url = _attempt(current_url, url, dest, policy, allow_html, progress, opener, span, max_bytes)
             return fetched + _part_size(dest) - before
         except _RangeNotSatisfiable:
             part_path(dest).unlink(missing_ok=True)
@@ -300,7 +331,8 @@ def _describe(error: BaseException) -> str:
 
 
 def _attempt(url: str, original_url: str, dest: Path, policy: RetryPolicy, allow_html: bool, progress: bool,
-             opener: urllib.request.OpenerDirector, span: Span | None = None) -> str:
+             opener: urllib.request.OpenerDirector, span: Span | None = None,
+             max_bytes: int = DEFAULT_MAX_BYTES) -> str:
     """One request; returns the URL that served the file (Drive's confirmation may change it)."""
     if span is not None:
         return _attempt_span(url, dest, policy, progress, opener, span)
@@ -323,8 +355,8 @@ def _attempt(url: str, original_url: str, dest: Path, policy: RetryPolicy, allow
         if not allow_html and _looks_like_html(response, head, offset):
             confirm_url = _drive_gate(head, url, original_url)
             response.close()
-            return _attempt(confirm_url, original_url, dest, policy, allow_html, progress, opener)
-        _stream(response, head, dest, offset, url, progress)
+            return _attempt(confirm_url, original_url, dest, policy, allow_html, progress, opener, None, max_bytes)
+        _stream(response, head, dest, offset, url, progress, max_bytes)
     return url
 
 
@@ -347,7 +379,7 @@ def _attempt_span(url: str, dest: Path, policy: RetryPolicy, progress: bool,
             raise DownloadError(f"{url}: the server ignored a Range request (HTTP {response.status}), so parts of "
                                 "the file cannot be fetched; set the mirror's fetch: shards to download whole files")
         _check_content_range(response, span.start + offset, url, total=span.total)
-        _stream(response, b"", dest, offset, url, progress)
+        _stream(response, b"", dest, offset, url, progress, span.length)
     return url
 
 
@@ -392,19 +424,27 @@ def _expected_total(response: http.client.HTTPResponse, offset: int) -> int | No
 
 
 def _stream(response: http.client.HTTPResponse, head: bytes, dest: Path, offset: int, url: str,
-            progress: bool) -> None:
-    """Append to `.part` (or rewrite it when starting over) and check that the announced length arrived."""
+            progress: bool, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    """Append to `.part` (or rewrite it when starting over) and check that the announced length arrived; more
+    than `max_bytes` in all (announced or received) aborts and deletes the `.part` file."""
     total = _expected_total(response, offset)
     part = part_path(dest)
+    if total is not None and total > max_bytes:
+        part.unlink(missing_ok=True)
+        raise TooLargeError(f"{url}: announces {total} bytes, more than the limit of {max_bytes}; not downloaded")
     mode = "ab" if offset else "wb"
     show = progress and total is not None and total >= PROGRESS_MIN_BYTES
     with open(part, mode) as handle, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
                                           desc=dest.name, disable=not show, leave=False) as bar:
         if offset == 0:
             handle.truncate(0)
-        handle.write(head)
-        bar.update(len(head))
-        for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
+        received = offset
+        for chunk in itertools.chain([head], iter(lambda: response.read(CHUNK_BYTES), b"")):
+            received += len(chunk)
+            if received > max_bytes:
+                handle.close()
+                part.unlink(missing_ok=True)
+                raise TooLargeError(f"{url}: more than the limit of {max_bytes} bytes; download aborted")
             handle.write(chunk)
             bar.update(len(chunk))
         handle.flush()
@@ -449,12 +489,24 @@ def _drive_gate(body: bytes, url: str, original_url: str) -> str:
     if any(marker in text.lower() for marker in _CONFIRM_MARKERS):
         confirmed = _confirmation_url(text, url)
         if confirmed:
+            _check_confirmation_url(confirmed, url)
             log.info("%s: confirming Google Drive's virus-scan warning for a large file", original_url)
             return confirmed
     title = re.search(r"<title>(.*?)</title>", text, re.I | re.S)
     page = f" titled '{title.group(1).strip()[:80]}'" if title else ""
     raise DownloadError(f"{url}: expected a file but got an HTML page{page}; the link may need a login or "
                         f"be a web page rather than a direct download. {MIRROR_HINT}")
+
+
+def _check_confirmation_url(confirmed: str, url: str) -> None:
+    """A confirmation link comes from a downloaded page: https (no downgrade from https), and the same host or
+    another Google Drive host."""
+    came, goes = urllib.parse.urlsplit(url), urllib.parse.urlsplit(confirmed)
+    allowed_schemes = {"https"} if came.scheme.lower() == "https" else {"https", "http"}
+    same_site = goes.hostname == came.hostname or {goes.hostname, came.hostname} <= DRIVE_HOSTS
+    if goes.scheme.lower() not in allowed_schemes or not same_site:
+        raise UntrustedURLError(f"{url}: Google Drive's confirmation page links to {confirmed!r}, another host or "
+                                "scheme; not followed")
 
 
 class _FormParser(HTMLParser):

@@ -146,7 +146,7 @@ def read_index(folder: Path | str) -> dict:
     path = Path(folder) / INDEX_NAME
     if not path.exists():
         raise FileNotFoundError(f"{path}: shard index missing; run the stage that writes {folder} first")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return streams.check_index(json.loads(path.read_text(encoding="utf-8")), str(path))
 
 
 def verify_shards(folder: Path | str, records: Iterable[Mapping]) -> None:
@@ -201,9 +201,10 @@ def iter_samples(folder: Path | str, records: Iterable[Mapping], verify: bool = 
     if streams.is_streamed(folder):
         yield from streams.iter_streamed_samples(streams.resolve(folder), records)
         return
+    urls = [str(Path(folder) / streams.check_shard_path(record["path"], str(Path(folder) / INDEX_NAME)))
+            for record in records]
     if verify:
         verify_shards(folder, records)
-    urls = [str(Path(folder) / record["path"]) for record in records]
     if not urls:
         return
     dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False)

@@ -9,7 +9,10 @@ A location is one of
   index is found by replacing the shard's file name (then its split folder too) by `index.json` in the same
   URL or command.
 Expansion and opening are webdataset's own (`wds.shardlists.expand_urls`: braceexpand; `wds.gopen`: curl for
-http(s), the shell for `pipe:`). A `pipe:` location runs as a shell command: trust it like a command line.
+http(s), the shell for `pipe:`). A `pipe:` location runs as a shell command: trust it like a command line. The
+index is data, not a command line: every shard path in it must be a plain relative shard file name
+(SHARD_PATH), checked before any shard is opened, and is quoted where it is put into a `pipe:` command.
+Every reader keeps to the shards a brace range names (StreamedShards.records, applied by iter_streamed_samples).
 
 Streamed shards cannot be checked before they are read. Each one is hashed while it streams and compared with
 its index sha256 when it ends: a truncated or corrupted shard stops the run naming the shard, but the samples
@@ -24,6 +27,7 @@ import hashlib
 import json
 import logging
 import re
+import shlex
 import tarfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -44,10 +48,24 @@ _URL_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]+://", re.IGNORECASE)
 _COLLAPSED_SCHEME = re.compile(r"\b(https?|s3|gs|sftp|ftps|scp|ais|hf):/(?!/)", re.IGNORECASE)
 _BRACE_RANGE = re.compile(r"\{[^{}]*(\.\.|,)[^{}]*\}")
 _SHARD_TOKEN = re.compile(r"\S+\.tar\b")
+# An index's shard path: relative, no "..", no leading "/", nothing a shell or URL would read specially.
+SHARD_PATH = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*\.tar$")
 
 
 class StreamedShardError(RuntimeError):
     """A streamed location cannot be resolved or read (no index found, a failing command, an HTTP error)."""
+
+
+class UnsafeShardPathError(ValueError):
+    """An index lists a shard path that is not a plain relative shard file name (e.g. `../x.tar`, `a.tar; cmd`)."""
+
+
+def check_shard_path(path: object, where: str) -> str:
+    """`path` if it is a plain relative shard file name (SHARD_PATH); otherwise stop naming the entry."""
+    if not isinstance(path, str) or not SHARD_PATH.fullmatch(path):
+        raise UnsafeShardPathError(f"{where}: shard path {path!r} is not a relative shard file name "
+                                   "(letters, digits, '_', '-', '/' and '.tar' only); refusing to read it")
+    return path
 
 
 def normalise_location(location: str | Path) -> str:
@@ -85,6 +103,9 @@ class StreamedShards:
     selected: frozenset[str] | None = None  # record paths named by a shard list; None: every shard in the index
 
     def url(self, relative: str) -> str:
+        """Where a shard lives; in a `pipe:` command the path is quoted for the shell."""
+        if self.prefix.startswith(PIPE_PREFIX):
+            return f"{self.prefix}{shlex.quote(relative)}{self.suffix}"
         return f"{self.prefix}{relative}{self.suffix}"
 
     @property
@@ -111,6 +132,17 @@ def _index_paths(index: Mapping) -> set[str]:
     return {record["path"] for group in groups for record in group.get("shards", [])}
 
 
+def check_index(index: Mapping, where: str) -> dict:
+    """`index` if every shard path in it is safe (check_shard_path); otherwise stop naming the entry."""
+    for split_name, split in index.get("splits", {}).items():
+        groups = [(f"splits.{split_name}", split)]
+        groups += [(f"splits.{split_name}.presets.{name}", group) for name, group in split.get("presets", {}).items()]
+        for group_name, group in groups:
+            for number, record in enumerate(group.get("shards", [])):
+                check_shard_path(record.get("path"), f"{where}: {group_name}.shards[{number}]")
+    return dict(index)
+
+
 def _resolve_list(location: str, urls: list[str]) -> StreamedShards:
     match = list(_SHARD_TOKEN.finditer(urls[0]))
     if not match:
@@ -126,6 +158,7 @@ def _resolve_list(location: str, urls: list[str]) -> StreamedShards:
         index = _load_index(candidate.index_url)
         if index is None:
             continue
+        check_index(index, candidate.index_url)
         known = _index_paths(index)
         selected = []
         for url in urls:
@@ -151,7 +184,7 @@ def resolve(location: str | Path) -> StreamedShards:
         if index is None:
             raise StreamedShardError(f"{base.index_url}: shard index missing or unreadable; streamed shards need "
                                      f"the {INDEX_NAME} written by the stage that made them")
-        return StreamedShards(base.prefix, "", index)
+        return StreamedShards(base.prefix, "", check_index(index, base.index_url))
     return _resolve_list(text, urls)
 
 
@@ -223,6 +256,10 @@ def _close(stream: object, url: str) -> None:
 
 
 def iter_streamed_samples(source: StreamedShards, records: Iterable[Mapping]) -> Iterator[dict]:
-    """Raw samples of `records` in order, each shard streamed from `source` and checked as it ends."""
+    """Raw samples of those `records` the location names (a brace range's shards), in order, each shard streamed
+    from `source` and checked as it ends."""
+    records = source.records(records)
+    for record in records:  # all checked before the first shard is opened
+        check_shard_path(record["path"], source.index_url)
     for record in records:
         yield from iter_streamed_shard(source.url(record["path"]), record.get("sha256"))

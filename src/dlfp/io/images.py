@@ -25,6 +25,9 @@ import numpy as np
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 100_000_000
+# The only formats Pillow may open: what acquire and `dlfp restore` accept. Never EPS/PS (Pillow hands those to
+# Ghostscript), nor any other plugin Pillow happens to have.
+DECODE_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
 DEFAULT_MIN_SIDE = 16
 # Fixed, so the same pixels always give the same PNG bytes. Level 1: on 1024 px faces about 3x faster to
 # encode than level 6 for files about 15% larger; these PNGs are intermediate artifacts.
@@ -124,7 +127,7 @@ def _open_checked(data: bytes, source: str | Path, max_pixels: int) -> Image.Ima
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=DECODE_FORMATS)
     except Image.DecompressionBombError:
         raise ImageRejected(source, _bomb_reason(max_pixels)) from None
     except UnidentifiedImageError:
@@ -154,7 +157,7 @@ def _verify_structure(data: bytes) -> None:
     """Checksums that load() skips (PNG chunk CRCs): Pillow's verify() on a second lazy open."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        probe = Image.open(io.BytesIO(data))
+        probe = Image.open(io.BytesIO(data), formats=DECODE_FORMATS)
         probe.verify()
 
 
@@ -169,6 +172,8 @@ def _known_format(data: bytes) -> str | None:
 
 def _describe_non_image(data: bytes) -> str:
     head = data[:_SNIFF_BYTES].lstrip().lower()
+    if head.startswith((b"%!ps", b"\xc5\xd0\xd3\xc6")):
+        return f"PostScript/EPS, not one of the accepted formats {', '.join(DECODE_FORMATS)}"
     if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
         return "an HTML page"
     if head.startswith((b"{", b"[")):

@@ -538,7 +538,7 @@ def derive_ffhq_chip_frame(
     centers, sides, angles = [], [], []
     files = sorted(p for p in Path(folder).glob(pattern) if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
     for path in files[:limit]:
-        image = np.asarray(Image.open(path).convert("RGB"))
+        image = np.asarray(Image.open(path, formats=("PNG", "JPEG")).convert("RGB"))
         faces = dlib_face_chips(image, upsample=1 if image.shape[0] < 512 else 0)
         if len(faces) != 1:
             continue

@@ -69,7 +69,7 @@ from dlfp.data.landmarks import (
     template_5_points,
     template_points,
 )
-from dlfp.io.atomic import write_bytes_atomic, write_csv_atomic, write_json_atomic, write_text_atomic
+from dlfp.io.atomic import open_lock_file, write_bytes_atomic, write_csv_atomic, write_json_atomic, write_text_atomic
 from dlfp.io.images import PNG_COMPRESS_LEVEL, ImageRejected, decode_image_bytes, encode_png
 
 log = logging.getLogger(__name__)
@@ -692,13 +692,23 @@ def _planned_outputs(out_dir: Path, sources: Sequence[PhotoSource]) -> list[Path
 
 @contextlib.contextmanager
 def _outdir_lock(out_dir: Path) -> Iterator[None]:
-    """Refuse a second concurrent run on the same OUTDIR (the lock file lives inside OUTDIR, never beside it)."""
-    with open(out_dir / LOCK_NAME, "w") as handle:
+    """Refuse a second concurrent run on the same OUTDIR (the lock file lives inside OUTDIR, never beside it).
+
+    Opened without following a symlink and never truncated, so a planted link cannot damage another file."""
+    with open_lock_file(out_dir / LOCK_NAME) as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise PhotosUsageError(f"{out_dir} is being written by another dlfp restore run; wait for it") from None
         yield
+
+
+def _check_outdir_is_no_input(inputs: Sequence[Path | str], out_dir: Path) -> None:
+    """OUTDIR equal to an input folder would put outputs among the inputs (read back as inputs by a rerun)."""
+    for given in inputs:
+        if Path(given).is_dir() and Path(given).resolve() == out_dir.resolve():
+            raise PhotosUsageError(f"-o {out_dir}: is the input folder {given}; choose another folder (outputs "
+                                   "in an input folder would be read back as inputs)")
 
 
 def _check_outputs(out_dir: Path, sources: Sequence[PhotoSource], overwrite: bool) -> None:
@@ -803,6 +813,7 @@ def run_photos(inputs: Sequence[Path | str], out_dir: Path | str, *, weights: Pa
     started = time.perf_counter()
     out_dir = Path(out_dir)
     _check_options(upscale, batch_size, min_face_size, max_pixels, device, detector, too_large_ratio)
+    _check_outdir_is_no_input(inputs, out_dir)
     sources = collect_inputs(inputs, out_dir)
     if not sources:
         raise PhotosUsageError(f"no input photos found in {', '.join(map(str, inputs))} "
@@ -815,6 +826,7 @@ def run_photos(inputs: Sequence[Path | str], out_dir: Path | str, *, weights: Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     with _outdir_lock(out_dir), tqdm(total=len(sources), desc="restore photos", unit="photo",
                                     disable=not progress) as bar:
+        _check_outputs(out_dir, sources, overwrite)  # again under the lock: a concurrent run may have written them
         state = _PhotoRun(out_dir, restorer, out_size, landmarker, upscale=upscale,
                           only_center_face=only_center_face, min_face_size=min_face_size, max_pixels=max_pixels,
                           batch_size=batch_size, too_large_ratio=too_large_ratio, force=force,

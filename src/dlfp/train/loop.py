@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from dlfp.io.atomic import PARTIAL_SUFFIX, atomic_path, output_lock
+from dlfp.io.atomic import PARTIAL_SUFFIX, atomic_path, csv_safe, output_lock, recover_swap, swap_into_place
 from dlfp.io.hashing import derive_seed
 
 log = logging.getLogger(__name__)
@@ -257,14 +257,13 @@ def run_folder(out_dir: Path | str, resume: bool) -> Iterator[Path]:
     Without resume an old `.partial` is cleared first."""
     out_dir = Path(out_dir)
     with output_lock(out_dir):
+        recover_swap(out_dir)
         partial = out_dir.with_name(out_dir.name + PARTIAL_SUFFIX)
         if partial.exists() and not resume:
             shutil.rmtree(partial)
         partial.mkdir(parents=True, exist_ok=True)
         yield partial
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(partial, out_dir)
+        swap_into_place(partial, out_dir)
 
 
 @contextlib.contextmanager
@@ -480,7 +479,7 @@ def append_csv_row(path: Path, header: list[str], row: list[object]) -> None:
         writer = csv.writer(handle, lineterminator="\n")
         if new_file:
             writer.writerow(header)
-        writer.writerow(row)
+        writer.writerow([csv_safe(cell) for cell in row])
 
 
 # ------------------------------------------------------------------------------------------------ the loop
