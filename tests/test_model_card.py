@@ -66,6 +66,16 @@ def bias_json(dark_median: float = 1.56012, dark_verdict: str = "lightened", psn
     }}}}
 
 
+def write_per_image(path: Path, gfpgan_psnr: list[float]) -> None:
+    """Per-face PSNR/SSIM of the evaluate stage; a blank (not computed) value is skipped."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [["moderate", "gfpgan", f"f{n}", psnr, ssim] for n, (psnr, ssim) in
+            enumerate(zip(gfpgan_psnr, [0.6, 0.61234, 0.62468], strict=True))]
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([["preset", "restorer", "id", "psnr", "ssim"], *rows,
+                                      ["moderate", "gfpgan", "f9", "", "nan"]])
+
+
 def make_outputs(root: Path) -> tuple[Path, Path, Path]:
     """Fake outputs of train (models/gfpgan), acquire (manifest.csv), evaluate and bias (reports/*.json)."""
     models, data, reports = root / "models", root / "data", root / "reports"
@@ -89,6 +99,7 @@ def make_outputs(root: Path) -> tuple[Path, Path, Path]:
     with manifest.open("w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows([["id", "source", "licence"], ["a", "a.png", SCRIPT], ["b", "b.png", ""],
                                       ["c", "c.png", PIPE_LICENCE], ["d", "d.png", PIPE_LICENCE]])
+    write_per_image(data / "evaluation" / "per_image.csv", [20.81442, 22.81442, 24.81442])
     write_json(reports / "metrics.json", metrics_json())
     write_json(reports / "bias.json", bias_json())
     return models, data, reports
@@ -104,7 +115,9 @@ def test_card_numbers_are_read_from_metrics_and_bias_json(tmp_path: Path) -> Non
     card, html = build_card(models, data, reports)
     for text in (card, html):
         assert "0.442 [0.391, 0.495]" in text  # rank-1 with its Wilson CI
-        assert "22.814" in text and "0.612" in text  # PSNR, SSIM
+        # PSNR, SSIM: the means of metrics.json, 95% t-intervals over the faces of per_image.csv
+        assert "22.814 [17.846, 27.783]" in text and "0.612 [0.582, 0.643]" in text
+        assert "21.961 (no interval recorded)" in text  # bicubic has no rows in per_image.csv
         assert "1317" in text and "0.001230" in text  # steps (receipt), learning rate (losses_active)
         assert "lightened: tan+brown+dark (median ΔITA 1.560)" in text
         assert "-0.883 [-1.391, -0.221]" in text and "0.0375" in text  # largest PSNR gap, its CI and Holm p
@@ -114,11 +127,12 @@ def test_card_numbers_are_read_from_metrics_and_bias_json(tmp_path: Path) -> Non
     assert "Model card" in (reports / "index.html").read_text(encoding="utf-8")
 
     write_json(reports / "metrics.json", metrics_json(rank1=0.71828, psnr=31.41593))
+    write_per_image(data / "evaluation" / "per_image.csv", [30.41593, 31.41593, 32.41593])
     write_json(reports / "bias.json", bias_json(dark_median=-2.71828, dark_verdict="darkened", psnr_p_holm=0.61803))
     card, html = build_card(models, data, reports)
     for text in (card, html):
         assert "0.442" not in text and "22.814" not in text and "1.560" not in text
-        assert "0.718 [0.391, 0.495]" in text and "31.416" in text
+        assert "0.718 [0.391, 0.495]" in text and "31.416 [28.932, 33.900]" in text
         assert "lightened: no group; darkened: tan+brown+dark (median ΔITA -2.718)" in text
         assert "0.6180" in text and "0.0375" not in text
 
@@ -134,6 +148,10 @@ def test_hostile_strings_are_escaped_in_the_page_and_kept_as_text_in_markdown(tm
 
 def test_missing_outputs_are_named_not_fatal(tmp_path: Path) -> None:
     models, data, reports = make_outputs(tmp_path)
+    (data / "evaluation" / "per_image.csv").unlink()
+    card, _ = build_card(models, data, reports)
+    assert f"not computed: PSNR/SSIM intervals — {data / 'evaluation' / 'per_image.csv'} does not exist" in card
+    assert "22.814 (no interval recorded)" in card
     (reports / "metrics.json").unlink()
     (reports / "bias.json").write_text("{broken", encoding="utf-8")
     card, html = build_card(models, data, reports)

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
+import numpy as np
+from scipy import stats
 
 from dlfp.io.atomic import write_text_atomic
 
@@ -35,6 +37,7 @@ RESTORER = "gfpgan"  # the trained model's name in metrics.json and bias.json
 NOT_YET = "not yet run at training time: see reports/MODEL_CARD.md (written by the report stage)"
 # metrics.json top-level keys that are not presets
 NON_PRESET_KEYS = ("accuracy", "calibration", "colour_space")
+INTERVAL_METRICS = ("psnr", "ssim")  # their intervals come from the per-face values (metrics.json holds means)
 
 
 @dataclass
@@ -63,6 +66,7 @@ class CardSources:
     metrics: Path | None = None
     bias: Path | None = None
     data_size: int | None = None  # params data.size: the aligned faces' side in px
+    per_image: Path | None = None  # data/evaluation/per_image.csv: the per-face values behind PSNR/SSIM intervals
 
 
 def fmt(value: object, digits: int = 3) -> str:
@@ -198,14 +202,47 @@ def _recipe(receipt: Mapping, losses: Mapping | None, missing: list[str]) -> Sec
     return section
 
 
+def mean_intervals(per_image: Path, errors: list[str]) -> dict[tuple[str, str, str], tuple[float, float]]:
+    """95% t-interval of the mean PSNR and SSIM per (preset, restorer, metric) over the faces of per_image.csv."""
+    values: dict[tuple[str, str, str], list[float]] = {}
+    try:
+        with per_image.open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                for metric in INTERVAL_METRICS:
+                    try:
+                        value = float(row.get(metric) or "nan")
+                    except ValueError:
+                        continue
+                    if math.isfinite(value):
+                        values.setdefault((row.get("preset", ""), row.get("restorer", ""), metric), []).append(value)
+    except FileNotFoundError:
+        errors.append(f"not computed: PSNR/SSIM intervals — {per_image} does not exist (evaluate has not run)")
+        return {}
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        errors.append(f"not computed: PSNR/SSIM intervals — {per_image} is unreadable ({error})")
+        return {}
+    intervals = {}
+    for key, sample in values.items():
+        if len(sample) > 1:
+            array = np.asarray(sample)
+            low, high = stats.t.interval(0.95, len(array) - 1, loc=array.mean(), scale=stats.sem(array))
+            intervals[key] = (float(low), float(high))
+    return intervals
+
+
 def _presets(metrics: Mapping) -> list[str]:
     return [key for key, value in metrics.items() if key not in NON_PRESET_KEYS and isinstance(value, Mapping)]
 
 
-def _evaluation(metrics: Mapping | None, missing: list[str]) -> Section:
+def _evaluation(metrics: Mapping | None, per_image: Path | None, missing: list[str]) -> Section:
     section = Section("Evaluation results", "evaluate", missing=missing)
     if metrics is None:
         return section
+    intervals = mean_intervals(per_image, section.missing) if per_image is not None else {}
+
+    def mean_ci(preset: str, restorer: str, entry: Mapping, metric: str) -> str:
+        low, high = intervals.get((preset, restorer, metric), (None, None))
+        return fmt_ci(entry.get(metric), low, high)
     headline = _mapping(metrics.get("accuracy"))
     if headline:
         value = fmt_ci(headline.get("value"), headline.get("ci_low"), headline.get("ci_high"))
@@ -219,17 +256,19 @@ def _evaluation(metrics: Mapping | None, missing: list[str]) -> Section:
         rows = []
         for restorer, entry in _mapping(metrics[preset]).items():
             entry = _mapping(entry)
-            rows.append([restorer, fmt(entry.get("count")), fmt(entry.get("psnr")), fmt(entry.get("ssim")),
+            rows.append([restorer, fmt(entry.get("count")), mean_ci(preset, restorer, entry, "psnr"),
+                         mean_ci(preset, restorer, entry, "ssim"),
                          fmt_ci(entry.get("rank1_accuracy"), entry.get("rank1_accuracy_ci_low"),
                                 entry.get("rank1_accuracy_ci_high")),
                          fmt_ci(entry.get("identity_match_rate"), entry.get("identity_match_rate_ci_low"),
                                 entry.get("identity_match_rate_ci_high")),
                          fmt(entry.get("identity_metric_circularity"))])
         section.tables.append(Table(
-            ["restorer", "faces", f"PSNR dB ({fmt(colour.get('psnr'))})", f"SSIM ({fmt(colour.get('ssim'))})",
+            ["restorer", "faces", f"PSNR dB ({fmt(colour.get('psnr'))}) [95% CI]",
+             f"SSIM ({fmt(colour.get('ssim'))}) [95% CI]",
              "rank-1 accuracy [95% Wilson CI]", "identity match rate [95% CI]", "identity metric circular?"],
-            rows, caption=f"preset {preset}: test faces; PSNR and SSIM are means over the faces (metrics.json "
-                          "records no interval for them: see evaluation.html for the per-face spread)"))
+            rows, caption=f"preset {preset}: test faces; PSNR and SSIM are the means of metrics.json, their "
+                          "intervals 95% t-intervals of the mean over the faces of per_image.csv"))
     return section
 
 
@@ -339,7 +378,7 @@ def gather_card(sources: CardSources) -> list[Section]:
     bias = _read_json(sources.bias, bias_missing, "bias findings (bias.json)")
     return [_details(receipt, arch, sources.model_dir, model_missing), _intended_use(),
             _training_data(receipt, sources, []), _recipe(receipt, losses, recipe_missing),
-            _evaluation(metrics, eval_missing), _bias(bias, bias_missing),
+            _evaluation(metrics, sources.per_image, eval_missing), _bias(bias, bias_missing),
             _limitations(arch, losses, metrics, sources), _ethics()]
 
 

@@ -17,7 +17,8 @@ PAGE_FILE = "model.html"
 def render(ctx: PageContext) -> str:
     sources = CardSources(model_dir=ctx.models_dir / "gfpgan", manifest=ctx.data_dir / "raw" / "manifest.csv",
                           metrics=ctx.out_dir / METRICS_JSON, bias=ctx.out_dir / BIAS_JSON,
-                          data_size=ctx.params.data.size)
+                          data_size=ctx.params.data.size,
+                          per_image=ctx.data_dir / "evaluation" / "per_image.csv")
     sections = gather_card(sources)
     write_text_atomic(ctx.out_dir / CARD_NAME, render_markdown(sections))
     return ctx.render(PAGE_FILE, current=PAGE_FILE, title="Model card: GFP-GAN", sections=sections)
