@@ -53,7 +53,8 @@ def tone(median: float, low: float, high: float, flagged: bool, verdict: str) ->
 
 
 def bias_json(dark_median: float = 1.56012, dark_verdict: str = "lightened", psnr_p_holm: float = 0.03748) -> dict:
-    return {"correction": "both", "results": {"moderate": {"gfpgan": {
+    return {"correction": "both", "composition_skin_tone": {"train": {"very light": 301, "dark": 5}},
+            "results": {"moderate": {"gfpgan": {
         "tone_shift_by_skin_tone": {
             "tan+brown+dark": tone(dark_median, 0.49611, 2.47712, True, dark_verdict),
             "very light": tone(-0.14213, -0.50412, 0.37313, False, "no shift (equivalent)"),
@@ -122,6 +123,7 @@ def test_card_numbers_are_read_from_metrics_and_bias_json(tmp_path: Path) -> Non
         assert "lightened: tan+brown+dark (median ΔITA 1.560)" in text
         assert "-0.883 [-1.391, -0.221]" in text and "0.0375" in text  # largest PSNR gap, its CI and Holm p
         assert "0.025 [0.017, 0.038]" in text  # false-accept rate at the threshold, in the limitations
+        assert "Faces per skin tone in the train split: very light 301, dark 5" in text
         assert CIRCULAR in text if text is card else str(escape(CIRCULAR)) in text
         assert "outputs 64 px faces while the aligned data are 256 px" in text
     assert "Model card" in (reports / "index.html").read_text(encoding="utf-8")

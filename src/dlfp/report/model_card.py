@@ -281,6 +281,10 @@ def _bias(bias: Mapping | None, missing: list[str]) -> Section:
         "lighter. A group is flagged when its shift is significant (sign test, Holm-corrected); its verdict says "
         "lightened or darkened only when the shift is also outside the equivalence margin. Illumination "
         f"correction of the ITA measurement: {fmt(bias.get('correction'))}.")
+    for split, counts in _mapping(bias.get("composition_skin_tone")).items():
+        counts = _mapping(counts)
+        section.bullets.append(f"Faces per skin tone in the {split} split: "
+                               + ", ".join(f"{group} {fmt(n)}" for group, n in counts.items()))
     for preset, per_restorer in _mapping(bias.get("results")).items():
         result = _mapping(_mapping(per_restorer).get(RESTORER))
         if not result:
@@ -349,7 +353,8 @@ def _limitations(arch: Mapping, losses: Mapping | None, metrics: Mapping | None,
         f"{fmt(identity.get('network'))}; when the model is trained with dlib's face network, the network that "
         "scores identity, its identity figures are optimistic, not independent evidence. Verdict in metrics.json: "
         f"{fmt(verdict) if verdict else 'not computed: metrics.json not read'}.")
-    section.bullets.append("Test set: the shared demo set, not CelebA-Test; figures are not comparable to the paper's.")
+    section.bullets.append("Test set: the project's test split, not CelebA-Test; figures are not comparable with the "
+                           "paper's.")
     return section
 
 
@@ -359,7 +364,7 @@ def _ethics() -> Section:
         "images of real people. Label outputs as restored and keep the originals.",
         "Skin-tone lightening: face restorers trained on skewed data have been seen to lighten darker faces; this "
         "project was founded to measure that. The bias section above reports the measured shift per skin-tone "
-        "group; the training data are dominated by lighter skin tones.",
+        "group, and how many faces of each skin tone the splits hold.",
         "Consent: the people in FFHQ did not consent to face-restoration research specifically; respect the "
         "per-image licences and do not redistribute restored faces beyond them.",
     ])
