@@ -12,6 +12,8 @@ rule evaluate:
         "reports/training.html",
         "reports/evaluation.html",
         "reports/bias.html",
+        "reports/model.html",
+        "reports/MODEL_CARD.md",
         "reports/metrics.json",
         "reports/bias.json",
 

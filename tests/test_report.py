@@ -146,12 +146,14 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 # ------------------------------------------------------------------------------------------------- tests
 def test_builds_index_and_data_pages(built: tuple[Path, dict]) -> None:
     out, summary = built
-    assert summary["pages"] == ["data.html", "training.html", "evaluation.html", "bias.html", "index.html"]
+    assert summary["pages"] == ["data.html", "training.html", "evaluation.html", "bias.html", "model.html",
+                               "index.html"]
     index = (out / "index.html").read_text(encoding="utf-8")
     for stage in report_pkg.STAGES:
         assert f"<td>{stage}</td>" in index
     assert 'href="data.html#acquire"' in index and 'href="data.html#degrade"' in index
-    assert index.count("no page yet") == 1  # only the report stage itself has no page
+    assert "no page yet" not in index  # the report stage links the model card it writes
+    assert 'href="model.html#report"' in index and 'href="model.html#bias"' in index
     assert "20260101" in index and make_params().section_hash("degrade") in index
     assert "samples_in_grid: 4" in index  # params dump
 
@@ -159,7 +161,8 @@ def test_builds_index_and_data_pages(built: tuple[Path, dict]) -> None:
 def test_untrusted_strings_are_escaped(built: tuple[Path, dict]) -> None:
     out, _ = built
     pages = {path.name: path.read_text(encoding="utf-8") for path in out.glob("*.html")}
-    assert set(pages) == {"index.html", "data.html", "training.html", "evaluation.html", "bias.html"}
+    assert set(pages) == {"index.html", "data.html", "training.html", "evaluation.html", "bias.html",
+                          "model.html"}
     for name, html in pages.items():
         assert SCRIPT not in html, name
         assert "<img src=x" not in html, name
@@ -204,7 +207,7 @@ def test_scaling_statement_says_whether_ranges_were_scaled() -> None:
 def test_links_are_local_and_resolve(built: tuple[Path, dict]) -> None:
     out, _ = built
     pages = sorted(out.glob("*.html"))
-    assert len(pages) == 5
+    assert len(pages) == 6
     for page in pages:
         browser.assert_links_local(page)
 
@@ -230,7 +233,8 @@ def test_no_data_folder_at_all(tmp_path: Path) -> None:
     summary = build.run(make_params(), data_dir=tmp_path / "nothing", out_dir=tmp_path / "reports",
                         models_dir=tmp_path / "no-models")
     html = (tmp_path / "reports" / "data.html").read_text(encoding="utf-8")
-    assert summary["pages"] == ["data.html", "training.html", "evaluation.html", "bias.html", "index.html"]
+    assert summary["pages"] == ["data.html", "training.html", "evaluation.html", "bias.html", "model.html",
+                               "index.html"]
     assert html.count("stage not run yet") >= 4 and "not run yet" in html
 
 
@@ -278,8 +282,8 @@ def test_registered_page_joins_index(tmp_path: Path, monkeypatch: pytest.MonkeyP
                              render=render))
     summary = build.run(make_params(), data_dir=tmp_path / "data", out_dir=tmp_path / "reports",
                         models_dir=tmp_path / "models")
-    assert summary["pages"] == ["data.html", "training.html", "evaluation.html", "bias.html", "extra.html",
-                                "index.html"]
+    assert summary["pages"] == ["data.html", "training.html", "evaluation.html", "bias.html", "model.html",
+                                "extra.html", "index.html"]
     index = (tmp_path / "reports" / "index.html").read_text(encoding="utf-8")
     assert 'href="extra.html#report">Extra &lt;&amp;&gt;</a>' in index
     assert 'href="extra.html">Extra &lt;&amp;&gt;</a>' in (tmp_path / "reports" / "data.html").read_text()

@@ -43,7 +43,7 @@ SCRIPT_ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
 HOSTILE_ID = 'face<img src=x onerror=alert(1)>"q"&'  # "/" cannot be in a tar key, so no <script> here
 HOSTILE_ID_ESCAPED = "face&lt;img src=x onerror=alert(1)&gt;&#34;q&#34;&amp;"
 SPLIT_FRACTIONS = {"train": 0.4, "val": 0.2, "test": 0.4}  # val > 0: training validates on val pairs
-PAGES = ("index.html", "data.html", "training.html", "evaluation.html")
+PAGES = ("index.html", "data.html", "training.html", "evaluation.html", "model.html")
 
 
 def _load(name: str) -> ModuleType:
@@ -418,6 +418,29 @@ def test_pages_link_locally_and_index_links_them(pipeline: dict[str, Path]) -> N
         assert f'id="{stage}"' in page(pipeline, f"{target}.html")
         row = re.search(rf"<td>{stage}</td>.*?</tr>", index, re.S)
         assert row is not None and "<td>ran</td>" in row.group(0), stage  # the receipt in its output folder
+
+
+@pytest.mark.slow
+def test_model_card_numbers_are_those_of_the_stage_outputs(pipeline: dict[str, Path]) -> None:
+    card = (pipeline["reports"] / "MODEL_CARD.md").read_text(encoding="utf-8")
+    html = page(pipeline, "model.html")
+    metrics = json.loads((pipeline["reports"] / "metrics.json").read_text())
+    receipt = json.loads((pipeline["models"] / "gfpgan" / "receipt.json").read_text())
+    accuracy = metrics["accuracy"]
+    for text in (card, html):
+        assert f"{accuracy['value']:.3f} [{accuracy['ci_low']:.3f}, {accuracy['ci_high']:.3f}]" in text
+        assert f"Steps: {receipt['counts']['steps']};" in text
+        for preset in PRESETS:
+            for restorer in ("identity", "bicubic", "gfpgan"):
+                entry = metrics[preset][restorer]
+                assert (f"{entry['rank1_accuracy']:.3f} [{entry['rank1_accuracy_ci_low']:.3f}, "
+                        f"{entry['rank1_accuracy_ci_high']:.3f}]") in text
+                assert f"{entry['psnr']:.3f}" in text and f"{entry['ssim']:.3f}" in text
+        assert "not computed: bias findings (bias.json)" in text  # the bias stage is not run here
+    assert accuracy["identity_metric_circularity"] in card
+    # the train stage's first card, beside the weights: no evaluation yet, it points to the report
+    first = (pipeline["models"] / "gfpgan" / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert f"Steps: {receipt['counts']['steps']};" in first and "not yet run at training time" in first
 
 
 @pytest.mark.slow

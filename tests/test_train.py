@@ -546,3 +546,16 @@ def test_paper_parameters_validate_and_match_the_published_recipe() -> None:
     assert ema_decay(12, t.ema_half_life_images) == pytest.approx(0.5 ** (32 / 10000))
     assert (t.weights.pixel, t.weights.perceptual_style, t.weights.component_style, t.weights.identity) == (
         0.1, 50.0, 200.0, 10.0)
+
+
+def test_train_writes_a_first_model_card_beside_the_weights(data: dict[str, Path], prior_file: Path,
+                                                              tmp_path: Path) -> None:
+    out = tmp_path / "gfpgan"
+    _run_gfpgan(data, prior_file, out)
+    card = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
+    receipt = _receipt(out)
+    active = json.loads((out / "losses_active.json").read_text())
+    assert f"Steps: {receipt['counts']['steps']};" in card
+    assert f"output side {receipt['config']['out_size']} px" in card
+    assert f"| pixel | {active['terms']['pixel']['weight']:.4f} |" in card
+    assert "not computed: evaluation — not yet run at training time: see reports/MODEL_CARD.md" in card

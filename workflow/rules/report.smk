@@ -13,6 +13,7 @@ rule report:
         "data/evaluation",
         "data/bias",
         "reports/metrics.json",
+        "reports/bias.json",
         "src/dlfp/report",
     output:
         "reports/index.html",
@@ -20,6 +21,8 @@ rule report:
         "reports/training.html",
         "reports/evaluation.html",
         "reports/bias.html",
+        "reports/model.html",
+        "reports/MODEL_CARD.md",
         directory("reports/training"),
         directory("reports/evaluation"),
     params:

@@ -20,7 +20,7 @@ from dlfp.report import STAGES, Page, PageContext, registered_pages
 from dlfp.report.data_page import STAGE_FOLDERS
 
 PAGE_MODULES = ("dlfp.report.data_page", "dlfp.report.training_page", "dlfp.report.evaluation_page",
-                "dlfp.report.bias_page")
+                "dlfp.report.bias_page", "dlfp.report.model_page")
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 INDEX_NAME = "index.html"
 REPORTED_PACKAGES = ("torch", "torchvision", "numpy", "pillow", "opencv-python-headless", "albumentations",

@@ -7,7 +7,8 @@ never read here, and a test sample stops the run) and validation.csv gets PSNR a
 of the output and of the LQ input (the baseline to beat), both at the model's resolution.
 
 Output (<out>): gfpgan.pth ({'params_ema': ...}, the official format), gfpgan.json (constructor arguments and
-input conventions), validation.csv, losses.csv, losses_active.json, samples/step-NNNNNN.png, receipt.json.
+input conventions), validation.csv, losses.csv, losses_active.json, samples/step-NNNNNN.png, receipt.json,
+MODEL_CARD.md (a first model card: dlfp.report.model_card).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from dlfp.models.gfpgan import GFPGANv1Clean
 from dlfp.models.identity import MATCH_THRESHOLD, load_dlib_resnet
 from dlfp.models.stylegan2 import StyleGAN2Discriminator
 from dlfp.params import Params, TrainParams
+from dlfp.report.model_card import CARD_NAME, CardSources, write_card
 from dlfp.train.data import Batches, SampleRecipe, ShardStream, resize_for_model, to_tensor, train_records
 from dlfp.train.loop import (
     EMA,
@@ -350,6 +352,8 @@ def run(params: Params, shards_dir: Path, prior_path: Path, pairs_dir: Path, out
                                  "validation_pairs": {"split": VAL_SPLIT, "preset": p.val_preset,
                                                       "ids": summary["validation_ids"]},
                                  "provenance": summary["provenance"]})
+            # A first card beside the weights; evaluation and bias come with the report's complete card.
+            write_card(work / CARD_NAME, CardSources(model_dir=work, data_size=params.data.size))
     summary.update(out=str(out_dir), seconds=round(time.monotonic() - started, 1))
     if info.is_main:
         val = {k: float(v) for k, v in (summary["validation"] or {}).items()}
