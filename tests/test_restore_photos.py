@@ -27,6 +27,7 @@ from PIL import Image, ImageCms
 
 from dlfp import cli
 from dlfp.data.landmarks import template_5_points, template_points
+from dlfp.io import images
 from dlfp.io.images import load_rgb
 from dlfp.models.checkpoints import read_state_dict, save_official
 from dlfp.models.gfpgan import GFPGANv1Clean, release_model
@@ -346,6 +347,7 @@ def test_cli_defaults_match_the_module():
         photos.DEFAULT_MIN_FACE_SIZE, photos.DEFAULT_MAX_PIXELS, photos.DEFAULT_BATCH_SIZE, photos.DEFAULT_UPSCALE,
         photos.DEFAULT_TOO_LARGE_RATIO)
     assert args.force is False
+    assert (args.ext, args.quality) == ("auto", images.DEFAULT_QUALITY)
     assert cli.PHOTOS_OFFICIAL_NAMES == tuple(official_weights.OFFICIAL_NAMES)
 
 
