@@ -11,8 +11,10 @@ import importlib.metadata
 import io
 import json
 import re
+import shutil
 import socket
 import struct
+import subprocess
 import xml.etree.ElementTree as ET
 import zlib
 from pathlib import Path
@@ -658,6 +660,22 @@ def test_face_crops_are_labelled(format_run):
         with Image.open(path) as image:
             side = image.width
         assert label["faces"] == ([(0, 0, side, side)] if path.name.endswith("_after.png") else [])
+
+
+@prereq.needs(shutil.which("exiftool") is not None, "exiftool not installed (make exiftool)")
+def test_exiftool_reads_the_label_of_jpeg_png_and_crops(format_run):
+    """An independent reader (Debian's exiftool, Perl) finds the same label in every kind of output."""
+    _, rows, out, _, weights = format_run
+    paths = [out / rows["icc.jpg"]["output"], out / rows["alpha.png"]["output"],
+             out / rows["icc.jpg"]["crops"][0]["after"]]
+    listing = subprocess.run(["exiftool", "-json", "-XMP:all", "--", *map(str, paths)], check=True,
+                             capture_output=True, text=True).stdout
+    tags = {Path(entry["SourceFile"]): entry for entry in json.loads(listing)}
+    for path in paths:
+        assert tags[path]["DigitalSourceType"] == IPTC_COMPOSITE
+        assert tags[path]["CreatorTool"] == f"dl-fp {importlib.metadata.version('dlfp')}"
+        assert tags[path]["WeightsSHA256"] == _sha(weights)
+        assert tags[path]["RestoredFaces"] == ",".join(map(str, _label(path)["faces"][0]))
 
 
 def test_summary_and_index_say_the_outputs_are_labelled(format_run):
