@@ -423,7 +423,8 @@ def test_too_large_faces_are_left_untouched_with_the_reason(tiny_weights, tmp_pa
     if not path.is_file():
         prereq.missing(f"{path} missing")
     out = tmp_path / "out"
-    summary = photos.run_photos([path], out, weights=tiny_weights, progress=False)
+    # PNG out: the pixels are compared exactly (auto would re-encode this JPEG input as a lossy JPEG)
+    summary = photos.run_photos([path], out, weights=tiny_weights, progress=False, ext="png")
     row = summary["photos"][0]
     boxes = dlib.get_frontal_face_detector()(np.ascontiguousarray(load_rgb(path)), photos.HOG_UPSAMPLE)
     assert row["status"] == photos.STATUS_RESOLUTION_TOO_LOW
