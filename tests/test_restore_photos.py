@@ -649,6 +649,15 @@ def test_png_with_alpha_stays_png_with_alpha_and_is_labelled(format_run):
     label = _label(path)
     assert label["source_type"] == IPTC_COMPOSITE and label["sha256"] == _sha(weights)
     assert len(label["faces"]) == row["faces_restored"] == 1
+    # the box is where the photo changed: outside it every pixel is the input's, inside some are not
+    left, top, right, bottom = label["faces"][0]
+    with Image.open(path) as image, Image.open(out.parent / "in" / "alpha.png") as source:
+        changed = np.any(np.asarray(image) != np.asarray(source), axis=2)
+        opaque = np.asarray(source)[:, :, 3] == 255  # (un-compositing round colours where alpha < 255)
+    inside = np.zeros_like(changed)
+    inside[top:bottom, left:right] = True
+    assert inside.mean() < 0.5  # a box round the face, not the whole photo
+    assert changed[inside].any() and not changed[~inside & opaque].any(), np.argwhere(changed & ~inside & opaque)[:5]
 
 
 def test_face_crops_are_labelled(format_run):
