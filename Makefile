@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: venv browser demo test test-fast test-slow lint bench snakemake-demo clean
+.PHONY: venv browser exiftool demo test test-fast test-slow lint bench snakemake-demo clean
 
 venv: $(VENV)/.installed
 
@@ -26,6 +26,13 @@ browser:
 	  elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium not installed and no root: the browser tests will be skipped (and fail under CI=true)"; fi; }
 
+# exiftool (Debian's libimage-exiftool-perl): the independent reader of dlfp restore's XMP provenance label in tests.
+exiftool:
+	@command -v exiftool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libimage-exiftool-perl >/dev/null; \
+	  elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo apt-get install -y -qq libimage-exiftool-perl >/dev/null; \
+	  else echo "exiftool not installed and no root: its label test will be skipped (and fail under CI=true)"; fi; }
+
 demo: venv
 	dvc repro
 
@@ -33,11 +40,11 @@ snakemake-demo: venv
 	snakemake --cores 2 evaluate
 
 # Everything, slow tests included; CI runs this.
-test: venv browser
+test: venv browser exiftool
 	$(PY) -m pytest -q
 
 # Without the tests marked slow (the 200-face identity parity, the CNN detector, the GPU-script smoke run).
-test-fast: venv browser
+test-fast: venv browser exiftool
 	$(PY) -m pytest -q -m "not slow"
 
 test-slow: venv browser

@@ -7,11 +7,15 @@ cases are generated from one small real photo in tmp_path; real photos are read 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import io
 import json
 import re
+import shutil
 import socket
 import struct
+import subprocess
+import xml.etree.ElementTree as ET
 import zlib
 from pathlib import Path
 
@@ -21,10 +25,11 @@ import dlib
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageCms
 
 from dlfp import cli
 from dlfp.data.landmarks import template_5_points, template_points
+from dlfp.io import images
 from dlfp.io.images import load_rgb
 from dlfp.models.checkpoints import read_state_dict, save_official
 from dlfp.models.gfpgan import GFPGANv1Clean, release_model
@@ -153,7 +158,7 @@ def test_unusable_files_fail_with_a_reason_and_no_output(case_run, case_inputs, 
     assert row["status"] == photos.STATUS_FAILED
     assert reason in row["reason"]
     assert row["output"] == ""
-    assert not (case_run[2] / photos.RESTORED_DIR / f"{case_inputs[case].stem}.png").exists()
+    assert not list((case_run[2] / photos.RESTORED_DIR).glob(f"{case_inputs[case].stem}.*"))
 
 
 def test_huge_image_is_refused_from_its_header(case_run, case_inputs):
@@ -212,10 +217,10 @@ def test_names_are_kept_disambiguated_and_stay_inside_outdir(case_run, case_inpu
     summary, _, out, _, _ = case_run
     outputs = [row["output"] for row in summary["photos"] if row["output"]]
     assert len(outputs) == len(set(outputs))
-    assert _row(case_run, case_inputs, "plain")["output"] == "restored/same.png"
-    assert _row(case_run, case_inputs, "clash")["output"] == "restored/same-2.png"
+    assert _row(case_run, case_inputs, "plain")["output"] == "restored/same.jpg"
+    assert _row(case_run, case_inputs, "clash")["output"] == "restored/same-2.jpg"
     shell = _row(case_run, case_inputs, "shell")["output"]
-    assert shell == f"restored/{Path(SHELL_NAME).stem}.png" and (out / shell).is_file()
+    assert shell == f"restored/{Path(SHELL_NAME).stem}.jpg" and (out / shell).is_file()
     assert not list(case_inputs["plain"].parents[2].rglob("pwned"))
     assert all((out / output).resolve().is_relative_to(out.resolve()) for output in outputs)
     assert [path.name for path in out.parent.iterdir()] == [out.name]  # nothing written beside OUTDIR
@@ -285,7 +290,7 @@ def test_outputs_are_not_overwritten_without_the_flag(tiny_weights, tmp_path):
     args = [*PARAMS, "restore", str(WILD / BASE_PHOTO), "-o", str(tmp_path / "out"), "--weights", str(tiny_weights),
             "--force"]  # its face is too large for the 64 px model: restored anyway, so faces/ is written
     assert cli.main(args) == 0
-    restored = tmp_path / "out" / photos.RESTORED_DIR / f"{Path(BASE_PHOTO).stem}.png"
+    restored = tmp_path / "out" / photos.RESTORED_DIR / f"{Path(BASE_PHOTO).stem}.jpg"
     stamp = (restored.stat().st_mtime_ns, _sha(restored))
     assert cli.main(args) == cli.EXIT_USAGE
     assert (restored.stat().st_mtime_ns, _sha(restored)) == stamp
@@ -344,6 +349,7 @@ def test_cli_defaults_match_the_module():
         photos.DEFAULT_MIN_FACE_SIZE, photos.DEFAULT_MAX_PIXELS, photos.DEFAULT_BATCH_SIZE, photos.DEFAULT_UPSCALE,
         photos.DEFAULT_TOO_LARGE_RATIO)
     assert args.force is False
+    assert (args.ext, args.quality) == ("auto", images.DEFAULT_QUALITY)
     assert cli.PHOTOS_OFFICIAL_NAMES == tuple(official_weights.OFFICIAL_NAMES)
 
 
@@ -417,7 +423,8 @@ def test_too_large_faces_are_left_untouched_with_the_reason(tiny_weights, tmp_pa
     if not path.is_file():
         prereq.missing(f"{path} missing")
     out = tmp_path / "out"
-    summary = photos.run_photos([path], out, weights=tiny_weights, progress=False)
+    # PNG out: the pixels are compared exactly (auto would re-encode this JPEG input as a lossy JPEG)
+    summary = photos.run_photos([path], out, weights=tiny_weights, progress=False, ext="png")
     row = summary["photos"][0]
     boxes = dlib.get_frontal_face_detector()(np.ascontiguousarray(load_rgb(path)), photos.HOG_UPSAMPLE)
     assert row["status"] == photos.STATUS_RESOLUTION_TOO_LOW
@@ -565,3 +572,160 @@ def test_unreachable_release_server_fails_at_once_with_url_and_folder(tmp_path, 
     assert f"{tmp_path / 'cache' / 'weights'}/" in err and "by hand" in err
     assert waits == []  # one probe, no retry loop
     assert not (tmp_path / "cache" / "weights" / "GFPGANv1.3.pth").exists()
+
+
+# ------------------------------------------------------------------------- provenance label, output formats
+XMP_NS = {"rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#", "xmp": "http://ns.adobe.com/xap/1.0/",
+          "Iptc4xmpExt": "http://iptc.org/std/Iptc4xmpExt/2008-02-29/"}
+IPTC_COMPOSITE = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
+JPEG_XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
+
+
+def _xmp_of(path: Path) -> ET.Element:
+    """The XMP packet as Pillow's own JPEG/PNG/WebP parsers expose it, parsed by ElementTree (not dl-fp code)."""
+    with Image.open(path) as image:
+        packet = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")
+    assert packet, f"{path}: no XMP packet"
+    text = packet.decode("utf-8") if isinstance(packet, bytes) else packet
+    return ET.fromstring(re.sub(r"<\?xpacket[^>]*\?>", "", text).strip())
+
+
+def _label(path: Path) -> dict[str, object]:
+    root = _xmp_of(path)
+    description = root.find("rdf:RDF/rdf:Description", XMP_NS)
+    assert description is not None
+    fields = {child.tag.rsplit("}", 1)[1]: child for child in description}
+    boxes = [tuple(int(v) for v in li.text.split(",")) for li in fields["RestoredFaces"].iter(f"{{{XMP_NS['rdf']}}}li")]
+    return {"source_type": description.find("Iptc4xmpExt:DigitalSourceType", XMP_NS).text,
+            "creator": description.find("xmp:CreatorTool", XMP_NS).text,
+            "sha256": fields["WeightsSHA256"].text, "faces": boxes}
+
+
+@pytest.fixture(scope="module")
+def format_run(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A JPEG with an sRGB ICC profile and a PNG with alpha, both with the real photo's face, in one auto run."""
+    rgb = load_rgb(WILD / BASE_PHOTO)
+    root = tmp_path_factory.mktemp("formats")
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    jpeg = _save(Image.fromarray(rgb), root / "in" / "icc.jpg", quality=92, icc_profile=icc)
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    alpha[:, :RGBA_GRADIENT_FROM] = np.linspace(0, 255, RGBA_GRADIENT_FROM, dtype=np.uint8)[None, :]
+    png = _save(Image.fromarray(np.dstack([rgb, alpha])), root / "in" / "alpha.png")
+    out = root / "out"
+    summary = photos.run_photos([jpeg, png], out, weights=tiny_weights, force=True, progress=False)
+    rows = {Path(row["input"]).name: row for row in summary["photos"]}
+    return summary, rows, out, icc, tiny_weights
+
+
+def test_auto_keeps_jpeg_with_its_icc_profile_and_labels_it(format_run):
+    summary, rows, out, icc, weights = format_run
+    row = rows["icc.jpg"]
+    assert row["status"] == photos.STATUS_OK and row["output"] == "restored/icc.jpg"
+    path = out / row["output"]
+    with Image.open(path) as image:
+        assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (row["width"], row["height"]))
+        assert image.info["icc_profile"] == icc
+    data = path.read_bytes()
+    app1 = data.find(b"\xff\xe1")
+    assert app1 > 0 and data[app1 + 4:app1 + 4 + len(JPEG_XMP_HEADER)] == JPEG_XMP_HEADER
+    label = _label(path)
+    assert label["source_type"] == IPTC_COMPOSITE
+    assert label["creator"] == f"dl-fp {importlib.metadata.version('dlfp')}"
+    assert label["sha256"] == _sha(weights) == summary["run"]["weights_file"]["sha256"]
+    assert len(label["faces"]) == row["faces_restored"] == 1
+    left, top, right, bottom = label["faces"][0]
+    assert 0 <= left < right <= row["out_width"] and 0 <= top < bottom <= row["out_height"]
+
+
+def test_png_with_alpha_stays_png_with_alpha_and_is_labelled(format_run):
+    _, rows, out, _, weights = format_run
+    row = rows["alpha.png"]
+    path = out / row["output"]
+    assert row["output"] == "restored/alpha.png"
+    with Image.open(path) as image, Image.open(out.parent / "in" / "alpha.png") as source:
+        assert (image.format, image.mode) == ("PNG", "RGBA")
+        np.testing.assert_array_equal(np.asarray(image)[:, :, 3], np.asarray(source)[:, :, 3])
+    assert b"iTXtXML:com.adobe.xmp\x00" in path.read_bytes()
+    label = _label(path)
+    assert label["source_type"] == IPTC_COMPOSITE and label["sha256"] == _sha(weights)
+    assert len(label["faces"]) == row["faces_restored"] == 1
+    # the box is where the photo changed: outside it every pixel is the input's, inside some are not
+    left, top, right, bottom = label["faces"][0]
+    with Image.open(path) as image, Image.open(out.parent / "in" / "alpha.png") as source:
+        changed = np.any(np.asarray(image) != np.asarray(source), axis=2)
+        opaque = np.asarray(source)[:, :, 3] == 255  # (un-compositing round colours where alpha < 255)
+    inside = np.zeros_like(changed)
+    inside[top:bottom, left:right] = True
+    assert inside.mean() < 0.5  # a box round the face, not the whole photo
+    assert changed[inside].any() and not changed[~inside & opaque].any(), np.argwhere(changed & ~inside & opaque)[:5]
+
+
+def test_face_crops_are_labelled(format_run):
+    _, rows, out, _, weights = format_run
+    crops = [out / path for row in rows.values() for crop in row["crops"] for path in crop.values()]
+    assert len(crops) == 4
+    for path in crops:
+        label = _label(path)
+        assert label["source_type"] == IPTC_COMPOSITE and label["sha256"] == _sha(weights)
+        with Image.open(path) as image:
+            side = image.width
+        assert label["faces"] == ([(0, 0, side, side)] if path.name.endswith("_after.png") else [])
+
+
+@prereq.needs(shutil.which("exiftool") is not None, "exiftool not installed (make exiftool)")
+def test_exiftool_reads_the_label_of_jpeg_png_and_crops(format_run):
+    """An independent reader (Debian's exiftool, Perl) finds the same label in every kind of output."""
+    _, rows, out, _, weights = format_run
+    paths = [out / rows["icc.jpg"]["output"], out / rows["alpha.png"]["output"],
+             out / rows["icc.jpg"]["crops"][0]["after"]]
+    listing = subprocess.run(["exiftool", "-json", "-XMP:all", "--", *map(str, paths)], check=True,
+                             capture_output=True, text=True).stdout
+    tags = {Path(entry["SourceFile"]): entry for entry in json.loads(listing)}
+    for path in paths:
+        assert tags[path]["DigitalSourceType"] == IPTC_COMPOSITE
+        assert tags[path]["CreatorTool"] == f"dl-fp {importlib.metadata.version('dlfp')}"
+        assert tags[path]["WeightsSHA256"] == _sha(weights)
+        assert tags[path]["RestoredFaces"] == ",".join(map(str, _label(path)["faces"][0]))
+
+
+def test_summary_and_index_say_the_outputs_are_labelled(format_run):
+    summary, _, out, _, _ = format_run
+    assert summary["run"]["provenance"]["digital_source_type"] == IPTC_COMPOSITE
+    assert "carries an XMP label" in summary["run"]["provenance"]["note"]
+    page = (out / photos.INDEX_HTML).read_text(encoding="utf-8")
+    assert "Every image written here carries an XMP label" in page and IPTC_COMPOSITE in page
+
+
+def test_ext_webp_with_quality_through_the_cli(tiny_weights, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = [*PARAMS, "restore", str(WILD / BASE_PHOTO), "--weights", str(tiny_weights), "--device", "cpu", "--force"]
+    assert cli.main([*args, "-o", str(out), "--ext", "webp", "--quality", "80"]) == 0, capsys.readouterr().err
+    assert cli.main([*args, "-o", str(tmp_path / "q20"), "--ext", "webp", "--quality", "20"]) == 0
+    name = f"{photos.RESTORED_DIR}/{Path(BASE_PHOTO).stem}.webp"
+    with Image.open(out / name) as image:
+        assert (image.format, image.size) == ("WEBP", Image.open(WILD / BASE_PHOTO).size)
+    assert (tmp_path / "q20" / name).stat().st_size < (out / name).stat().st_size  # --quality reaches the encoder
+    assert _label(out / name)["source_type"] == IPTC_COMPOSITE
+
+
+def test_rgba_written_as_jpeg_is_composited_on_white_with_a_note(tiny_weights, tmp_path):
+    rgb = load_rgb(WILD / BASE_PHOTO)
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    alpha[:, :RGBA_GRADIENT_FROM] = 0
+    path = _save(Image.fromarray(np.dstack([rgb, alpha])), tmp_path / "cut.png")
+    summary = photos.run_photos([path], tmp_path / "out", weights=tiny_weights, force=True, progress=False,
+                                ext="jpg")
+    row = summary["photos"][0]
+    assert row["output"] == "restored/cut.jpg" and "alpha composited on white" in row["notes"]
+    with Image.open(tmp_path / "out" / row["output"]) as image:
+        assert (image.format, image.mode) == ("JPEG", "RGB")
+        assert np.asarray(image)[:, : RGBA_GRADIENT_FROM - 4].min() > 240  # the transparent strip is white
+
+
+@pytest.mark.parametrize("quality", ["0", "101"])
+def test_bad_quality_is_a_usage_error(quality, tmp_path, capsys):
+    code = cli.main([*PARAMS, "restore", str(WILD / BASE_PHOTO), "-o", str(tmp_path / "out"), "--quality", quality])
+    assert code == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "usage error" in err and "--quality must be an integer from 1 to 100" in err
+    assert not (tmp_path / "out").exists()

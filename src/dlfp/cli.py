@@ -74,6 +74,7 @@ RESTORE_STAGE_IN, RESTORE_STAGE_OUT = Path("data/pairs"), Path("data/restored")
 # tests/test_restore_photos.py checks they agree.
 PHOTOS_DEFAULT_WEIGHTS, PHOTOS_DEFAULT_MIN_FACE, PHOTOS_DEFAULT_MAX_PIXELS = "models/gfpgan/gfpgan.pth", 24, 64_000_000
 PHOTOS_DEFAULT_TOO_LARGE_RATIO = 1.5
+PHOTOS_DEFAULT_QUALITY = 95  # dlfp.io.images.DEFAULT_QUALITY
 PHOTOS_OFFICIAL_NAMES = ("gfpgan-v1.3", "gfpgan-v1.4")  # dlfp.restore.official_weights.OFFICIAL_NAMES
 
 
@@ -112,6 +113,10 @@ def _add_restore(sp: argparse.ArgumentParser) -> None:
     photos.add_argument("--max-pixels", type=int, default=PHOTOS_DEFAULT_MAX_PIXELS,
                         help=f"refuse photos whose output would be larger (default {PHOTOS_DEFAULT_MAX_PIXELS})")
     photos.add_argument("--batch-size", type=int, default=4, help="faces per network batch, across photos")
+    photos.add_argument("--ext", choices=("auto", "png", "jpg", "webp"), default="auto",
+                        help="restored photos' format: auto (default) keeps the input's (JPEG, PNG, WebP; others PNG)")
+    photos.add_argument("--quality", type=int, default=PHOTOS_DEFAULT_QUALITY, metavar="Q",
+                        help=f"JPEG/WebP quality 1..100 (default {PHOTOS_DEFAULT_QUALITY})")
 
 
 def _restore_usage_error(args: argparse.Namespace) -> str | None:
@@ -135,7 +140,8 @@ def _restore_photos(args: argparse.Namespace) -> int:
             args.inputs, args.output, weights=args.weights, upscale=args.upscale,
             only_center_face=args.only_center_face, detector=args.detector, device=args.device,
             overwrite=args.overwrite, min_face_size=args.min_face_size, max_pixels=args.max_pixels,
-            batch_size=args.batch_size, too_large_ratio=args.too_large_ratio, force=args.force)
+            batch_size=args.batch_size, too_large_ratio=args.too_large_ratio, force=args.force, ext=args.ext,
+            quality=args.quality)
     except photos.PhotosUsageError as error:
         print(f"dlfp restore: usage error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageFile, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 100_000_000
 # The only formats Pillow may open: what acquire and `dlfp restore` accept. Never EPS/PS (Pillow hands those to
@@ -331,3 +331,39 @@ def encode_png(rgb: np.ndarray) -> bytes:
 def decode_png_bytes(data: bytes, *, source: str | Path = "<bytes>") -> np.ndarray:
     """Inverse of encode_png (accepts any image bytes; returns 8-bit RGB)."""
     return decode_image_bytes(data, source=source, min_side=1).rgb
+
+
+# Output formats of `dlfp restore` (the Pillow format name of each suffix).
+OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
+DEFAULT_QUALITY = 95
+_PNG_XMP_KEYWORD = "XML:com.adobe.xmp"  # the iTXt keyword XMP readers look for (XMP spec part 3, PNG)
+
+
+def encode_image(pixels: np.ndarray, ext: str, *, quality: int = DEFAULT_QUALITY, icc_profile: bytes | None = None,
+                 xmp: bytes | None = None) -> bytes:
+    """RGB or RGBA uint8 pixels as png/jpg/webp bytes, with an ICC profile and an XMP packet when given.
+
+    Deterministic (fixed settings, no timestamps). JPEG has no alpha: callers composite RGBA first."""
+    array = np.ascontiguousarray(np.asarray(pixels))
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ValueError(f"encode_image expects (H, W, 3|4) uint8, got {array.shape} {array.dtype}")
+    if ext not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown output format {ext!r} (one of {', '.join(OUTPUT_FORMATS)})")
+    if ext == "jpg" and array.shape[2] == 4:
+        raise ValueError("JPEG cannot carry alpha: composite the pixels first")
+    options: dict[str, object] = {}
+    if icc_profile:
+        options["icc_profile"] = icc_profile
+    if ext == "png":
+        options.update(compress_level=PNG_COMPRESS_LEVEL, optimize=False)
+        if xmp is not None:
+            info = PngImagePlugin.PngInfo()
+            info.add_itxt(_PNG_XMP_KEYWORD, xmp.decode("utf-8"))
+            options["pnginfo"] = info
+    else:
+        options["quality"] = quality
+        if xmp is not None:
+            options["xmp"] = xmp  # JPEG: APP1 with the http://ns.adobe.com/xap/1.0/ header; WebP: the XMP chunk
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=OUTPUT_FORMATS[ext], **options)
+    return buffer.getvalue()

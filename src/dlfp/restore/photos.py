@@ -8,9 +8,14 @@ inverse transform and blend it with a feathered mask over the background, resamp
 `upscale` > 1. Faces are batched across photos.
 
 Outputs in OUTDIR (all written atomically; nothing is ever written outside OUTDIR):
-- `restored/<relative name>.png`: the photo at input size x upscale (PNG: lossless and able to carry alpha).
+- `restored/<relative name>.<ext>`: the photo at input size x upscale. `ext` "auto" keeps the input's format (JPEG
+  -> .jpg, PNG -> .png, WebP -> .webp, anything else -> .png); png/jpg/webp force one. JPEG and WebP use `quality`.
+  The input's ICC profile is kept (the sRGB profile when decoding converted the pixels to sRGB); alpha is kept in
+  PNG and WebP; JPEG has none, so an input with alpha written as JPEG is composited on white (noted in its row).
   Photos without a restorable face are copied through (the same resampled background) with their status.
 - `faces/<relative name>/face_NN_before.png`, `face_NN_after.png`: each aligned crop at the model's out_size.
+- Every image written carries an XMP provenance label (dlfp.restore.provenance): IPTC digital source type
+  compositeWithTrainedAlgorithmicMedia, xmp:CreatorTool, the weights' sha256 and the restored face boxes.
 - `summary.json` and `summary.csv`: one row per photo (input, output, faces_found, faces_restored,
   faces_skipped_small, faces_skipped_landmarks, faces_skipped_off_centre, faces_skipped_too_large, seconds and
   its split, status, reason). summary.json's `run` also names the weights file and its sha256.
@@ -28,7 +33,7 @@ Decisions:
 - faces_found is dlib's detector count on the detection image; every found face is either restored or counted
   in exactly one faces_skipped_* column.
 - Output names keep the input's relative path (unicode, spaces and shell characters included) with the suffix
-  replaced by .png; clashes (same name from two INPUT folders, or a.jpg beside a.png) get "-2", "-3"... in
+  replaced by the output's; clashes (same name from two INPUT folders, or a.jpg beside a.png) get "-2", "-3"... in
   sorted input order. Folders are walked recursively for image suffixes; hidden files and OUTDIR are skipped.
 - Outputs are never overwritten: a run whose outputs (or summary/index) already exist stops before any work
   with OutputExistsError unless `overwrite`. Inputs are only read.
@@ -56,7 +61,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageCms, ImageOps
 from tqdm import tqdm
 
 from dlfp.data.landmarks import (
@@ -70,7 +75,14 @@ from dlfp.data.landmarks import (
     template_points,
 )
 from dlfp.io.atomic import open_lock_file, write_bytes_atomic, write_csv_atomic, write_json_atomic, write_text_atomic
-from dlfp.io.images import PNG_COMPRESS_LEVEL, ImageRejected, decode_image_bytes, encode_png
+from dlfp.io.images import (
+    DEFAULT_QUALITY,
+    OUTPUT_FORMATS,
+    ImageRejected,
+    decode_image_bytes,
+    encode_image,
+)
+from dlfp.restore import provenance
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +102,8 @@ HOG_UPSAMPLE = 1                  # HOG finds faces down to about 40 px at upsam
 HOG_DETECT_MAX_SIDE = 2048        # larger photos are searched at this longest side (time grows with pixels)
 CNN_DETECT_MAX_SIDE = CNN_FALLBACK_MAX_SIDE
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+OUTPUT_EXTS = ("auto", *OUTPUT_FORMATS)
+AUTO_EXT_OF_FORMAT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # any other input format -> png
 MAX_NAME_BYTES = 200              # file names stay under the usual 255-byte limit with suffixes added
 
 # Warping and blending (the reference's FaceRestoreHelper.paste_faces_to_input_image, pixel-centre exact).
@@ -208,6 +222,7 @@ class DecodedPhoto:
     rgb: np.ndarray                  # composited on white (what detection and restoration see)
     alpha: np.ndarray | None         # (H, W) uint8 in the displayed orientation, when the file has alpha
     notes: tuple[str, ...] = ()
+    icc_profile: bytes | None = None  # for the output: the input's, or sRGB's when decoding converted to sRGB
 
 
 def _header_pixels(data: bytes) -> int | None:
@@ -218,6 +233,28 @@ def _header_pixels(data: bytes) -> int | None:
     except Exception:  # noqa: BLE001 - any failure here is reported by the real decoder with its reason
         return None
     return width * height
+
+
+def output_ext(path: Path, ext: str) -> str:
+    """The restored photo's suffix: `ext` itself, or for "auto" the input's format from its header (else png)."""
+    if ext != "auto":
+        return ext
+    try:
+        with Image.open(path) as image:
+            return AUTO_EXT_OF_FORMAT.get(image.format or "", "png")
+    except Exception:  # noqa: BLE001 - unreadable inputs fail later with their reason; their name stays .png
+        return "png"
+
+
+def _output_icc(data: bytes, notes: Sequence[str]) -> bytes | None:
+    """The ICC profile for the output: sRGB's when decoding converted the pixels to sRGB, else the input's own."""
+    with Image.open(io.BytesIO(data)) as image:
+        icc = image.info.get("icc_profile")
+    if not icc or any(note.startswith("ICC profile ignored") for note in notes):
+        return None
+    if any(note.endswith("converted to sRGB") for note in notes):
+        return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    return icc
 
 
 def _alpha_channel(data: bytes, shape: tuple[int, int]) -> np.ndarray | None:
@@ -252,7 +289,7 @@ def decode_photo(path: Path, *, upscale: int, max_pixels: int) -> DecodedPhoto:
                                   f"--max-pixels)")
     decoded = decode_image_bytes(data, source=path, max_pixels=max(max_pixels // (upscale * upscale), 1), min_side=1)
     alpha = _alpha_channel(data, decoded.rgb.shape[:2])
-    return DecodedPhoto(decoded.rgb, alpha, decoded.notes)
+    return DecodedPhoto(decoded.rgb, alpha, decoded.notes, _output_icc(data, decoded.notes))
 
 
 # -------------------------------------------------------------------------------------- geometry
@@ -372,13 +409,20 @@ def attach_alpha(rgb_on_white: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 
 def encode_png_any(pixels: np.ndarray) -> bytes:
-    """Deterministic PNG of RGB or RGBA uint8 pixels."""
-    if pixels.ndim == 3 and pixels.shape[2] == 3:
-        return encode_png(pixels)
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels)).save(
-        buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
-    return buffer.getvalue()
+    """Deterministic PNG of RGB or RGBA uint8 pixels (no metadata)."""
+    return encode_image(pixels, "png")
+
+
+def face_box(matrix: np.ndarray, out_size: int, upscale: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) in output pixels of the area a restored crop was pasted into, clipped to it."""
+    corners = np.array([[0, 0], [out_size, 0], [0, out_size], [out_size, out_size]], dtype=np.float64)
+    inverse = np.linalg.inv(_homogeneous(matrix))
+    points = (np.c_[corners - 0.5, np.ones(4)] @ inverse.T)[:, :2] + 0.5  # pixel edges, not centres
+    points *= upscale
+    height, width = shape
+    left, top = np.floor(points.min(axis=0)).astype(int)
+    right, bottom = np.ceil(points.max(axis=0)).astype(int)
+    return max(int(left), 0), max(int(top), 0), min(int(right), width), min(int(bottom), height)
 
 
 # -------------------------------------------------------------------------------------------- faces
@@ -540,7 +584,8 @@ class _PhotoRun:
 
     def __init__(self, out_dir: Path, restorer, out_size: int, landmarker: FaceLandmarker, *, upscale: int,
                  only_center_face: bool, min_face_size: int, max_pixels: int, batch_size: int,
-                 too_large_ratio: float, force: bool, input_paths: set[Path], progress: tqdm) -> None:
+                 too_large_ratio: float, force: bool, input_paths: set[Path], progress: tqdm,
+                 exts: dict[str, str], quality: int, weights_sha256: str) -> None:
         self.out_dir = out_dir
         self.restorer = restorer
         self.out_size = out_size
@@ -554,6 +599,9 @@ class _PhotoRun:
         self.force = force
         self.input_paths = input_paths
         self.progress = progress
+        self.exts = exts
+        self.quality = quality
+        self.weights_sha256 = weights_sha256
         self.queue: list[tuple[_Pending, int]] = []
         self.results: dict[str, PhotoResult] = {}
 
@@ -644,7 +692,10 @@ class _PhotoRun:
         canvas = resample(photo.rgb, self.upscale)
         for matrix, face in zip(pending.matrices, pending.restored, strict=True):
             paste_face(canvas, face, matrix, self.upscale)  # type: ignore[arg-type]
-        if photo.alpha is not None:
+        ext = self.exts[source.name]
+        if photo.alpha is not None and ext == "jpg":
+            result.notes = "; ".join(filter(None, [result.notes, "alpha composited on white (JPEG has no alpha)"]))
+        elif photo.alpha is not None:
             canvas = attach_alpha(canvas, resample(photo.alpha, self.upscale))
         result.seconds_paste = time.perf_counter() - tick
         result.out_height, result.out_width = canvas.shape[:2]
@@ -652,17 +703,25 @@ class _PhotoRun:
         result.status, result.reason = _status(result, self.min_face_size, self.out_size)
 
         tick = time.perf_counter()
-        output = f"{RESTORED_DIR}/{source.name}.png"
+        output = f"{RESTORED_DIR}/{source.name}.{ext}"
         if (self.out_dir / output).resolve() in self.input_paths:
             result.status, result.reason = STATUS_FAILED, "the output would replace an input file; choose another -o"
         else:
-            write_bytes_atomic(self.out_dir / output, encode_png_any(canvas))
+            boxes = [face_box(matrix, self.out_size, self.upscale, canvas.shape[:2]) for matrix in pending.matrices]
+            xmp = provenance.xmp_packet(weights_sha256=self.weights_sha256, faces=boxes, role="restored photo")
+            write_bytes_atomic(self.out_dir / output, encode_image(
+                canvas, ext, quality=self.quality, icc_profile=photo.icc_profile, xmp=xmp))
             result.output = output
+            whole = (0, 0, self.out_size, self.out_size)
+            before_xmp = provenance.xmp_packet(weights_sha256=self.weights_sha256, faces=(),
+                                               role="aligned face crop before restoration")
+            after_xmp = provenance.xmp_packet(weights_sha256=self.weights_sha256, faces=(whole,),
+                                              role="face crop after restoration")
             for number, (crop, face) in enumerate(zip(pending.crops, pending.restored, strict=True)):
                 before = f"{FACES_DIR}/{source.name}/face_{number:02d}_before.png"
                 after = f"{FACES_DIR}/{source.name}/face_{number:02d}_after.png"
-                write_bytes_atomic(self.out_dir / before, encode_png(crop))
-                write_bytes_atomic(self.out_dir / after, encode_png(face))  # type: ignore[arg-type]
+                write_bytes_atomic(self.out_dir / before, encode_image(crop, "png", xmp=before_xmp))
+                write_bytes_atomic(self.out_dir / after, encode_image(face, "png", xmp=after_xmp))  # type: ignore[arg-type]
                 result.crops.append({"before": before, "after": after})
             self._remove_stale_crops(self.out_dir / FACES_DIR / source.name, result.crops)
         result.seconds_io += time.perf_counter() - tick
@@ -682,11 +741,11 @@ class _PhotoRun:
                 stale.unlink()
 
 
-def _planned_outputs(out_dir: Path, sources: Sequence[PhotoSource]) -> list[Path]:
+def _planned_outputs(out_dir: Path, sources: Sequence[PhotoSource], exts: dict[str, str]) -> list[Path]:
     """Files this run would certainly write (face crops are inside each photo's own faces/ folder)."""
     planned = [out_dir / SUMMARY_JSON, out_dir / SUMMARY_CSV, out_dir / INDEX_HTML]
     for source in sources:
-        planned += [out_dir / RESTORED_DIR / f"{source.name}.png", out_dir / FACES_DIR / source.name]
+        planned += [out_dir / RESTORED_DIR / f"{source.name}.{exts[source.name]}", out_dir / FACES_DIR / source.name]
     return planned
 
 
@@ -711,11 +770,11 @@ def _check_outdir_is_no_input(inputs: Sequence[Path | str], out_dir: Path) -> No
                                    "in an input folder would be read back as inputs)")
 
 
-def _check_outputs(out_dir: Path, sources: Sequence[PhotoSource], overwrite: bool) -> None:
+def _check_outputs(out_dir: Path, sources: Sequence[PhotoSource], exts: dict[str, str], overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise PhotosUsageError(f"-o {out_dir}: exists and is not a folder")
     root = out_dir.resolve()
-    planned = _planned_outputs(out_dir, sources)
+    planned = _planned_outputs(out_dir, sources, exts)
     for path in planned:
         if not path.resolve().is_relative_to(root):  # a symlink inside OUTDIR pointing elsewhere
             raise PhotosUsageError(f"{path}: resolves outside {out_dir} ({path.resolve()}); refusing to write there")
@@ -764,12 +823,16 @@ def _landmarker(detector: Detector) -> FaceLandmarker:
 
 
 def _check_options(upscale: int, batch_size: int, min_face_size: int, max_pixels: int, device: str,
-                   detector: str, too_large_ratio: float) -> None:
+                   detector: str, too_large_ratio: float, ext: str = "auto", quality: int = DEFAULT_QUALITY) -> None:
     if not 1 <= upscale <= MAX_UPSCALE:
         raise PhotosUsageError(f"--upscale must be an integer from 1 to {MAX_UPSCALE}, got {upscale}")
     if batch_size < 1 or min_face_size < 0 or max_pixels < 1:
         raise PhotosUsageError(f"--batch-size and --max-pixels must be >= 1 and --min-face-size >= 0 "
                                f"(got {batch_size}, {max_pixels}, {min_face_size})")
+    if ext not in OUTPUT_EXTS:
+        raise PhotosUsageError(f"--ext must be one of {', '.join(OUTPUT_EXTS)}, got {ext!r}")
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise PhotosUsageError(f"--quality must be an integer from 1 to 100, got {quality!r}")
     if not too_large_ratio > 0:
         raise PhotosUsageError(f"--too-large-ratio must be > 0, got {too_large_ratio}")
     if detector not in ("hog", "cnn"):
@@ -800,25 +863,28 @@ def run_photos(inputs: Sequence[Path | str], out_dir: Path | str, *, weights: Pa
                upscale: int = DEFAULT_UPSCALE, only_center_face: bool = False, detector: Detector = "hog",
                device: str = "auto", overwrite: bool = False, min_face_size: int = DEFAULT_MIN_FACE_SIZE,
                max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: int = DEFAULT_BATCH_SIZE,
-               too_large_ratio: float = DEFAULT_TOO_LARGE_RATIO, force: bool = False, progress: bool = True) -> dict:
+               too_large_ratio: float = DEFAULT_TOO_LARGE_RATIO, force: bool = False, progress: bool = True,
+               ext: str = "auto", quality: int = DEFAULT_QUALITY) -> dict:
     """Restore every face in the input photos into out_dir; returns the summary (also summary.json).
 
     `weights`: a checkpoint path, or an official release name (gfpgan-v1.3, gfpgan-v1.4: downloaded once into
     $DLFP_CACHE/weights). Faces larger than `too_large_ratio` x the model's out_size (output px) are left as they
-    are, with the reason, unless `force`.
+    are, with the reason, unless `force`. `ext` (auto|png|jpg|webp) and `quality` (JPEG/WebP, 1..100) choose the
+    restored photos' format; every image written carries the XMP provenance label.
 
     Raises PhotosUsageError (bad options, outputs exist) and WeightsNotFoundError before any photo is touched;
     per-photo problems become that photo's status instead.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    _check_options(upscale, batch_size, min_face_size, max_pixels, device, detector, too_large_ratio)
+    _check_options(upscale, batch_size, min_face_size, max_pixels, device, detector, too_large_ratio, ext, quality)
     _check_outdir_is_no_input(inputs, out_dir)
     sources = collect_inputs(inputs, out_dir)
     if not sources:
         raise PhotosUsageError(f"no input photos found in {', '.join(map(str, inputs))} "
                                f"(folders are searched for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    _check_outputs(out_dir, sources, overwrite)
+    exts = {source.name: output_ext(source.path, ext) for source in sources}
+    _check_outputs(out_dir, sources, exts, overwrite)
     weights_path, weights_record = _resolve_weights(weights, progress)
     restorer = _load_restorer(weights_path, batch_size, device)
     out_size = int(restorer.description["arch"]["out_size"])
@@ -826,11 +892,13 @@ def run_photos(inputs: Sequence[Path | str], out_dir: Path | str, *, weights: Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     with _outdir_lock(out_dir), tqdm(total=len(sources), desc="restore photos", unit="photo",
                                     disable=not progress) as bar:
-        _check_outputs(out_dir, sources, overwrite)  # again under the lock: a concurrent run may have written them
+        # again under the lock: a concurrent run may have written them
+        _check_outputs(out_dir, sources, exts, overwrite)
         state = _PhotoRun(out_dir, restorer, out_size, landmarker, upscale=upscale,
                           only_center_face=only_center_face, min_face_size=min_face_size, max_pixels=max_pixels,
                           batch_size=batch_size, too_large_ratio=too_large_ratio, force=force,
-                          input_paths={s.path.resolve() for s in sources}, progress=bar)
+                          input_paths={s.path.resolve() for s in sources}, progress=bar, exts=exts,
+                          quality=quality, weights_sha256=str(weights_record.get("sha256", "")))
         for source in sources:
             state.add(source)
         state.flush()
@@ -844,7 +912,11 @@ def run_photos(inputs: Sequence[Path | str], out_dir: Path | str, *, weights: Pa
                 "only_center_face": only_center_face, "too_large_ratio": too_large_ratio, "force": force,
                 "photos": len(results), "failed": failed,
                 "faces_found": sum(r.faces_found for r in results),
-                "faces_restored": sum(r.faces_restored for r in results), "seconds": round(elapsed, 2)}
+                "faces_restored": sum(r.faces_restored for r in results), "seconds": round(elapsed, 2),
+                "ext": ext, "quality": quality,
+                "provenance": {"note": provenance.LABEL_NOTE, "format": "XMP",
+                               "digital_source_type": provenance.DIGITAL_SOURCE_TYPE,
+                               "creator_tool": provenance.creator_tool()}}
     summary = {"run": run_info, "photos": [{c: asdict(r)[c] for c in (*SUMMARY_COLUMNS, "notes", "crops")}
                                            for r in results]}
     write_json_atomic(out_dir / SUMMARY_JSON, summary)
