@@ -34,7 +34,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-FACES = REPO.parent / "shared" / "faces" / "aligned_hq"
+FACES = Path(os.environ.get("DLFP_FACES", REPO.parent / "shared" / "faces" / "aligned_hq"))  # a worktree elsewhere sets it
 RESULT = REPO / "benchmarks" / "results" / "byte_identity.json"
 OLD_LQ_NAMES = {"identity", "lq"}
 RUN_TOKEN = "<RUN>"
@@ -57,7 +57,7 @@ def _params(run: Path, faces: Path, count: int) -> dict:
     raw["evaluate"].update(device="cpu", threads=1)
     raw["bias"].update(resamples=200, min_group_size=2)
     if raw["bias"]["labels"]:
-        raw["bias"]["labels"] = str((REPO / raw["bias"]["labels"]).resolve())
+        raw["bias"]["labels"] = str(FACES.parent / "labels" / Path(raw["bias"]["labels"]).name)
     return raw
 
 
