@@ -49,7 +49,7 @@ def _params(run: Path, faces: Path, count: int) -> dict:
     raw["degrade"]["workers"] = 1
     quiet = dict(workers=0, threads=1, tensorboard=False, batch_size=2, shuffle_buffer=8, checkpoint_every=10,
                  sample_every=10, device="cpu")
-    raw["train_prior"].update(quiet, out_size=32, num_style_feat=32, num_mlp=1, narrow=0.0625, iters=10,
+    raw["train_prior"].update(quiet, out_size=64, num_style_feat=32, num_mlp=1, narrow=0.0625, iters=10,
                               eval_samples=0)
     raw["train"].update(quiet, iters=10, val_every=5, val_count=8, lr_milestones=[], perceptual_network="off",
                         identity_network="dlib")
