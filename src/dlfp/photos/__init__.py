@@ -1,0 +1,1 @@
+"""`dlfp restore INPUT... -o OUT`: restoring people's own photos (inputs, the detect-warp-restore-paste pipeline, html)."""
