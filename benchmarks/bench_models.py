@@ -186,6 +186,43 @@ def try_compile(model: GFPGANv1Clean, x: Tensor, runs: int) -> list[dict]:
                  "note": f"failed after {time.perf_counter() - start:.0f} s"}]
 
 
+def openvino_cases(model: GFPGANv1Clean, x: Tensor, threads: int, cases: list[Case]) -> dict[str, str]:
+    """Append the OpenVINO rows (dlfp.inference, as `dlfp restore --backend openvino` runs it) when installed.
+
+    Returns {case: note} with the conversion time and the max abs difference from torch eager.
+    """
+    from dlfp import inference
+
+    if not inference.openvino_installed():
+        print(f"OpenVINO not installed ({inference.OPENVINO_EXTRA}): no OpenVINO rows", flush=True)
+        return {}
+    import tempfile
+
+    notes: dict[str, str] = {}
+    with torch.inference_mode():
+        reference = model(x, return_rgb=False)[0]
+    cache = Path(tempfile.mkdtemp(prefix="dlfp-bench-openvino-"))
+    for label, count in ((f"{threads} threads", threads), ("plugin default threads", 0)):
+        name = f"ours + OpenVINO (latency hint, {label})"
+        start = time.perf_counter()
+        forward = inference.openvino_forward(model, f"bench-{count}", SIZE, count, cache)
+        seconds = time.perf_counter() - start
+        difference = float((forward(x) - reference).abs().max())
+        notes[name] = f"convert + compile {seconds:.0f} s; max abs vs torch eager {difference:.1e}"
+        cases.append((name, "fp32", lambda forward=forward: forward(x)))
+    return notes
+
+
+def add_ratios(results: list[dict]) -> None:
+    """Speed-up of every row over ours (torch eager, fp32) and over the published formulation, same run."""
+    medians = {(r["case"], r["dtype"]): r.get("median_s") for r in results}
+    ours, published = medians.get(("ours (channels_last)", "fp32")), medians.get(("published", "fp32"))
+    for r in results:
+        if r.get("median_s"):
+            r["speedup_vs_ours_eager"] = round(ours / r["median_s"], 2) if ours else None
+            r["speedup_vs_published"] = round(published / r["median_s"], 2) if published else None
+
+
 def test_image() -> Tensor:
     """A real aligned face when shared/faces is present (the speed does not depend on it)."""
     files = sorted(FACES.glob("*.png")) + sorted(FACES.glob("*.jpg"))
@@ -255,8 +292,12 @@ def main() -> None:
         ("ours (channels_last)", "bf16", run(lambda: model(x, return_rgb=False), "bf16")),
         ("published", "bf16", run(lambda: published(x), "bf16")),
     ]
+    openvino_notes = openvino_cases(model, x, args.threads, cases)
     cases = [c for c in cases if f"{c[0]}/{c[1]}" not in args.skip]
     results = measure_interleaved(cases, args.runs, args.warmup)
+    for result in results:
+        result["note"] = result.get("note") or openvino_notes.get(result["case"], "")
+    add_ratios(results)
     if args.compile:
         results += try_compile(model, x, args.runs)
 
@@ -290,14 +331,17 @@ def render_markdown(payload: dict) -> str:
         f"Published GFPGANv1Clean on this machine kind: {payload['published_reference_s']['fp32']} s fp32, "
         f"{payload['published_reference_s']['bf16']} s bf16; target {payload['target_s']} s.",
         "",
-        "| case | dtype | median s | runs s | 1-min load per round | note |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "Speed-ups are ratios of medians measured in this run, interleaved round by round (x > 1: faster).",
+        "",
+        "| case | dtype | median s | vs ours eager | vs published | runs s | 1-min load per round | note |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in payload["results"]:
         median = r.get("median_s", "failed")
         runs = ", ".join(str(t) for t in r.get("times_s", [])) or r.get("error", "")
         loads = r.get("load_avg_1min_per_round", "")
-        lines.append(f"| {r['case']} | {r['dtype']} | {median} | {runs} | {loads} "
+        ratios = f"{r.get('speedup_vs_ours_eager', '')} | {r.get('speedup_vs_published', '')}"
+        lines.append(f"| {r['case']} | {r['dtype']} | {median} | {ratios} | {runs} | {loads} "
                      f"| {r.get('note', '')} |")
     lines += ["", "## Also tried", ""] + [f"- {item}" for item in payload.get("tried", [])]
     lines.append("")
