@@ -34,7 +34,8 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-FACES = Path(os.environ.get("DLFP_FACES", REPO.parent / "shared" / "faces" / "aligned_hq"))  # a worktree elsewhere sets it
+# DLFP_FACES: for a worktree outside the folder that holds shared/
+FACES = Path(os.environ.get("DLFP_FACES", REPO.parent / "shared" / "faces" / "aligned_hq"))
 RESULT = REPO / "benchmarks" / "results" / "byte_identity.json"
 OLD_LQ_NAMES = {"identity", "lq"}
 RUN_TOKEN = "<RUN>"

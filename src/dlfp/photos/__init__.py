@@ -1,1 +1,4 @@
-"""`dlfp restore INPUT... -o OUT`: restoring people's own photos (inputs, the detect-warp-restore-paste pipeline, html)."""
+"""`dlfp restore INPUT... -o OUT`: restoring people's own photos.
+
+inputs (reading user images), pipeline (detect, warp, restore, paste back), html (the index page).
+"""
