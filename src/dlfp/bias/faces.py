@@ -3,7 +3,7 @@
 Groups come from the ground truth only: the ITA band with the configured correction, Thong et al.'s lightness
 and hue categories, and the FFHQ labels. Faces whose GT tone cannot be measured are "not measured" and stay in
 every table. Also the dataset composition (counts per split and grouping). Works on decoded arrays; may import
-dlfp.bias.{skin,labels} and dlfp.params.
+dlfp.bias.{skin,mask,labels} and dlfp.params.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pandas as pd
 
 from dlfp.bias import skin
 from dlfp.bias.labels import UNKNOWN, age_group, ffhq_id_of
+from dlfp.bias.mask import eye_mask, skin_mask
 from dlfp.params import BiasParams
 
 NOT_MEASURED = "not measured"   # GT without landmarks or with too little skin: no tone, still in every table
@@ -61,8 +62,8 @@ def measure_gt(sample_id: str, meta: Mapping, gt: np.ndarray, split: str, option
         return face
     try:
         points = np.asarray(landmarks, dtype=np.float64)
-        mask = skin.skin_mask(points, gt.shape[:2])
-        eyes = skin.eye_mask(points, gt.shape[:2])
+        mask = skin_mask(points, gt.shape[:2])
+        eyes = eye_mask(points, gt.shape[:2])
         recipe = skin.tone_recipe(gt, mask, options.correction, eyes=eyes)
         measured = skin.replay_tone(gt, mask, recipe)
         plain = skin.measure_tone(gt, mask)
