@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from skimage.color import deltaE_ciede2000, rgb2lab
 
+from dlfp.bias import mask as face_mask
 from dlfp.bias import skin, stats
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
@@ -75,14 +76,14 @@ def synthetic_face(skin_rgb: np.ndarray, noise: float = 0.0, seed: int = 0) -> t
     image[face > 0] = skin_rgb
     if noise:
         image[face > 0] += np.random.default_rng(seed).normal(0, noise, (int(face.sum()), 3))
-    for eye in (skin.EYE_LEFT, skin.EYE_RIGHT):
+    for eye in (face_mask.EYE_LEFT, face_mask.EYE_RIGHT):
         polygon = np.round(landmarks[eye]).astype(np.int32)
         cv2.fillPoly(image, [polygon], tuple(int(v) for v in lab_colour(SCLERA_LAB)))
         centre = tuple(int(v) for v in np.round(landmarks[eye].mean(axis=0)))
         cv2.circle(image, centre, 5, (60, 40, 30), -1)
-    for brow in (skin.BROW_LEFT, skin.BROW_RIGHT):
+    for brow in (face_mask.BROW_LEFT, face_mask.BROW_RIGHT):
         cv2.polylines(image, [np.round(landmarks[brow]).astype(np.int32)], False, (50, 35, 25), 4)
-    cv2.fillPoly(image, [np.round(landmarks[skin.MOUTH_OUTER]).astype(np.int32)], (170, 60, 70))
+    cv2.fillPoly(image, [np.round(landmarks[face_mask.MOUTH_OUTER]).astype(np.int32)], (170, 60, 70))
     return np.clip(np.round(image), 0, 255).astype(np.uint8), landmarks
 
 
@@ -100,7 +101,7 @@ def relight(image: np.ndarray, gains: tuple[float, float, float], shade: float, 
 def test_uniform_skin_gives_the_analytic_ita() -> None:
     rgb = lab_colour(SKIN_LAB)
     image, landmarks = synthetic_face(rgb)
-    mask = skin.skin_mask(landmarks, image.shape[:2])
+    mask = face_mask.skin_mask(landmarks, image.shape[:2])
     tone = skin.measure_tone(image, mask)
     lab = painted_lab(rgb)
     assert tone.ita_deg == pytest.approx(analytic_ita(lab), abs=0.5)
@@ -119,7 +120,7 @@ def test_lighter_or_darker_restoration_shifts_ita_by_the_expected_amount(delta_l
     restored_rgb = lab_colour((SKIN_LAB[0] + delta_l, SKIN_LAB[1], SKIN_LAB[2]))
     gt, landmarks = synthetic_face(gt_rgb)
     restored, _ = synthetic_face(restored_rgb)
-    shift = skin.tone_shift(gt, restored, skin.skin_mask(landmarks, gt.shape[:2]))
+    shift = skin.tone_shift(gt, restored, face_mask.skin_mask(landmarks, gt.shape[:2]))
     gt_lab, restored_lab = painted_lab(gt_rgb), painted_lab(restored_rgb)
     expected = analytic_ita(restored_lab) - analytic_ita(gt_lab)
     assert np.sign(shift.d_ita) == sign and abs(shift.d_ita) > 5
@@ -133,7 +134,7 @@ def test_lighter_or_darker_restoration_shifts_ita_by_the_expected_amount(delta_l
 
 def test_grey_photo_is_no_colour() -> None:
     image, landmarks = synthetic_face(np.array([150, 150, 150]))
-    tone = skin.measure_tone(image, skin.skin_mask(landmarks, image.shape[:2]))
+    tone = skin.measure_tone(image, face_mask.skin_mask(landmarks, image.shape[:2]))
     assert tone.chroma < skin.NO_COLOUR_CHROMA and tone.no_colour
     assert tone.band == skin.NO_COLOUR
     grouped = skin.measure_face(image, landmarks)        # default correction: still no colour
@@ -145,7 +146,7 @@ def test_face_with_chroma_but_no_yellow_is_no_colour() -> None:
     for lab in ((62.0, 6.0, -5.0), (62.0, 8.0, 0.0)):          # chroma 7.8 and 8: above the chroma threshold
         rgb = lab_colour(lab)
         image, landmarks = synthetic_face(rgb)
-        tone = skin.measure_tone(image, skin.skin_mask(landmarks, image.shape[:2]))
+        tone = skin.measure_tone(image, face_mask.skin_mask(landmarks, image.shape[:2]))
         assert tone.chroma >= skin.NO_COLOUR_CHROMA and tone.b_star <= 0.5
         assert tone.no_colour and tone.band == skin.NO_COLOUR, lab
         assert skin.measure_face(image, landmarks).band == skin.NO_COLOUR
@@ -156,7 +157,7 @@ def test_face_with_chroma_but_no_yellow_is_no_colour() -> None:
 def test_colour_loss_is_counted_not_a_lightening() -> None:
     """A grey or bluish restoration of a coloured face: colour lost, and no dITA (it would read +57 deg)."""
     gt, landmarks = synthetic_face(lab_colour(SKIN_LAB))
-    mask = skin.skin_mask(landmarks, gt.shape[:2])
+    mask = face_mask.skin_mask(landmarks, gt.shape[:2])
     for lab in ((SKIN_LAB[0], 0.0, 0.0), (SKIN_LAB[0], 1.5, 1.5), (SKIN_LAB[0], 5.0, -4.0)):
         restored, _ = synthetic_face(lab_colour(lab))
         shift = skin.tone_shift(gt, restored, mask)
@@ -193,7 +194,7 @@ def test_correction_moves_ita_back_towards_the_true_tone_under_shade_and_warm_li
     rgb = lab_colour(SKIN_LAB)
     image, landmarks = synthetic_face(rgb, noise=2.0)
     truth = analytic_ita(painted_lab(rgb))
-    mask, eyes = skin.skin_mask(landmarks, image.shape[:2]), skin.eye_mask(landmarks, image.shape[:2])
+    mask, eyes = face_mask.skin_mask(landmarks, image.shape[:2]), face_mask.eye_mask(landmarks, image.shape[:2])
 
     def error(lit: np.ndarray, correction: skin.Correction) -> float:
         return abs(skin.measure_tone(lit, mask, correction, eyes=eyes).ita_deg - truth)
@@ -214,9 +215,9 @@ def test_correction_moves_ita_back_towards_the_true_tone_under_shade_and_warm_li
 
 def test_sclera_correction_is_skipped_and_recorded_without_eye_whites() -> None:
     image, landmarks = synthetic_face(lab_colour(SKIN_LAB))
-    eyes = skin.eye_mask(landmarks, image.shape[:2])
+    eyes = face_mask.eye_mask(landmarks, image.shape[:2])
     image[eyes] = (20, 15, 10)                               # sunglasses
-    tone = skin.measure_tone(image, skin.skin_mask(landmarks, image.shape[:2]), "both", eyes=eyes)
+    tone = skin.measure_tone(image, face_mask.skin_mask(landmarks, image.shape[:2]), "both", eyes=eyes)
     assert tone.correction == "brightest"
 
 
@@ -233,26 +234,27 @@ def test_skin_mask_on_a_real_face_avoids_eyes_and_mouth() -> None:
     rect = max(rects, key=lambda r: r.area())
     predictor = dlib.shape_predictor(str(dlib_model_path(LANDMARKS_68)))
     landmarks = np.array([(p.x, p.y) for p in predictor(image, rect).parts()], dtype=np.float64)
-    mask = skin.skin_mask(landmarks, image.shape[:2])
+    mask = face_mask.skin_mask(landmarks, image.shape[:2])
     assert mask.shape == image.shape[:2] and mask.dtype == bool
     assert mask.sum() > 0.03 * mask.size
     # Inside the face: within the jaw's width, below the forehead band's top and above the chin.
     ys, xs = np.nonzero(mask)
-    iod = skin.inter_ocular(landmarks)
+    iod = face_mask.inter_ocular(landmarks)
     assert xs.min() >= landmarks[:17, 0].min() and xs.max() <= landmarks[:17, 0].max()
     assert ys.max() <= landmarks[8, 1]
-    assert ys.min() >= landmarks[skin.BROWS, 1].min() - skin.FOREHEAD_HIGH * iod - 1
+    assert ys.min() >= landmarks[face_mask.BROWS, 1].min() - face_mask.FOREHEAD_HIGH * iod - 1
     # Inside dlib's face box, give or take 5% (jaw points may sit just outside it); the forehead band may
     # reach above the box's top, which lies near the brows.
     slack = 0.05 * rect.width()
     assert rect.left() - slack <= xs.min() and xs.max() <= rect.right() + slack
-    assert ys.max() <= rect.bottom() + slack and ys.min() >= rect.top() - skin.FOREHEAD_HIGH * iod
+    assert ys.max() <= rect.bottom() + slack and ys.min() >= rect.top() - face_mask.FOREHEAD_HIGH * iod
     # Both cheeks and the forehead are present.
-    eye_line = landmarks[skin.EYE_LEFT + skin.EYE_RIGHT, 1].mean()
-    centre_x = landmarks[skin.NOSE_BRIDGE_TOP, 0]
+    eye_line = landmarks[face_mask.EYE_LEFT + face_mask.EYE_RIGHT, 1].mean()
+    centre_x = landmarks[face_mask.NOSE_BRIDGE_TOP, 0]
     below = ys > eye_line
     assert np.any(below & (xs < centre_x)) and np.any(below & (xs > centre_x)) and np.any(~below)
-    for polygon in (skin.EYE_LEFT, skin.EYE_RIGHT, skin.MOUTH_OUTER, skin.BROW_LEFT + skin.BROW_RIGHT[::-1]):
+    for polygon in (face_mask.EYE_LEFT, face_mask.EYE_RIGHT, face_mask.MOUTH_OUTER,
+                    face_mask.BROW_LEFT + face_mask.BROW_RIGHT[::-1]):
         feature = np.zeros(mask.shape, np.uint8)
         cv2.fillPoly(feature, [np.round(landmarks[polygon]).astype(np.int32)], 1)
         assert not np.any(mask & (feature > 0))

@@ -21,8 +21,9 @@ import pytest
 import yaml
 from skimage.color import lab2rgb, rgb2lab
 
+from dlfp.bias import analysis as bias_analysis
+from dlfp.bias import faces as bias_faces
 from dlfp.bias import skin
-from dlfp.bias import stage as bias_stage
 from dlfp.io.images import load_rgb
 from dlfp.params import parse_params
 
@@ -57,7 +58,7 @@ class Measured:
         self.params = _params()
         landmarker = FaceLandmarker("hog", upsample=0)
         self.gt: dict[str, np.ndarray] = {}
-        self.faces: dict[str, bias_stage.FaceTone] = {}
+        self.faces: dict[str, bias_faces.FaceTone] = {}
         self.plain: dict[str, skin.ToneMeasurement] = {}
         for path in sorted(FACES.glob("ffhq256_*.jpg"))[:FACE_COUNT]:
             full = load_rgb(path)
@@ -66,15 +67,15 @@ class Measured:
                 continue
             points = (landmarker.landmarks(full, boxes[0]) + 0.5) * SIZE / full.shape[1] - 0.5
             image = cv2.resize(full, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
-            face = bias_stage.measure_gt(path.stem, {"landmarks": points.tolist()}, image, "test",
+            face = bias_faces.measure_gt(path.stem, {"landmarks": points.tolist()}, image, "test",
                                          self.params.bias, {})
             if face.measured is None:
                 continue
             self.gt[path.stem], self.faces[path.stem] = image, face
             self.plain[path.stem] = skin.measure_tone(image, face.mask)
         self.ids = sorted(self.faces)
-        self.assigned, self.group_info = bias_stage.merge_groups(self.faces, self.ids, self.params.bias)
-        self.composition = bias_stage.composition(self.faces, self.params.bias.age_bins)
+        self.assigned, self.group_info = bias_analysis.merge_groups(self.faces, self.ids, self.params.bias)
+        self.composition = bias_faces.composition(self.faces, self.params.bias.age_bins)
 
     def retone(self, sample_id: str, delta_ita: float, rng: np.random.Generator) -> np.ndarray:
         """The GT with its skin's L* moved so that the plain ITA changes by delta_ita, plus pixel noise."""
@@ -86,7 +87,7 @@ class Measured:
         restored[mask] = np.round(np.clip(lab2rgb(lab.reshape(-1, 1, 3)).reshape(-1, 3), 0, 1) * 255)
         return restored
 
-    def analyse(self, name: str, seed: int, planted_group: str | None = None) -> tuple[bias_stage.Analysis, dict]:
+    def analyse(self, name: str, seed: int, planted_group: str | None = None) -> tuple[bias_analysis.Analysis, dict]:
         """Run one synthetic restorer over every face and the stage's analysis over the result."""
         rng = np.random.default_rng(seed)
         rows = []
@@ -95,21 +96,21 @@ class Measured:
             if self.assigned["skin_tone"][sample_id] == planted_group:
                 delta += PLANTED_DEG
             restored = self.retone(sample_id, delta, rng)
-            columns, _ = bias_stage.face_shift(self.gt[sample_id], restored, self.faces[sample_id])
+            columns, _ = bias_faces.face_shift(self.gt[sample_id], restored, self.faces[sample_id])
             rows.append({"preset": PRESET, "restorer": name, "id": sample_id, **columns})
-        shift = pd.DataFrame(rows, columns=bias_stage.SHIFT_COLUMNS)
+        shift = pd.DataFrame(rows, columns=bias_analysis.SHIFT_COLUMNS)
         evaluation = pd.DataFrame({"preset": PRESET, "restorer": name, "id": self.ids,
-                                   **{metric: math.nan for metric in (*bias_stage.EVAL_METRICS,
+                                   **{metric: math.nan for metric in (*bias_analysis.EVAL_METRICS,
                                                                       "landmarks_detected")}})
-        table = bias_stage._per_face_table(shift, evaluation, self.faces, self.assigned)
-        analysis = bias_stage.Analysis()
-        reasons = {metric: "not computed: synthetic restorer" for metric in bias_stage.EVAL_METRICS}
-        bias_stage.analyse_set(table, PRESET, name, self.group_info, self.params, reasons, analysis)
-        summary = bias_stage.compact_summary(analysis, self.composition, "both", [PRESET], [name])
+        table = bias_analysis.per_face_table(shift, evaluation, self.faces, self.assigned)
+        analysis = bias_analysis.Analysis()
+        reasons = {metric: "not computed: synthetic restorer" for metric in bias_analysis.EVAL_METRICS}
+        bias_analysis.analyse_set(table, PRESET, name, self.group_info, self.params, reasons, analysis)
+        summary = bias_analysis.compact_summary(analysis, self.composition, "both", [PRESET], [name])
         return analysis, summary["results"][PRESET][name]
 
 
-def flagged_groups(analysis: bias_stage.Analysis) -> set[str]:
+def flagged_groups(analysis: bias_analysis.Analysis) -> set[str]:
     """Skin-tone groups the report calls shifted: Holm sign-test p < alpha and a CI that excludes 0."""
     return {row["group"] for row in analysis.tone if row["grouping"] == "skin_tone" and row["flagged"]}
 

@@ -27,8 +27,9 @@ import yaml
 from PIL import Image
 from skimage.color import lab2rgb, rgb2lab
 
+from dlfp.bias import faces as bias_faces
+from dlfp.bias import labels as bias_labels
 from dlfp.bias import skin, stats
-from dlfp.bias import stage as bias_stage
 from dlfp.data import degrade, shards
 from dlfp.data.landmarks import FaceLandmarker
 from dlfp.data.shards import ShardSetWriter, iter_samples, json_bytes, pair_presets, read_index
@@ -38,6 +39,7 @@ from dlfp.io.images import decode_png_bytes, encode_png, load_rgb
 from dlfp.params import parse_params
 from dlfp.report import PageContext, build
 from dlfp.restore import testset
+from dlfp.stages import bias as bias_stage
 
 REPO = Path(__file__).resolve().parents[1]
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces" / "aligned_hq"
@@ -104,7 +106,7 @@ def test_lighter_tint_gives_the_expected_d_ita_sign_and_size() -> None:
     gt, landmarks = helpers.synthetic_face(skin_rgb)
     tinted_rgb = helpers.lab_colour((helpers.SKIN_LAB[0] + LIGHTEN_L, *helpers.SKIN_LAB[1:]))
     restored, _ = helpers.synthetic_face(tinted_rgb)
-    face = bias_stage.measure_gt("synthetic", {"landmarks": landmarks.tolist()}, gt, "test", _params().bias, {})
+    face = bias_faces.measure_gt("synthetic", {"landmarks": landmarks.tolist()}, gt, "test", _params().bias, {})
     assert face.measured is not None and face.band == skin.ita_band(face.measured.ita_deg)
     shift = skin.tone_shift(gt, restored, face.mask)
     expected = helpers.analytic_ita(helpers.painted_lab(tinted_rgb)) - helpers.analytic_ita(
@@ -126,16 +128,16 @@ def test_band_flips_read_gt_and_restored_with_the_same_correction() -> None:
     helpers = _load_test_bias()
     face_rgb, landmarks = helpers.synthetic_face(helpers.lab_colour(helpers.SKIN_LAB), noise=2.0)
     gt = helpers.relight(face_rgb, (1.15, 1.0, 0.75), 1.0, 0)
-    face = bias_stage.measure_gt("warm", {"landmarks": landmarks.tolist()}, gt, "test", _params().bias, {})
+    face = bias_faces.measure_gt("warm", {"landmarks": landmarks.tolist()}, gt, "test", _params().bias, {})
     assert face.measured.correction == "sclera+brightest" and face.band == "intermediate"
     restored = gt.copy()
     restored[face.eyes] = (20, 15, 10)
     assert skin.measure_tone(restored, face.mask, "both", eyes=face.eyes).band == "tan"   # corrected on its own
-    columns, shift = bias_stage.face_shift(gt, restored, face)
+    columns, shift = bias_faces.face_shift(gt, restored, face)
     assert columns["band_restored"] == face.band and shift.d_ita == 0 and not columns["colour_lost"]
     # A real change of the skin still moves the band: +8 L* on the skin reads lighter with the same correction.
     lighter = np.where(face.mask[..., None], lighten(restored, 8.0), restored)
-    assert skin.BAND_ORDER.index(bias_stage.face_shift(gt, lighter, face)[0]["band_restored"]) < \
+    assert skin.BAND_ORDER.index(bias_faces.face_shift(gt, lighter, face)[0]["band_restored"]) < \
         skin.BAND_ORDER.index(face.band)
 
 
@@ -150,17 +152,17 @@ def test_bootstrap_intervals_cover_the_true_mean() -> None:
 
 def test_age_bins_labels_and_bad_params(tmp_path: Path) -> None:
     bins = _params().bias.age_bins
-    assert [bias_stage.age_group(a, bins) for a in (0.0, 19.9, 20, 59.5, 75, None)] == \
+    assert [bias_labels.age_group(a, bins) for a in (0.0, 19.9, 20, 59.5, 75, None)] == \
         ["0-19", "0-19", "20-39", "40-59", "60+", "unknown"]
     labels_path = tmp_path / "labels.csv"
     labels_path.write_text("file,ffhq_id,gender,age\na.png,00007,female,31.0\nb.png,,male,\nc.png,00008,,\n")
-    labels, note = bias_stage.read_labels(labels_path)
+    labels, note = bias_labels.read_labels(labels_path)
     assert labels == {7: {"gender": "female", "age": 31.0}, 8: {"gender": "unknown", "age": None}}
     assert "2 FFHQ ids" in note
-    assert bias_stage.read_labels(tmp_path / "absent.csv")[0] == {}
+    assert bias_labels.read_labels(tmp_path / "absent.csv")[0] == {}
     (tmp_path / "bad.csv").write_text("file,id\nx,1\n")
     with pytest.raises(ValueError, match="bad.csv.*lacks the column"):
-        bias_stage.read_labels(tmp_path / "bad.csv")
+        bias_labels.read_labels(tmp_path / "bad.csv")
     with pytest.raises(Exception, match="age bin"):
         _params(age_bins={"old": [60, 100], "young": [0, 20]})
     with pytest.raises(Exception, match="bias.correktion"):

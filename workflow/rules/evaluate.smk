@@ -53,6 +53,8 @@ rule bias:
         "data/restored",
         "data/evaluation",
         "src/dlfp/bias",
+        "src/dlfp/stages/bias.py",
+        "src/dlfp/io/tables.py",
     output:
         directory("data/bias"),
         "reports/bias.json",

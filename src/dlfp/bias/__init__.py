@@ -1,72 +1,7 @@
-"""Bias library: skin tone from pixels (skin.py) and per-group statistics (stats.py).
+"""Bias library: where the skin is (mask), skin tone from pixels (skin), FFHQ labels (labels), one face's
+tone and shift (faces), per-group statistics (stats), the per-group analysis and its documents (analysis), and
+the JPEG strips of the page (gallery).
 
-See ../shared/docs/bias-method.md. The `bias` stage wires these functions; they take plain arrays.
+See ../shared/docs/bias-method.md. The `bias` stage (dlfp.stages.bias) wires these modules; import names from
+the modules themselves. Nothing here imports dlfp.stages.
 """
-
-from dlfp.bias.skin import (
-    ALL_GROUPS,
-    BAND_ORDER,
-    DEFAULT_CORRECTION,
-    NO_COLOUR,
-    NoSkinError,
-    ToneMeasurement,
-    ToneRecipe,
-    ToneShift,
-    eye_mask,
-    hue_category,
-    ita_band,
-    lacks_colour,
-    lightness_category,
-    measure_face,
-    measure_tone,
-    replay_tone,
-    skin_mask,
-    tone_recipe,
-    tone_shift,
-)
-from dlfp.bias.stats import (
-    Gap,
-    Grouping,
-    Interval,
-    bootstrap_ci,
-    failure_rates,
-    flip_matrix,
-    group_gap,
-    group_summary,
-    holm,
-    merge_small_groups,
-    tone_shift_tests,
-)
-
-__all__ = [
-    "ALL_GROUPS",
-    "BAND_ORDER",
-    "DEFAULT_CORRECTION",
-    "NO_COLOUR",
-    "Gap",
-    "Grouping",
-    "Interval",
-    "NoSkinError",
-    "ToneMeasurement",
-    "ToneRecipe",
-    "ToneShift",
-    "bootstrap_ci",
-    "eye_mask",
-    "failure_rates",
-    "flip_matrix",
-    "group_gap",
-    "group_summary",
-    "holm",
-    "hue_category",
-    "ita_band",
-    "lacks_colour",
-    "lightness_category",
-    "measure_face",
-    "measure_tone",
-    "merge_small_groups",
-    "replay_tone",
-    "skin_mask",
-    "tone_recipe",
-    "tone_shift",
-    "tone_shift_tests",
-]

@@ -32,7 +32,6 @@ DEFAULT_MIN_SIDE = 16
 # Fixed, so the same pixels always give the same PNG bytes. Level 1: on 1024 px faces about 3x faster to
 # encode than level 6 for files about 15% larger; these PNGs are intermediate artifacts.
 PNG_COMPRESS_LEVEL = 1
-WHITE = (255, 255, 255)
 _EXIF_ORIENTATION_TAG = 0x0112
 _MAX_16BIT = 65535
 _SNIFF_BYTES = 512
