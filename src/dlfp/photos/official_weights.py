@@ -12,6 +12,10 @@ kept as the cached copy. Its sha256 is recorded and compared with the release fi
 The release page publishes no checksums. RELEASE_SHA256 holds the digests that independent projects pin for
 these exact release assets (348,632,874 bytes each); a file that differs, e.g. from a mirror, is still used when
 its layout is right, with the mismatch logged and recorded in the summary.
+
+Here, not in models/: what lives here is fetching a release file by name for `dlfp restore` (URL, cache folder,
+download, offline message); the model-format checks it calls are models/ code (checkpoints, gfpgan.release_model).
+Imports dlfp.models and the download code, never a stage.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ IPTC's digital source type `compositeWithTrainedAlgorithmicMedia` says the image
 output of a trained model; `xmp:CreatorTool` names dl-fp and its version; dl-fp's own namespace adds the weights'
 sha256 and the restored face boxes, so a reader can tell which regions are synthetic. The packet is built with
 ElementTree, so every value is XML-escaped. No C2PA signature (issue 16 makes it optional).
+
+A library: imports the standard library only.
 """
 
 from __future__ import annotations
