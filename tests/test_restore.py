@@ -13,13 +13,14 @@ import pytest
 import torch
 import yaml
 
+from dlfp import restorers
 from dlfp.data import degrade, shards
 from dlfp.io.hashing import file_digest
 from dlfp.io.images import decode_png_bytes, encode_png, load_rgb
 from dlfp.models.checkpoints import save_official
 from dlfp.models.gfpgan import GFPGANv1Clean
 from dlfp.params import parse_params
-from dlfp.restore import restorers, testset
+from dlfp.stages import restore as restore_stage
 
 REPO = Path(__file__).resolve().parents[1]
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces" / "aligned_hq"
@@ -96,8 +97,8 @@ def test_missing_weights_is_not_run_and_baselines_are_written_byte_identically(p
                                                                                tmp_path: Path) -> None:
     params = _params(tmp_path)
     first, second = tmp_path / "restored_a", tmp_path / "restored_b"
-    summary = testset.run(params, pairs_dir, first)
-    testset.run(params, pairs_dir, second)
+    summary = restore_stage.run(params, pairs_dir, first)
+    restore_stage.run(params, pairs_dir, second)
     index = json.loads((first / "index.json").read_text())
     receipt = json.loads((first / "receipt.json").read_text())
     gfpgan = index["restorers"]["gfpgan"]
@@ -145,8 +146,8 @@ def test_gfpgan_restorer_is_deterministic_and_resizes_to_the_model(pairs_dir: Pa
     weights = _tiny_checkpoint(tmp_path / "tiny.pth")
     params = _params(tmp_path, weights, ("gfpgan",))
     first, second = tmp_path / "gfp_a", tmp_path / "gfp_b"
-    testset.run(params, pairs_dir, first)
-    testset.run(params, pairs_dir, second)
+    restore_stage.run(params, pairs_dir, first)
+    restore_stage.run(params, pairs_dir, second)
     index = json.loads((first / "index.json").read_text())
     entry = index["restorers"]["gfpgan"]
     assert entry["status"] == "ok" and entry["description"]["arch"]["out_size"] == TINY["out_size"]

@@ -6,6 +6,7 @@ cases are generated from one small real photo in tmp_path; real photos are read 
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.metadata
 import io
@@ -29,11 +30,23 @@ from PIL import Image, ImageCms
 
 from dlfp import cli
 from dlfp.data.landmarks import template_5_points, template_points
+from dlfp.faces import geometry
 from dlfp.io import images
 from dlfp.io.images import load_rgb
 from dlfp.models.checkpoints import read_state_dict, save_official
 from dlfp.models.gfpgan import GFPGANv1Clean, release_model
-from dlfp.restore import official_weights, photos
+from dlfp.photos import detection, official_weights, pipeline
+from dlfp.photos.html import INDEX_HTML
+from dlfp.photos.summary import (
+    STATUS_FAILED,
+    STATUS_NO_FACE,
+    STATUS_OK,
+    STATUS_RESOLUTION_TOO_LOW,
+    STATUS_TOO_SMALL,
+    SUMMARY_COLUMNS,
+    SUMMARY_CSV,
+    SUMMARY_JSON,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 WILD = REPO.parent / "shared" / "faces" / "wild"
@@ -56,7 +69,7 @@ def _sha(path: Path) -> str:
 
 def _dlib_hog_count(rgb: np.ndarray) -> int:
     """dlib's own detector, independent of dlfp's wrapper (same upsampling as the command)."""
-    return len(dlib.get_frontal_face_detector()(np.ascontiguousarray(rgb), photos.HOG_UPSAMPLE))
+    return len(dlib.get_frontal_face_detector()(np.ascontiguousarray(rgb), detection.HOG_UPSAMPLE))
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +151,8 @@ def case_run(case_inputs: dict[str, Path], tiny_weights: Path, tmp_path_factory:
     files = sorted(path for folder in folders for path in folder.rglob("*") if path.is_file())
     before = {path: _sha(path) for path in files}
     out = tmp_path_factory.mktemp("run") / "out"
-    summary = photos.run_photos(folders, out, weights=tiny_weights, min_face_size=MIN_FACE, progress=False,
-                                max_pixels=photos.DEFAULT_MAX_PIXELS, batch_size=3, force=True)
+    summary = pipeline.run_photos(folders, out, weights=tiny_weights, min_face_size=MIN_FACE, progress=False,
+                                  max_pixels=pipeline.DEFAULT_MAX_PIXELS, batch_size=3, force=True)
     after = {path: _sha(path) for path in files}
     rows = {row["input"]: row for row in summary["photos"]}
     return summary, rows, out, before, after
@@ -155,10 +168,10 @@ def _row(case_run, case_inputs: dict[str, Path], case: str) -> dict:
     ("text", "not an image"), ("huge", "too large")])
 def test_unusable_files_fail_with_a_reason_and_no_output(case_run, case_inputs, case, reason):
     row = _row(case_run, case_inputs, case)
-    assert row["status"] == photos.STATUS_FAILED
+    assert row["status"] == STATUS_FAILED
     assert reason in row["reason"]
     assert row["output"] == ""
-    assert not list((case_run[2] / photos.RESTORED_DIR).glob(f"{case_inputs[case].stem}.*"))
+    assert not list((case_run[2] / pipeline.RESTORED_DIR).glob(f"{case_inputs[case].stem}.*"))
 
 
 def test_huge_image_is_refused_from_its_header(case_run, case_inputs):
@@ -170,7 +183,7 @@ def test_huge_image_is_refused_from_its_header(case_run, case_inputs):
                                   "shell", "script"])
 def test_every_decodable_variant_restores_its_face(case_run, case_inputs, case):
     row = _row(case_run, case_inputs, case)
-    assert row["status"] == photos.STATUS_OK, row["reason"]
+    assert row["status"] == STATUS_OK, row["reason"]
     assert row["faces_found"] == row["faces_restored"] == 1
     output = case_run[2] / row["output"]
     with Image.open(output) as image:
@@ -201,14 +214,14 @@ def test_alpha_is_kept(case_run, case_inputs):
 
 def test_photo_without_a_face_is_copied_through(case_run, case_inputs):
     row = _row(case_run, case_inputs, "noface")
-    assert (row["status"], row["faces_found"], row["faces_restored"]) == (photos.STATUS_NO_FACE, 0, 0)
+    assert (row["status"], row["faces_found"], row["faces_restored"]) == (STATUS_NO_FACE, 0, 0)
     np.testing.assert_array_equal(load_rgb(case_run[2] / row["output"]), load_rgb(case_inputs["noface"]))
 
 
 def test_tiny_face_is_reported_and_skipped(case_run, case_inputs):
     row = _row(case_run, case_inputs, "tiny")
     assert (row["status"], row["faces_found"], row["faces_restored"], row["faces_skipped_small"]) == \
-        (photos.STATUS_TOO_SMALL, 1, 0, 1)
+        (STATUS_TOO_SMALL, 1, 0, 1)
     assert f"minimum face size {MIN_FACE} px" in row["reason"]
     np.testing.assert_array_equal(load_rgb(case_run[2] / row["output"]), load_rgb(case_inputs["tiny"]))
 
@@ -236,23 +249,23 @@ def test_summary_files_have_one_row_per_photo(case_run, case_inputs):
     summary, _, out, _, _ = case_run
     expected = len(case_inputs)
     assert len(summary["photos"]) == expected
-    on_disk = json.loads((out / photos.SUMMARY_JSON).read_text(encoding="utf-8"))
+    on_disk = json.loads((out / SUMMARY_JSON).read_text(encoding="utf-8"))
     assert on_disk["photos"] == summary["photos"]
-    lines = (out / photos.SUMMARY_CSV).read_text(encoding="utf-8").splitlines()
-    assert lines[0].split(",") == list(photos.SUMMARY_COLUMNS) and len(lines) == expected + 1
+    lines = (out / SUMMARY_CSV).read_text(encoding="utf-8").splitlines()
+    assert lines[0].split(",") == list(SUMMARY_COLUMNS) and len(lines) == expected + 1
     for row in summary["photos"]:
         assert row["seconds"] > 0
         assert row["faces_found"] == (row["faces_restored"] + row["faces_skipped_small"]
                                       + row["faces_skipped_landmarks"] + row["faces_skipped_off_centre"]
                                       + row["faces_skipped_too_large"])
-    assert photos.exit_code(summary) == 1  # the corrupt files failed
+    assert pipeline.exit_code(summary) == 1  # the corrupt files failed
 
 
 def test_index_escapes_names_and_links_existing_files(case_run):
     from urllib.parse import unquote
 
     out = case_run[2]
-    page = (out / photos.INDEX_HTML).read_text(encoding="utf-8")
+    page = (out / INDEX_HTML).read_text(encoding="utf-8")
     assert "&lt;script&gt;alert(1)&lt;/script&gt;.png" in page
     assert "<script" not in page.lower()
     sources = [part.split('"', 1)[0] for part in page.split('src="')[1:]]
@@ -268,20 +281,20 @@ def test_wild_photos_upscaled_through_the_cli(tiny_weights, tmp_path, capsys):
     code = cli.main([*PARAMS, "restore", *map(str, inputs), "-o", str(out), "--weights", str(tiny_weights),
                      "--upscale", "2", "--device", "cpu", "--force"])
     assert code == 0, capsys.readouterr().err
-    summary = json.loads((out / photos.SUMMARY_JSON).read_text(encoding="utf-8"))
+    summary = json.loads((out / SUMMARY_JSON).read_text(encoding="utf-8"))
     for path, row in zip(inputs, summary["photos"], strict=True):
         rgb = load_rgb(path)
-        assert row["status"] == photos.STATUS_OK
+        assert row["status"] == STATUS_OK
         assert row["faces_restored"] == row["faces_found"] == _dlib_hog_count(rgb) > 0
         with Image.open(out / row["output"]) as restored:
             assert restored.size == (rgb.shape[1] * 2, rgb.shape[0] * 2)
-        assert len(list((out / photos.FACES_DIR / path.stem).glob("face_*_after.png"))) == row["faces_restored"]
+        assert len(list((out / pipeline.FACES_DIR / path.stem).glob("face_*_after.png"))) == row["faces_restored"]
     assert "restore: 3 photos (3 ok, 0 failed)" in capsys.readouterr().out
 
 
 def test_only_center_face_restores_one(tiny_weights, tmp_path):
-    summary = photos.run_photos([WILD / "codeformer_00.jpg"], tmp_path / "out", weights=tiny_weights,
-                                only_center_face=True, progress=False)
+    summary = pipeline.run_photos([WILD / "codeformer_00.jpg"], tmp_path / "out", weights=tiny_weights,
+                                  only_center_face=True, progress=False)
     row = summary["photos"][0]
     assert (row["faces_restored"], row["faces_skipped_off_centre"]) == (1, row["faces_found"] - 1)
 
@@ -290,11 +303,11 @@ def test_outputs_are_not_overwritten_without_the_flag(tiny_weights, tmp_path):
     args = [*PARAMS, "restore", str(WILD / BASE_PHOTO), "-o", str(tmp_path / "out"), "--weights", str(tiny_weights),
             "--force"]  # its face is too large for the 64 px model: restored anyway, so faces/ is written
     assert cli.main(args) == 0
-    restored = tmp_path / "out" / photos.RESTORED_DIR / f"{Path(BASE_PHOTO).stem}.jpg"
+    restored = tmp_path / "out" / pipeline.RESTORED_DIR / f"{Path(BASE_PHOTO).stem}.jpg"
     stamp = (restored.stat().st_mtime_ns, _sha(restored))
     assert cli.main(args) == cli.EXIT_USAGE
     assert (restored.stat().st_mtime_ns, _sha(restored)) == stamp
-    stale = restored.parent.parent / photos.FACES_DIR / Path(BASE_PHOTO).stem / "face_07_after.png"
+    stale = restored.parent.parent / pipeline.FACES_DIR / Path(BASE_PHOTO).stem / "face_07_after.png"
     stale.write_bytes(b"from an earlier run with more faces")
     assert cli.main([*args, "--overwrite"]) == 0
     assert restored.stat().st_mtime_ns != stamp[0]
@@ -306,7 +319,7 @@ def test_missing_weights_say_where_to_put_them(tmp_path, capsys, monkeypatch):
     code = cli.main([*PARAMS, "restore", str(WILD / BASE_PHOTO), "-o", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == cli.EXIT_FAILED
-    assert str(photos.DEFAULT_WEIGHTS) in err and photos.OFFICIAL_WEIGHTS_NAME in err and "--weights" in err
+    assert str(pipeline.DEFAULT_WEIGHTS) in err and pipeline.OFFICIAL_WEIGHTS_NAME in err and "--weights" in err
     assert not (tmp_path / "out").exists()
 
 
@@ -332,10 +345,10 @@ def test_bad_option_value_is_an_argparse_usage_error():
 
 
 def test_stage_form_is_unchanged(monkeypatch, tmp_path):
-    from dlfp.restore import testset
+    from dlfp.stages import restore as restore_stage
 
     calls = []
-    monkeypatch.setattr(testset, "run", lambda params, pairs_dir, out_dir: calls.append((pairs_dir, out_dir)))
+    monkeypatch.setattr(restore_stage, "run", lambda params, pairs_dir, out_dir: calls.append((pairs_dir, out_dir)))
     assert cli.main([*PARAMS, "restore", "--in", "data/pairs", "--out", "data/restored"]) == 0
     assert cli.main([*PARAMS, "restore"]) == 0
     assert cli.main([*PARAMS, "restore", "--in", str(tmp_path), "--out", str(tmp_path / "r")]) == 0
@@ -344,31 +357,56 @@ def test_stage_form_is_unchanged(monkeypatch, tmp_path):
 
 def test_cli_defaults_match_the_module():
     args = cli.build_parser().parse_args(["restore", "x.jpg", "-o", "out"])
-    assert args.weights is None and cli.PHOTOS_DEFAULT_WEIGHTS == str(photos.DEFAULT_WEIGHTS)
+    assert args.weights is None and cli.PHOTOS_DEFAULT_WEIGHTS == str(pipeline.DEFAULT_WEIGHTS)
     assert (args.min_face_size, args.max_pixels, args.batch_size, args.upscale, args.too_large_ratio) == (
-        photos.DEFAULT_MIN_FACE_SIZE, photos.DEFAULT_MAX_PIXELS, photos.DEFAULT_BATCH_SIZE, photos.DEFAULT_UPSCALE,
-        photos.DEFAULT_TOO_LARGE_RATIO)
+        pipeline.DEFAULT_MIN_FACE_SIZE, pipeline.DEFAULT_MAX_PIXELS, pipeline.DEFAULT_BATCH_SIZE,
+        pipeline.DEFAULT_UPSCALE, pipeline.DEFAULT_TOO_LARGE_RATIO)
     assert args.force is False
     assert (args.ext, args.quality) == ("auto", images.DEFAULT_QUALITY)
     assert cli.PHOTOS_OFFICIAL_NAMES == tuple(official_weights.OFFICIAL_NAMES)
 
 
+LIBRARY_FILES = ("faces/geometry.py", "restorers.py", "html.py")  # relative to src/dlfp, with photos/
+FORBIDDEN_IMPORTS = ("dlfp.stages", "dlfp.train", "dlfp.report", "dlfp.restore")
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at the top or inside a function (lazy imports count too)."""
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            modules.add(node.module)
+            modules.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return modules
+
+
+def test_photos_and_restorers_import_no_stage_train_or_report():
+    """Libraries below the stages: own photos and the restorers never reach into a stage, train/ or report/."""
+    root = REPO / "src" / "dlfp"
+    files = [root / name for name in LIBRARY_FILES if name.endswith(".py")] + sorted((root / "photos").rglob("*.py"))
+    assert len(files) >= 11  # photos/ (8 modules) and the three single files
+    bad = {f"{path.relative_to(root)}: {module}" for path in files for module in _imported_modules(path)
+           if any(module == name or module.startswith(f"{name}.") for name in FORBIDDEN_IMPORTS)}
+    assert not bad
+
 # ------------------------------------------------------------------------------------------- geometry
 def test_crop_then_paste_back_reproduces_the_face():
     """With an identity 'restorer' the pasted-back photo equals the input up to two resamplings."""
     rgb = load_rgb(WILD / "facexlib_test.jpg")
-    landmarker = photos._landmarker("hog")  # the run's cached detector: loading the 68-point model is slow
+    landmarker = detection.landmarker_for("hog")  # the run's cached detector: loading the 68-point model is slow
     box = landmarker.detect(rgb)[0]
     points = template_points(landmarker.landmarks(rgb, box))
     size = 256
-    matrix = photos.similarity_to_template(points, size)
+    matrix = geometry.similarity_to_template(points, size)
     mapped = cv2.transform(points[None].astype(np.float64), matrix)[0]
     assert np.abs(mapped - template_5_points(size)).max() < 0.1 * size  # the 5 points land near the template
-    crop = photos.crop_face(rgb, matrix, size)
+    crop = geometry.crop_face(rgb, matrix, size)
     for upscale in (1, 2):
-        canvas = photos.resample(rgb, upscale)
+        canvas = geometry.resample(rgb, upscale)
         background = canvas.copy()
-        photos.paste_face(canvas, crop, matrix, upscale)
+        geometry.paste_face(canvas, crop, matrix, upscale)
         inner = (slice(box.top * upscale, box.bottom * upscale), slice(box.left * upscale, box.right * upscale))
         difference = np.abs(canvas[inner].astype(int) - background[inner].astype(int)).mean()
         assert difference < 3.0, (upscale, difference)
@@ -379,7 +417,7 @@ def test_crop_then_paste_back_reproduces_the_face():
 def test_feathered_mask_fades_at_the_edge():
     square = np.zeros((200, 200), np.float32)
     square[20:180, 20:180] = 1.0
-    mask = photos.feathered_mask(square)
+    mask = geometry.feathered_mask(square)
     profile = mask[100, 15:100]
     assert mask[100, 100] == pytest.approx(1.0, abs=1e-5) and profile[0] == 0.0 and profile[5] < 0.01
     assert np.all(np.diff(profile) >= -1e-6)  # rises monotonically from the edge inwards
@@ -398,9 +436,9 @@ def test_official_format_release_checkpoint_restores_a_face(tmp_path):
     state = read_state_dict(path)
     assert {key: list(value.shape) for key, value in state.items()} == manifest
     del state, payload
-    summary = photos.run_photos([WILD / BASE_PHOTO], tmp_path / "out", weights=path, progress=False)
+    summary = pipeline.run_photos([WILD / BASE_PHOTO], tmp_path / "out", weights=path, progress=False)
     row = summary["photos"][0]
-    assert (row["status"], row["faces_restored"]) == (photos.STATUS_OK, 1)
+    assert (row["status"], row["faces_restored"]) == (STATUS_OK, 1)
     assert summary["run"]["model"]["out_size"] == 512
     with Image.open(tmp_path / "out" / row["crops"][0]["after"]) as face:
         assert face.size == (512, 512)
@@ -424,32 +462,32 @@ def test_too_large_faces_are_left_untouched_with_the_reason(tiny_weights, tmp_pa
         prereq.missing(f"{path} missing")
     out = tmp_path / "out"
     # PNG out: the pixels are compared exactly (auto would re-encode this JPEG input as a lossy JPEG)
-    summary = photos.run_photos([path], out, weights=tiny_weights, progress=False, ext="png")
+    summary = pipeline.run_photos([path], out, weights=tiny_weights, progress=False, ext="png")
     row = summary["photos"][0]
-    boxes = dlib.get_frontal_face_detector()(np.ascontiguousarray(load_rgb(path)), photos.HOG_UPSAMPLE)
-    assert row["status"] == photos.STATUS_RESOLUTION_TOO_LOW
+    boxes = dlib.get_frontal_face_detector()(np.ascontiguousarray(load_rgb(path)), detection.HOG_UPSAMPLE)
+    assert row["status"] == STATUS_RESOLUTION_TOO_LOW
     assert (row["faces_found"], row["faces_restored"], row["faces_skipped_too_large"]) == (len(boxes), 0, len(boxes))
     model_px, face_px = _too_low_sizes(row["reason"])
     assert model_px == TINY["out_size"]
     # The aligned crop around a face is wider than dlib's box round its eyes, nose and mouth, but not 3x wider.
     sides = sorted(box.width() for box in boxes)
     assert [side < size < 3 * side for side, size in zip(sides, sorted(face_px), strict=True)] == [True, True]
-    assert min(face_px) > photos.DEFAULT_TOO_LARGE_RATIO * TINY["out_size"]
+    assert min(face_px) > pipeline.DEFAULT_TOO_LARGE_RATIO * TINY["out_size"]
     np.testing.assert_array_equal(load_rgb(out / row["output"]), load_rgb(path))  # not one pixel changed
     assert row["crops"] == []
-    csv_text = (out / photos.SUMMARY_CSV).read_text(encoding="utf-8")
+    csv_text = (out / SUMMARY_CSV).read_text(encoding="utf-8")
     assert row["reason"] in csv_text and "faces_skipped_too_large" in csv_text.splitlines()[0]
-    assert row["reason"] in (out / photos.INDEX_HTML).read_text(encoding="utf-8")
-    assert photos.exit_code(summary) == 0  # a success: the photo is copied through, never silently degraded
+    assert row["reason"] in (out / INDEX_HTML).read_text(encoding="utf-8")
+    assert pipeline.exit_code(summary) == 0  # a success: the photo is copied through, never silently degraded
 
 
 def test_one_large_face_reason_names_both_sizes(tiny_weights, tmp_path):
-    summary = photos.run_photos([WILD / BASE_PHOTO], tmp_path / "out", weights=tiny_weights, progress=False)
+    summary = pipeline.run_photos([WILD / BASE_PHOTO], tmp_path / "out", weights=tiny_weights, progress=False)
     row = summary["photos"][0]
-    assert row["status"] == photos.STATUS_RESOLUTION_TOO_LOW
+    assert row["status"] == STATUS_RESOLUTION_TOO_LOW
     model_px, face_px = _too_low_sizes(row["reason"])
     assert row["reason"].startswith(f"model resolution too low ({model_px} px model, {face_px[0]} px face)")
-    assert len(face_px) == 1 and face_px[0] > photos.DEFAULT_TOO_LARGE_RATIO * model_px
+    assert len(face_px) == 1 and face_px[0] > pipeline.DEFAULT_TOO_LARGE_RATIO * model_px
 
 
 def test_force_restores_too_large_faces(tiny_weights, tmp_path):
@@ -458,18 +496,18 @@ def test_force_restores_too_large_faces(tiny_weights, tmp_path):
     code = cli.main([*PARAMS, "restore", str(path), "-o", str(out), "--weights", str(tiny_weights), "--device",
                      "cpu", "--force"])
     assert code == 0
-    row = json.loads((out / photos.SUMMARY_JSON).read_text(encoding="utf-8"))["photos"][0]
-    assert (row["status"], row["faces_skipped_too_large"]) == (photos.STATUS_OK, 0)
+    row = json.loads((out / SUMMARY_JSON).read_text(encoding="utf-8"))["photos"][0]
+    assert (row["status"], row["faces_skipped_too_large"]) == (STATUS_OK, 0)
     assert row["faces_restored"] == row["faces_found"] > 0
     assert np.any(load_rgb(out / row["output"]) != load_rgb(path))
 
 
 def test_too_large_ratio_splits_a_group_photo(tiny_weights, tmp_path):
     """codeformer_00's four faces span 61-75 px at the 64 px model: ratio 1.1 leaves the larger ones alone."""
-    summary = photos.run_photos([WILD / "codeformer_00.jpg"], tmp_path / "out", weights=tiny_weights,
-                                too_large_ratio=1.1, progress=False)
+    summary = pipeline.run_photos([WILD / "codeformer_00.jpg"], tmp_path / "out", weights=tiny_weights,
+                                  too_large_ratio=1.1, progress=False)
     row = summary["photos"][0]
-    assert row["status"] == photos.STATUS_OK
+    assert row["status"] == STATUS_OK
     assert row["faces_restored"] > 0 and row["faces_skipped_too_large"] > 0
     assert row["faces_restored"] + row["faces_skipped_too_large"] == row["faces_found"]
     _, face_px = _too_low_sizes(row["reason"])
@@ -523,13 +561,13 @@ def test_official_weights_by_name_are_downloaded_once_checked_and_hashed(release
     assert cached.read_bytes() == body
     # probe, download (broken off), resumed download from the first missing byte
     assert [seen.range for seen in release_server.requests] == ["bytes=0-0", None, f"bytes={half}-"]
-    record = json.loads((out / photos.SUMMARY_JSON).read_text(encoding="utf-8"))["run"]["weights_file"]
+    record = json.loads((out / SUMMARY_JSON).read_text(encoding="utf-8"))["run"]["weights_file"]
     assert record["sha256"] == hashlib.sha256(body).hexdigest() and record["file"] == str(cached)
     assert record["url"] == release_server.url(SERVED) and record["downloaded_now"] is True
     assert record["matches_release"] is False  # a stand-in, not the real release file: recorded, not hidden
-    assert record["sha256"] in (out / photos.INDEX_HTML).read_text(encoding="utf-8")
-    row = json.loads((out / photos.SUMMARY_JSON).read_text(encoding="utf-8"))["photos"][0]
-    assert (row["status"], row["faces_restored"]) == (photos.STATUS_OK, 1)  # a 512 px model: the face fits
+    assert record["sha256"] in (out / INDEX_HTML).read_text(encoding="utf-8")
+    row = json.loads((out / SUMMARY_JSON).read_text(encoding="utf-8"))["photos"][0]
+    assert (row["status"], row["faces_restored"]) == (STATUS_OK, 1)  # a 512 px model: the face fits
     requests = release_server.count(SERVED)
 
     flat = tmp_path / "wall.png"
@@ -538,7 +576,7 @@ def test_official_weights_by_name_are_downloaded_once_checked_and_hashed(release
                      "--device", "cpu"])
     assert code == 0, capsys.readouterr().err
     assert release_server.count(SERVED) == requests  # the cached copy: no request at all
-    again = json.loads((tmp_path / "again" / photos.SUMMARY_JSON).read_text(encoding="utf-8"))["run"]
+    again = json.loads((tmp_path / "again" / SUMMARY_JSON).read_text(encoding="utf-8"))["run"]
     assert again["weights_file"]["sha256"] == record["sha256"] and again["weights_file"]["downloaded_now"] is False
 
 
@@ -550,7 +588,7 @@ def test_served_file_with_a_missing_key_is_rejected_and_not_cached(release_serve
     assert cli.main(args) == cli.EXIT_FAILED
     err = capsys.readouterr().err
     assert str(cached) in err and missing in err
-    assert not cached.exists() and not (tmp_path / "out" / photos.SUMMARY_JSON).exists()
+    assert not cached.exists() and not (tmp_path / "out" / SUMMARY_JSON).exists()
     requests = release_server.count(SERVED)
     assert cli.main(args) == cli.EXIT_FAILED
     assert release_server.count(SERVED) > requests  # the bad copy was not taken for a valid cached file
@@ -612,7 +650,7 @@ def format_run(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory):
     alpha[:, :RGBA_GRADIENT_FROM] = np.linspace(0, 255, RGBA_GRADIENT_FROM, dtype=np.uint8)[None, :]
     png = _save(Image.fromarray(np.dstack([rgb, alpha])), root / "in" / "alpha.png")
     out = root / "out"
-    summary = photos.run_photos([jpeg, png], out, weights=tiny_weights, force=True, progress=False)
+    summary = pipeline.run_photos([jpeg, png], out, weights=tiny_weights, force=True, progress=False)
     rows = {Path(row["input"]).name: row for row in summary["photos"]}
     return summary, rows, out, icc, tiny_weights
 
@@ -620,7 +658,7 @@ def format_run(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory):
 def test_auto_keeps_jpeg_with_its_icc_profile_and_labels_it(format_run):
     summary, rows, out, icc, weights = format_run
     row = rows["icc.jpg"]
-    assert row["status"] == photos.STATUS_OK and row["output"] == "restored/icc.jpg"
+    assert row["status"] == STATUS_OK and row["output"] == "restored/icc.jpg"
     path = out / row["output"]
     with Image.open(path) as image:
         assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (row["width"], row["height"]))
@@ -692,7 +730,7 @@ def test_summary_and_index_say_the_outputs_are_labelled(format_run):
     summary, _, out, _, _ = format_run
     assert summary["run"]["provenance"]["digital_source_type"] == IPTC_COMPOSITE
     assert "carries an XMP label" in summary["run"]["provenance"]["note"]
-    page = (out / photos.INDEX_HTML).read_text(encoding="utf-8")
+    page = (out / INDEX_HTML).read_text(encoding="utf-8")
     assert "Every image written here carries an XMP label" in page and IPTC_COMPOSITE in page
 
 
@@ -701,7 +739,7 @@ def test_ext_webp_with_quality_through_the_cli(tiny_weights, tmp_path, capsys):
     args = [*PARAMS, "restore", str(WILD / BASE_PHOTO), "--weights", str(tiny_weights), "--device", "cpu", "--force"]
     assert cli.main([*args, "-o", str(out), "--ext", "webp", "--quality", "80"]) == 0, capsys.readouterr().err
     assert cli.main([*args, "-o", str(tmp_path / "q20"), "--ext", "webp", "--quality", "20"]) == 0
-    name = f"{photos.RESTORED_DIR}/{Path(BASE_PHOTO).stem}.webp"
+    name = f"{pipeline.RESTORED_DIR}/{Path(BASE_PHOTO).stem}.webp"
     with Image.open(out / name) as image:
         assert (image.format, image.size) == ("WEBP", Image.open(WILD / BASE_PHOTO).size)
     assert (tmp_path / "q20" / name).stat().st_size < (out / name).stat().st_size  # --quality reaches the encoder
@@ -713,8 +751,8 @@ def test_rgba_written_as_jpeg_is_composited_on_white_with_a_note(tiny_weights, t
     alpha = np.full(rgb.shape[:2], 255, np.uint8)
     alpha[:, :RGBA_GRADIENT_FROM] = 0
     path = _save(Image.fromarray(np.dstack([rgb, alpha])), tmp_path / "cut.png")
-    summary = photos.run_photos([path], tmp_path / "out", weights=tiny_weights, force=True, progress=False,
-                                ext="jpg")
+    summary = pipeline.run_photos([path], tmp_path / "out", weights=tiny_weights, force=True, progress=False,
+                                  ext="jpg")
     row = summary["photos"][0]
     assert row["output"] == "restored/cut.jpg" and "alpha composited on white" in row["notes"]
     with Image.open(tmp_path / "out" / row["output"]) as image:

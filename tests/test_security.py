@@ -240,45 +240,46 @@ def test_restore_refuses_an_outdir_equal_to_an_input_folder(tiny_weights: Path, 
 
 
 def test_restore_outputs_inside_an_input_folder_are_never_read_back(tiny_weights: Path, tmp_path: Path) -> None:
-    from dlfp.restore import photos
+    from dlfp.photos import pipeline
 
     folder = _photo_folder(tmp_path / "photos")
     for overwrite in (False, True):
-        summary = photos.run_photos([folder], folder / "out", weights=tiny_weights, device="cpu",
-                                    overwrite=overwrite, progress=False)
+        summary = pipeline.run_photos([folder], folder / "out", weights=tiny_weights, device="cpu",
+                                      overwrite=overwrite, progress=False)
         assert [row["input"] for row in summary["photos"]] == [str(folder / "face.jpg")]
 
 
 def test_restore_checks_existing_outputs_under_the_lock(tiny_weights: Path, tmp_path: Path, monkeypatch) -> None:
     """A concurrent run that writes its outputs between the early check and the lock is not overwritten."""
-    from dlfp.restore import photos
+    from dlfp.photos import inputs, pipeline
+    from dlfp.photos.summary import SUMMARY_JSON
 
     out = tmp_path / "out"
-    real_load = photos._load_restorer
+    real_load = pipeline._load_restorer
 
     def load_while_another_run_finishes(*args, **kwargs):
         restorer = real_load(*args, **kwargs)
         out.mkdir()
-        (out / photos.SUMMARY_JSON).write_text("written by the other run")
+        (out / SUMMARY_JSON).write_text("written by the other run")
         return restorer
 
-    monkeypatch.setattr(photos, "_load_restorer", load_while_another_run_finishes)
-    with pytest.raises(photos.OutputExistsError):
-        photos.run_photos([WILD_PHOTO], out, weights=tiny_weights, device="cpu", progress=False)
-    assert (out / photos.SUMMARY_JSON).read_text() == "written by the other run"
+    monkeypatch.setattr(pipeline, "_load_restorer", load_while_another_run_finishes)
+    with pytest.raises(inputs.OutputExistsError):
+        pipeline.run_photos([WILD_PHOTO], out, weights=tiny_weights, device="cpu", progress=False)
+    assert (out / SUMMARY_JSON).read_text() == "written by the other run"
 
 
 def test_a_planted_lock_symlink_never_truncates_its_target(tiny_weights: Path, tmp_path: Path) -> None:
     from dlfp.io.atomic import OutputLockedError, staged_output
-    from dlfp.restore import photos
+    from dlfp.photos import pipeline
 
     victim = tmp_path / "precious.txt"
     victim.write_text("keep me")
     out = tmp_path / "out"
     out.mkdir()
-    (out / photos.LOCK_NAME).symlink_to(victim)
+    (out / pipeline.LOCK_NAME).symlink_to(victim)
     with pytest.raises(OutputLockedError, match="symbolic link"):
-        photos.run_photos([WILD_PHOTO], out, weights=tiny_weights, device="cpu", progress=False)
+        pipeline.run_photos([WILD_PHOTO], out, weights=tiny_weights, device="cpu", progress=False)
     (tmp_path / ".stage.lock").symlink_to(victim)
     with pytest.raises(OutputLockedError, match="symbolic link"), staged_output(tmp_path / "stage"):
         pass
@@ -366,11 +367,11 @@ def test_eps_never_reaches_ghostscript(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: True)
     with pytest.raises(ImageRejected, match="PostScript/EPS"):
         decode_image_bytes(EPS, source="evil.jpg")
-    from dlfp.restore import photos
+    from dlfp.photos import inputs
 
     (tmp_path / "evil.jpg").write_bytes(EPS)
     with pytest.raises(ImageRejected, match="PostScript/EPS"):  # `dlfp restore` decodes through the same door
-        photos.decode_photo(tmp_path / "evil.jpg", upscale=2, max_pixels=10**8)
+        inputs.decode_photo(tmp_path / "evil.jpg", upscale=2, max_pixels=10**8)
     assert calls == []
 
 

@@ -7,8 +7,8 @@ rule restore:
     input:
         "data/pairs",
         "models/gfpgan",
-        "src/dlfp/restore/testset.py",
-        "src/dlfp/restore/restorers.py",
+        "src/dlfp/stages/restore.py",
+        "src/dlfp/restorers.py",
     output:
         directory("data/restored"),
     params:

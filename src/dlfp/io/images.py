@@ -21,6 +21,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, ImageCms, ImageFile, ImageOps, PngImagePlugin, UnidentifiedImageError
 
@@ -366,3 +367,15 @@ def encode_image(pixels: np.ndarray, ext: str, *, quality: int = DEFAULT_QUALITY
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format=OUTPUT_FORMATS[ext], **options)
     return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------- resampling
+def resize_for_model(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (H, W, 3) -> (size, size, 3): area averaging when shrinking (no aliasing), bilinear when growing.
+
+    The resampling a model's inputs get, in training and at restoration alike (dlfp.restorers), so both see the
+    same pixels. (train/data.py still holds its own copy until issue 15 wave 2 points it here.)"""
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    interpolation = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interpolation)

@@ -1,1 +1,1 @@
-"""Test-set restoration (stage `restore`) and the restorer registry."""
+"""SHIM (issue 15 wave 2 removes it): old package of dlfp.stages.restore, dlfp.restorers and dlfp.photos."""
