@@ -159,6 +159,24 @@ def test_stream_order_is_seeded_resumable_and_split_equally(data: dict[str, Path
         assert not set(ranks[0]) & set(ranks[1])
 
 
+def test_sample_grid_lays_rows_out_top_to_bottom_without_padding(tmp_path: Path) -> None:
+    """save_image_grid: row r, column c of the PNG is image c of row r (a smaller row scaled up, nearest), 8-bit
+    ((x + 1) * 127.5, rounded); what the prior's and GFP-GAN's samples/step-NNNNNN.png show."""
+    from dlfp.io.images import decode_png_bytes
+    from dlfp.train.engine.logging import save_image_grid
+
+    levels = torch.linspace(-1, 1, 6)
+    top = torch.stack([torch.full((3, 8, 8), float(v)) for v in levels[:3]])
+    bottom = torch.stack([torch.full((3, 4, 4), float(v)) for v in levels[3:]])  # half size: scaled up
+    save_image_grid(tmp_path / "grid.png", [top, bottom])
+    image = decode_png_bytes((tmp_path / "grid.png").read_bytes())
+    assert image.shape == (16, 24, 3)
+    for index, value in enumerate(levels.tolist()):
+        row, column = divmod(index, 3)
+        block = image[row * 8:(row + 1) * 8, column * 8:(column + 1) * 8]
+        assert (block == round((value + 1) * 127.5)).all(), (row, column)
+
+
 def test_ema_half_life_is_counted_in_images() -> None:
     decay = ema_decay(images_per_step=8, half_life_images=80)
     assert decay ** 10 == pytest.approx(0.5)
