@@ -158,19 +158,22 @@ def test_prior_and_gfpgan_train_on_streamed_shards_and_pairs(server, shard_dirs,
     """train_prior and train, given URLs (as `dlfp ... --in <url>` passes them, through Path), take steps."""
     import torch
 
-    from dlfp.train import gfpgan, prior
-    from dlfp.train.loop import TrainingInterrupted, checkpoint_path
+    from dlfp.stages import train as train_stage
+    from dlfp.stages import train_prior as prior_stage
+    from dlfp.train import prior
+    from dlfp.train.engine.checkpoint import checkpoint_path
+    from dlfp.train.engine.loop import TrainingInterrupted
 
     shards_url = _serve_folder(server, shard_dirs["shards"], "shards")
     pairs_url = _serve_folder(server, shard_dirs["pairs"], "pairs")
     params = _params()
     with pytest.raises(TrainingInterrupted):
-        prior.run(params, Path(shards_url), tmp_path / "prior_streamed", stop_after=2)
+        prior_stage.run(params, Path(shards_url), tmp_path / "prior_streamed", stop_after=2)
     assert torch.load(checkpoint_path(tmp_path / "prior_streamed.partial"), weights_only=True)["step"] == 2
-    prior.run(params, shard_dirs["shards"], tmp_path / "prior")  # a finished prior for GFP-GAN
+    prior_stage.run(params, shard_dirs["shards"], tmp_path / "prior")  # a finished prior for GFP-GAN
     brace = server.url("shards/train/clean-{000000..000002}.tar")
     with pytest.raises(TrainingInterrupted):
-        gfpgan.run(params, Path(brace), tmp_path / "prior" / prior.PRIOR_FILE, Path(pairs_url),
+        train_stage.run(params, Path(brace), tmp_path / "prior" / prior.PRIOR_FILE, Path(pairs_url),
                    tmp_path / "gfpgan", stop_after=2)
     assert torch.load(checkpoint_path(tmp_path / "gfpgan.partial"), weights_only=True)["step"] == 2
     assert server.count("shards/train/clean-000000.tar") >= 2 and server.count("pairs/index.json") >= 1

@@ -27,9 +27,14 @@ from dlfp.data.shards import ShardSetWriter, json_bytes
 from dlfp.io.atomic import write_json_atomic
 from dlfp.io.images import encode_png
 from dlfp.params import DegradationParams, parse_params
+from dlfp.stages import train as train_stage
+from dlfp.stages import train_prior as prior_stage
 from dlfp.train import gfpgan, prior, prior_metrics
 from dlfp.train.data import Batches, SampleRecipe, ShardStream, make_sample, train_records
-from dlfp.train.loop import EMA, DistInfo, NonFiniteLossError, TrainingInterrupted, checkpoint_path, ema_decay
+from dlfp.train.engine.checkpoint import checkpoint_path
+from dlfp.train.engine.distributed import DistInfo
+from dlfp.train.engine.ema import EMA, ema_decay
+from dlfp.train.engine.loop import NonFiniteLossError, TrainingInterrupted
 
 torch.set_num_threads(1)
 
@@ -92,7 +97,7 @@ def make_params(train_prior: dict | None = None, train: dict | None = None):
 def prior_file(data: dict[str, Path]) -> Path:
     """A tiny prior (2 training steps) shared by the GFP-GAN tests."""
     out = data["root"] / "prior"
-    prior.run(make_params({"iters": 2}), data["shards"], out)
+    prior_stage.run(make_params({"iters": 2}), data["shards"], out)
     return out / prior.PRIOR_FILE
 
 
@@ -154,6 +159,24 @@ def test_stream_order_is_seeded_resumable_and_split_equally(data: dict[str, Path
         assert not set(ranks[0]) & set(ranks[1])
 
 
+def test_sample_grid_lays_rows_out_top_to_bottom_without_padding(tmp_path: Path) -> None:
+    """save_image_grid: row r, column c of the PNG is image c of row r (a smaller row scaled up, nearest), 8-bit
+    ((x + 1) * 127.5, rounded); what the prior's and GFP-GAN's samples/step-NNNNNN.png show."""
+    from dlfp.io.images import decode_png_bytes
+    from dlfp.train.engine.logging import save_image_grid
+
+    levels = torch.linspace(-1, 1, 6)
+    top = torch.stack([torch.full((3, 8, 8), float(v)) for v in levels[:3]])
+    bottom = torch.stack([torch.full((3, 4, 4), float(v)) for v in levels[3:]])  # half size: scaled up
+    save_image_grid(tmp_path / "grid.png", [top, bottom])
+    image = decode_png_bytes((tmp_path / "grid.png").read_bytes())
+    assert image.shape == (16, 24, 3)
+    for index, value in enumerate(levels.tolist()):
+        row, column = divmod(index, 3)
+        block = image[row * 8:(row + 1) * 8, column * 8:(column + 1) * 8]
+        assert (block == round((value + 1) * 127.5)).all(), (row, column)
+
+
 def test_ema_half_life_is_counted_in_images() -> None:
     decay = ema_decay(images_per_step=8, half_life_images=80)
     assert decay ** 10 == pytest.approx(0.5)
@@ -207,13 +230,13 @@ def test_gradient_clipping_bounds_the_update_and_logs_the_norm(data: dict[str, P
 def _run_gfpgan(data: dict[str, Path], prior_file: Path, out: Path, stop_after: int | None = None,
                 **train) -> dict:
     params = make_params(train={"iters": 6, "checkpoint_every": 2, "val_every": 3, "sample_every": 6, **train})
-    return gfpgan.run(params, data["shards"], prior_file, data["pairs"], out, stop_after=stop_after)
+    return train_stage.run(params, data["shards"], prior_file, data["pairs"], out, stop_after=stop_after)
 
 
 def _run_prior(data: dict[str, Path], out: Path, stop_after: int | None = None, shards: Path | None = None,
                **train_prior) -> dict:
     params = make_params({"iters": 6, "checkpoint_every": 2, "sample_every": 3, **train_prior})
-    return prior.run(params, shards or data["shards"], out, stop_after=stop_after)
+    return prior_stage.run(params, shards or data["shards"], out, stop_after=stop_after)
 
 
 def _receipt(folder: Path) -> dict:
@@ -232,7 +255,7 @@ def _assert_same_weights(a_file: Path, b_file: Path) -> None:
 
 
 # DataLoader worker counts before and after the interruption; the demo uses 1. A change of the count is allowed on
-# resume (dlfp.train.loop.RESULT_NEUTRAL_KEYS), so it must not change the result either.
+# resume (dlfp.train.engine.checkpoint.RESULT_NEUTRAL_KEYS), so it must not change the result either.
 WORKER_CASES = [(0, 0), (2, 2), (0, 2)]
 
 
@@ -319,7 +342,7 @@ def test_a_train_split_too_small_for_the_face_measurement_skips_it_and_says_why(
     records = [r.__dict__ for r in writer.close()]
     write_json_atomic(shards / "index.json", {"splits": {"train": {"count": 3, "shards": records}}})
     out = tmp_path / "prior"
-    assert prior.run(make_params({"iters": 2}), shards, out)["steps"] == 2  # training itself goes on
+    assert prior_stage.run(make_params({"iters": 2}), shards, out)["steps"] == 2  # training itself goes on
     assert not (out / prior_metrics.METRICS_CSV).exists()
     skipped = json.loads((out / prior_metrics.REFERENCE_JSON).read_text())["skipped"]
     assert "only 3 train face(s)" in skipped and "at least 4" in skipped
@@ -370,7 +393,7 @@ def test_resume_names_changed_inputs_and_ignores_logging_settings(data: dict[str
 
 
 def test_a_checkpoint_without_provenance_is_refused_unless_forced(tmp_path: Path) -> None:
-    from dlfp.train.loop import resume_provenance, training_provenance
+    from dlfp.train.engine.checkpoint import resume_provenance, training_provenance
 
     current = training_provenance({"seed": 7, "train.lr": 0.002})
     legacy = {"step": 5, "state": {}}
@@ -418,12 +441,12 @@ SIGTERM_SCRIPT = textwrap.dedent("""
     import torch
     sys.path.insert(0, {tests!r})
     torch.set_num_threads(1)
-    from dlfp.train import prior
-    from dlfp.train.loop import TrainingInterrupted
+    from dlfp.stages import train_prior as prior_stage
+    from dlfp.train.engine.loop import TrainingInterrupted
     import test_train as t
     params = t.make_params({{"iters": 10000, "checkpoint_every": 10000}})
     try:
-        prior.run(params, Path({shards!r}), Path({out!r}))
+        prior_stage.run(params, Path({shards!r}), Path({out!r}))
     except TrainingInterrupted as error:
         print("INTERRUPTED", error.step, flush=True)
         sys.exit(3)
@@ -461,7 +484,7 @@ def _free_port() -> int:
 def _ddp_worker(rank: int, world: int, port: int, shards: str, out: str) -> None:
     import torch.distributed as dist
 
-    from dlfp.train.loop import init_distributed
+    from dlfp.train.engine.distributed import init_distributed
 
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
@@ -515,24 +538,24 @@ def test_official_weights_are_converted_strictly(tmp_path: Path, data: dict[str,
     from dlfp.models.stylegan2 import StyleGAN2GeneratorClean
 
     official = save_official(StyleGAN2GeneratorClean(**TINY_NET), tmp_path / "official.pth")
-    summary = prior.run(make_params({"official_weights": str(official)}), data["shards"], tmp_path / "out")
+    summary = prior_stage.run(make_params({"official_weights": str(official)}), data["shards"], tmp_path / "out")
     assert summary["mode"] == "official_weights"
     state, _ = prior.load_prior(tmp_path / "out" / prior.PRIOR_FILE)
     expected = torch.load(official, weights_only=True)["params_ema"]
     assert all(torch.equal(state[k], expected[k]) for k in expected)
     with pytest.raises(CheckpointMismatchError, match="shape mismatches"):
-        prior.run(make_params({"official_weights": str(official), "narrow": 0.125}), data["shards"],
+        prior_stage.run(make_params({"official_weights": str(official), "narrow": 0.125}), data["shards"],
                   tmp_path / "bad")
 
 
 def test_resume_refuses_a_checkpoint_of_another_architecture(data: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "prior"
     with pytest.raises(TrainingInterrupted):
-        prior.run(make_params({"iters": 4}), data["shards"], out, stop_after=1)
+        prior_stage.run(make_params({"iters": 4}), data["shards"], out, stop_after=1)
     with pytest.raises(RuntimeError, match=r"train_prior\.num_style_feat: 32 -> 16.*resume: false"):
-        prior.run(make_params({"iters": 4, "num_style_feat": 16}), data["shards"], out)
+        prior_stage.run(make_params({"iters": 4, "num_style_feat": 16}), data["shards"], out)
     with pytest.raises(RuntimeError, match="network config"):  # force cannot load another architecture
-        prior.run(make_params({"iters": 4, "num_style_feat": 16, "resume": "force"}), data["shards"], out)
+        prior_stage.run(make_params({"iters": 4, "num_style_feat": 16, "resume": "force"}), data["shards"], out)
 
 
 def test_paper_parameters_validate_and_match_the_published_recipe() -> None:

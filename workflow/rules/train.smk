@@ -4,9 +4,10 @@
 rule train_prior:
     input:
         "data/shards",
+        "src/dlfp/stages/train_prior.py",
         "src/dlfp/train/prior.py",
         "src/dlfp/train/prior_metrics.py",
-        "src/dlfp/train/loop.py",
+        "src/dlfp/train/engine",
         "src/dlfp/train/data.py",
         "src/dlfp/models/stylegan2.py",
     output:
@@ -29,8 +30,9 @@ rule train:
         "data/shards",
         "data/pairs",
         "models/prior",
+        "src/dlfp/stages/train.py",
         "src/dlfp/train/gfpgan.py",
-        "src/dlfp/train/loop.py",
+        "src/dlfp/train/engine",
         "src/dlfp/train/data.py",
         "src/dlfp/losses",
         "src/dlfp/models/gfpgan.py",

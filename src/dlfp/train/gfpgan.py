@@ -1,29 +1,26 @@
-"""Stage `train`: GFP-GAN (GFPGANv1Clean) on the StyleGAN2 prior, with the published losses.
+"""GFP-GAN (GFPGANv1Clean) on the StyleGAN2 prior, with the published losses: its trainer, its validation and
+what run_training needs to train it (`GFPGANTraining`).
 
 The decoder is initialised from prior.pth (and frozen unless train.fix_decoder is false). LQ inputs are made
 on the fly from the train shards with the `train.preset` degradation. Every `train.val_every` steps the EMA
 generator restores the fixed `train.val_preset` pairs of the **val** split (deterministic noise; test pairs are
 never read here, and a test sample stops the run) and validation.csv gets PSNR and the identity match rate
-of the output and of the LQ input (the baseline to beat), both at the model's resolution.
+of the output and of the LQ input (the baseline to beat), both at the model's resolution. The stage that runs it
+is dlfp.stages.train (its outputs are listed there).
 
-Output (<out>): gfpgan.pth ({'params_ema': ...}, the official format), gfpgan.json (constructor arguments and
-input conventions), validation.csv, losses.csv, losses_active.json, samples/step-NNNNNN.png, receipt.json,
-MODEL_CARD.md (a first model card: dlfp.report.model_card).
+May import dlfp.train.engine, dlfp.train.data, dlfp.train.prior (load_prior), models, losses and io; never a stage.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import shutil
-import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from dlfp.data import streams
@@ -31,7 +28,6 @@ from dlfp.data.shards import VAL_SPLIT, iter_samples, pair_presets, read_index, 
 from dlfp.io.atomic import write_json_atomic
 from dlfp.io.hashing import file_digest
 from dlfp.io.images import decode_png_bytes
-from dlfp.io.receipt import write_receipt
 from dlfp.losses.component import COMPONENTS, component_style_loss, crop_components, crop_sizes
 from dlfp.losses.gan import discriminator_loss, generator_loss, lazy_betas, lazy_r1_loss, r1_penalty
 from dlfp.losses.identity import IdentityEmbedder, identity_loss, load_identity_embedder
@@ -43,33 +39,13 @@ from dlfp.models.gfpgan import GFPGANv1Clean
 from dlfp.models.identity import MATCH_THRESHOLD, load_dlib_resnet
 from dlfp.models.stylegan2 import StyleGAN2Discriminator
 from dlfp.params import Params, TrainParams
-from dlfp.report.model_card import CARD_NAME, CardSources, write_card
-from dlfp.train.data import Batches, SampleRecipe, ShardStream, resize_for_model, to_tensor, train_records
-from dlfp.train.loop import (
-    EMA,
-    DistInfo,
-    LoopConfig,
-    LossLog,
-    append_csv_row,
-    average_gradients,
-    broadcast_module,
-    check_resume_config,
-    ema_decay,
-    flatten_params,
-    init_distributed,
-    lr_at,
-    rank_seed,
-    requires_grad,
-    resolve_device,
-    result_params,
-    resume_checkpoint,
-    save_image_grid,
-    seed_everything,
-    set_lr,
-    train_loop,
-    training_provenance,
-    work_folder,
-)
+from dlfp.train.data import SampleRecipe, resize_for_model, to_tensor
+from dlfp.train.engine.checkpoint import check_resume_config, flatten_params, result_params
+from dlfp.train.engine.distributed import DistInfo, average_gradients, broadcast_module
+from dlfp.train.engine.ema import EMA, ema_decay
+from dlfp.train.engine.logging import LossLog, append_csv_row, save_image_grid, truncate_csv_rows
+from dlfp.train.engine.loop import lr_at, requires_grad, set_lr
+from dlfp.train.engine.run import TrainingJob
 from dlfp.train.prior import load_prior
 
 log = logging.getLogger(__name__)
@@ -325,127 +301,11 @@ class Validator:
                 **{f"{k}_lq": v for k, v in self.baseline.items()}}
 
 
-# ----------------------------------------------------------------------------------------------------- stage
-def run(params: Params, shards_dir: Path, prior_path: Path, pairs_dir: Path, out_dir: Path, *,
-        stop_after: int | None = None) -> dict:
-    """Train GFP-GAN on the train shards from prior.pth; see the module docstring for the outputs."""
-    started = time.monotonic()
-    p = params.train
-    shards_dir, prior_path, pairs_dir, out_dir = map(Path, (shards_dir, prior_path, pairs_dir, out_dir))
-    if p.preset not in params.degrade.presets:
-        raise ValueError(f"train.preset {p.preset!r} is not a degrade preset ({sorted(params.degrade.presets)})")
-    torch.set_num_threads(p.threads)
-    info = init_distributed(p.device)
-    device = resolve_device(p.device, info)
-    with work_folder(out_dir, p.resume, info) as work:
-        summary = _train(params, shards_dir, prior_path, pairs_dir, work, info, device, stop_after)
-        if info.is_main:
-            write_receipt(work, stage="train", params_hash=params.section_hash("seed", "degrade", "train"),
-                          seed=params.seed, counts={"steps": summary["steps"],
-                                                    "train_samples": summary["train_samples"]},
-                          inputs={"shards": str(shards_dir),
-                                  "shards_index_sha256": streams.index_digest(shards_dir),
-                                  "prior": str(prior_path), "prior_sha256": file_digest(prior_path),
-                                  "pairs": str(pairs_dir)},
-                          packages=("torch", "torchvision", "webdataset", "albumentations"),
-                          extra={"config": summary["config"], "validation": summary["validation"],
-                                 "validation_pairs": {"split": VAL_SPLIT, "preset": p.val_preset,
-                                                      "ids": summary["validation_ids"]},
-                                 "provenance": summary["provenance"]})
-            # A first card beside the weights; evaluation and bias come with the report's complete card.
-            write_card(work / CARD_NAME, CardSources(model_dir=work, data_size=params.data.size))
-    summary.update(out=str(out_dir), seconds=round(time.monotonic() - started, 1))
-    if info.is_main:
-        val = {k: float(v) for k, v in (summary["validation"] or {}).items()}
-        nan = math.nan
-        print(f"train: {summary['steps']} steps in {summary['seconds']} s -> {out_dir / MODEL_FILE}; "
-              f"{p.val_preset} pairs: PSNR {val.get('psnr', nan):.2f} dB (LQ {val.get('psnr_lq', nan):.2f}), "
-              f"identity match {val.get('identity_match', nan):.3f} (LQ {val.get('identity_match_lq', nan):.3f})")
-    return summary
-
-
-def _train(params: Params, shards_dir: Path, prior_path: Path, pairs_dir: Path, work: Path, info: DistInfo,
-           device: torch.device, stop_after: int | None) -> dict:
-    p = params.train
-    if info.distributed:
-        dist.barrier()
-    prior_state, prior_cfg = load_prior(prior_path)
-    feature_net = select_feature_network(p.perceptual_network, device) \
-        if (p.weights.perceptual > 0 or p.weights.perceptual_style > 0) else None
-    identity = load_identity_embedder(p.identity_network, device, p.arcface_path) if p.weights.identity > 0 else None
-    trainer = GFPGANTrainer(p, prior_state, prior_cfg, params.seed, info, device, feature_net, identity)
-    size = trainer.config["out_size"]
-
-    provenance = training_provenance(provenance_params(params, shards_dir, prior_path, pairs_dir, trainer))
-    checkpoint, provenance = resume_checkpoint(work, info, p.resume, provenance)
-    start_step, data_state = 0, {"epoch": 0, "offset": 0}
-    if checkpoint is not None:
-        trainer.load_state_dict(checkpoint["state"])
-        start_step, data_state = checkpoint["step"], checkpoint["data"]
-        log.info("train: resuming at step %d", start_step)
-    else:
-        seed_everything(rank_seed(params.seed, info.rank))
-    records = train_records(shards_dir)
-    recipe = SampleRecipe(seed=params.seed, out_size=size, preset=params.degrade.presets[p.preset])
-    stream = ShardStream(shards_dir, records, recipe, rank=info.rank, world_size=info.world_size,
-                         start_epoch=data_state["epoch"], start_offset=data_state["offset"],
-                         shuffle_buffer=p.shuffle_buffer)
-    batches = Batches(stream, p.batch_size, p.workers)
-
-    validator, val_ids = None, []
-    if info.is_main:
-        lq, gt, val_ids = load_val_pairs(pairs_dir, p.val_preset, size, p.val_count)
-        metric_net = identity.network if identity is not None and identity.kind == "dlib" else load_dlib_resnet(device)
-        validator = Validator(lq, gt, metric_net, device)
-        write_json_atomic(work / LOSSES_ACTIVE, _losses_active(trainer, p, info, device, prior_path))
-    loss_log = LossLog(work, LOSS_COLUMNS, start_step, p.tensorboard) if info.is_main else None
-    last_validation: dict = {}
-
-    def on_step_end(step: int) -> None:
-        nonlocal last_validation
-        if not info.is_main:
-            return
-        if step % p.val_every == 0 or step == p.iters:
-            last_validation = validator(trainer.ema.model)
-            append_csv_row(work / VALIDATION_CSV, VALIDATION_COLUMNS,
-                           [step, *(_round(last_validation[c]) for c in VALIDATION_COLUMNS[1:])])
-            for name, value in last_validation.items():
-                loss_log.scalar(f"val/{name}", value, step)
-            log.info("train: step %d validation %s", step, last_validation)
-        if step % p.sample_every == 0 or step == p.iters:
-            restored = validator.restore(trainer.ema.model)[:GRID_SAMPLES]
-            save_image_grid(work / SAMPLES_DIR / f"step-{step:06d}.png",
-                            [validator.lq[:GRID_SAMPLES], restored, validator.gt[:GRID_SAMPLES]])
-
-    if info.is_main:
-        _truncate_validation(work / VALIDATION_CSV, start_step)
-    config = LoopConfig(total_steps=p.iters, checkpoint_every=p.checkpoint_every, start_step=start_step,
-                        stop_after=stop_after, desc="train", provenance=provenance)
-    try:
-        last = train_loop(trainer.step, batches, trainer.state_dict, work, config, info, loss_log, on_step_end)
-    finally:
-        if loss_log is not None:
-            loss_log.close()
-    if info.is_main:
-        if not last_validation:
-            last_validation = validator(trainer.ema.model)
-        save_official(trainer.ema.model, work / MODEL_FILE)
-        write_json_atomic(work / CONFIG_FILE, {
-            "arch": "GFPGANv1Clean", "config": trainer.config, "value_range": [-1, 1],
-            "input": f"RGB face aligned like FFHQ, resized to {size} px (cv2.INTER_AREA when shrinking)",
-            "weights_key": "params_ema", "prior": str(prior_path)})
-        if not p.keep_checkpoints:
-            shutil.rmtree(work / "checkpoints", ignore_errors=True)
-    return {"steps": last, "train_samples": stream.samples_per_epoch(), "config": trainer.config,
-            "validation": last_validation, "validation_ids": val_ids,
-            "provenance": {"hash": provenance["hash"], "history": provenance["history"]}}
-
-
 def provenance_params(params: Params, shards_dir: Path, prior_path: Path, pairs_dir: Path,
                       trainer: GFPGANTrainer) -> dict[str, object]:
     """Everything the trained model and its validation figures depend on, as dotted keys: the train section (less
-    dlfp.train.loop.RESULT_NEUTRAL_KEYS), seed, data.size, the degrade preset used, the feature and identity
-    networks really loaded (`auto` depends on the weights cache), and the digests of the inputs."""
+    dlfp.train.engine.checkpoint.RESULT_NEUTRAL_KEYS), seed, data.size, the degrade preset used, the feature and
+    identity networks really loaded (`auto` depends on the weights cache), and the digests of the inputs."""
     p = params.train
     preset = params.degrade.presets[p.preset].model_dump(mode="json")
     return {"seed": params.seed, "data.size": params.data.size,
@@ -460,13 +320,6 @@ def provenance_params(params: Params, shards_dir: Path, prior_path: Path, pairs_
 
 def _round(value: float) -> float | int:
     return value if isinstance(value, int) else round(float(value), 5)
-
-
-def _truncate_validation(path: Path, last_step: int) -> None:
-    if path.exists():
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-        kept = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0]) <= last_step]
-        path.write_text("".join(kept), encoding="utf-8")
 
 
 def _losses_active(trainer: GFPGANTrainer, p: TrainParams, info: DistInfo, device: torch.device,
@@ -501,3 +354,89 @@ def _losses_active(trainer: GFPGANTrainer, p: TrainParams, info: DistInfo, devic
                            "resolution": trainer.config["out_size"],
                            "match_threshold": MATCH_THRESHOLD},
             "numpy": np.__version__}
+
+
+class GFPGANTraining(TrainingJob):
+    """GFP-GAN for dlfp.train.engine.run.run_training: GFPGANTrainer on degraded train shards, validation and sample
+    grids on the fixed val pairs, gfpgan.pth (official format) and gfpgan.json at the end."""
+
+    stage = "train"
+    loss_columns = LOSS_COLUMNS
+
+    def __init__(self, params: Params, shards_dir: Path, prior_path: Path, pairs_dir: Path) -> None:
+        p = params.train
+        if p.preset not in params.degrade.presets:
+            raise ValueError(f"train.preset {p.preset!r} is not a degrade preset ({sorted(params.degrade.presets)})")
+        self.params, self.section, self.seed = params, p, params.seed
+        self.shards_dir, self.prior_path, self.pairs_dir = Path(shards_dir), Path(prior_path), Path(pairs_dir)
+        self.validator: Validator | None = None
+        self.last_validation: dict = {}
+        self.val_ids: list = []
+
+    def build(self, info: DistInfo) -> GFPGANTrainer:
+        p, device = self.section, info.device
+        prior_state, prior_cfg = load_prior(self.prior_path)
+        feature_net = select_feature_network(p.perceptual_network, device) \
+            if (p.weights.perceptual > 0 or p.weights.perceptual_style > 0) else None
+        identity = load_identity_embedder(p.identity_network, device, p.arcface_path) \
+            if p.weights.identity > 0 else None
+        return GFPGANTrainer(p, prior_state, prior_cfg, self.seed, info, device, feature_net, identity)
+
+    def provenance_params(self, trainer: GFPGANTrainer) -> dict[str, object]:
+        return provenance_params(self.params, self.shards_dir, self.prior_path, self.pairs_dir, trainer)
+
+    def sample_recipe(self, trainer: GFPGANTrainer) -> SampleRecipe:
+        return SampleRecipe(seed=self.seed, out_size=trainer.config["out_size"],
+                            preset=self.params.degrade.presets[self.section.preset])
+
+    def start(self, trainer: GFPGANTrainer, work: Path, info: DistInfo, start_step: int, records: list[dict],
+              loss_log: LossLog | None) -> Callable[[int], None]:
+        p, device = self.section, info.device
+        if info.is_main:
+            lq, gt, self.val_ids = load_val_pairs(self.pairs_dir, p.val_preset, trainer.config["out_size"],
+                                                  p.val_count)
+            identity = trainer.identity
+            metric_net = identity.network if identity is not None and identity.kind == "dlib" \
+                else load_dlib_resnet(device)
+            self.validator = Validator(lq, gt, metric_net, device)
+            write_json_atomic(work / LOSSES_ACTIVE, _losses_active(trainer, p, info, device, self.prior_path))
+            truncate_csv_rows(work / VALIDATION_CSV, start_step)
+
+        def on_step_end(step: int) -> None:
+            validator = self.validator
+            if not info.is_main:
+                return
+            if step % p.val_every == 0 or step == p.iters:
+                self.last_validation = validator(trainer.ema.model)
+                append_csv_row(work / VALIDATION_CSV, VALIDATION_COLUMNS,
+                               [step, *(_round(self.last_validation[c]) for c in VALIDATION_COLUMNS[1:])])
+                for name, value in self.last_validation.items():
+                    loss_log.scalar(f"val/{name}", value, step)
+                log.info("train: step %d validation %s", step, self.last_validation)
+            if step % p.sample_every == 0 or step == p.iters:
+                restored = validator.restore(trainer.ema.model)[:GRID_SAMPLES]
+                save_image_grid(work / SAMPLES_DIR / f"step-{step:06d}.png",
+                                [validator.lq[:GRID_SAMPLES], restored, validator.gt[:GRID_SAMPLES]])
+
+        return on_step_end
+
+    def save(self, trainer: GFPGANTrainer, work: Path) -> None:
+        if not self.last_validation:
+            self.last_validation = self.validator(trainer.ema.model)
+        save_official(trainer.ema.model, work / MODEL_FILE)
+        write_json_atomic(work / CONFIG_FILE, {
+            "arch": "GFPGANv1Clean", "config": trainer.config, "value_range": [-1, 1],
+            "input": f"RGB face aligned like FFHQ, resized to {trainer.config['out_size']} px (cv2.INTER_AREA when "
+                     "shrinking)",
+            "weights_key": "params_ema", "prior": str(self.prior_path)})
+
+    def summary(self) -> dict:
+        return {"validation": self.last_validation, "validation_ids": self.val_ids}
+
+
+def run(params: Params, shards_dir: Path, prior_path: Path, pairs_dir: Path, out_dir: Path, *,
+        stop_after: int | None = None) -> dict:
+    """SHIM (issue 15 wave 2 removes it): the old entry point of the stage, now dlfp.stages.train.run."""
+    from dlfp.stages.train import run as run_stage
+
+    return run_stage(params, shards_dir, prior_path, pairs_dir, out_dir, stop_after=stop_after)

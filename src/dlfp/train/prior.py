@@ -1,21 +1,18 @@
-"""Stage `train_prior`: the StyleGAN2 facial prior (clean layout) trained from scratch on the train shards.
+"""The StyleGAN2 facial prior (clean layout): its trainer, its face measurement and its prior.pth file.
 
 Non-saturating logistic loss, lazy R1 on the discriminator, style mixing, EMA generator; no path-length
-regularisation (optional in StyleGAN2, skipped here and recorded in losses_active.json). With
-`train_prior.official_weights` set, an official clean StyleGAN2 checkpoint is loaded strictly and written as
-prior.pth instead of training.
+regularisation (optional in StyleGAN2, skipped here and recorded in losses_active.json). `PriorTraining` is what
+dlfp.train.engine.run.run_training needs to train it; `convert_official` loads an official clean StyleGAN2
+checkpoint strictly instead. The stage that calls them is dlfp.stages.train_prior (its outputs are listed there).
 
-Output (<out>): prior.pth ({'params_ema': generator EMA state_dict, 'config': constructor arguments},
-weights_only-loadable), samples/step-NNNNNN.png (from step 0, the initialisation), losses.csv, losses_active.json,
-receipt.json; with `train_prior.eval_samples` > 0 also prior_metrics.csv (face-detection rate and descriptor FD of
-fixed samples at step 0 and every sample step) and prior_reference.json (the same measured on real train faces):
-see dlfp.train.prior_metrics.
+May import dlfp.train.engine, dlfp.train.data, dlfp.train.prior_metrics, models, losses and io; never a stage.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -24,8 +21,7 @@ from torch import Tensor
 
 from dlfp.data import streams
 from dlfp.io.atomic import atomic_path, write_json_atomic
-from dlfp.io.hashing import derive_seed, file_digest
-from dlfp.io.receipt import write_receipt
+from dlfp.io.hashing import derive_seed
 from dlfp.losses.gan import (
     discriminator_loss,
     generator_loss,
@@ -36,30 +32,13 @@ from dlfp.losses.gan import (
 )
 from dlfp.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2GeneratorClean
 from dlfp.params import Params, TrainPriorParams
-from dlfp.train.data import Batches, SampleRecipe, ShardStream, train_records
-from dlfp.train.loop import (
-    EMA,
-    DistInfo,
-    LoopConfig,
-    LossLog,
-    average_gradients,
-    broadcast_module,
-    check_resume_config,
-    ema_decay,
-    init_distributed,
-    lr_at,
-    rank_seed,
-    requires_grad,
-    resolve_device,
-    result_params,
-    resume_checkpoint,
-    save_image_grid,
-    seed_everything,
-    set_lr,
-    train_loop,
-    training_provenance,
-    work_folder,
-)
+from dlfp.train.data import SampleRecipe, ShardStream
+from dlfp.train.engine.checkpoint import check_resume_config, result_params
+from dlfp.train.engine.distributed import DistInfo, average_gradients, broadcast_module
+from dlfp.train.engine.ema import EMA, ema_decay
+from dlfp.train.engine.logging import LossLog, save_image_grid
+from dlfp.train.engine.loop import lr_at, requires_grad, set_lr
+from dlfp.train.engine.run import TrainingJob
 from dlfp.train.prior_metrics import (
     CLAIM,
     METRICS_CSV,
@@ -89,7 +68,7 @@ def prior_config(p: TrainPriorParams) -> dict:
 
 
 def provenance_params(params: Params, shards_dir: Path) -> dict[str, object]:
-    """Everything the trained prior depends on, as dotted keys (see dlfp.train.loop.RESULT_NEUTRAL_KEYS)."""
+    """Everything the trained prior depends on, as dotted keys (see engine.checkpoint.RESULT_NEUTRAL_KEYS)."""
     return {"seed": params.seed, "data.size": params.data.size,
             **result_params("train_prior", params.train_prior.model_dump(mode="json")),
             "inputs.shards_index_sha256": streams.index_digest(shards_dir)}
@@ -254,112 +233,78 @@ class _FaceCheckpoints:
                  self.measure.reference["fd_dlib"], row["n_samples"], seconds)
 
 
-def _convert_official(p: TrainPriorParams, work: Path) -> dict:
+def convert_official(p: TrainPriorParams, work: Path) -> dict:
+    """Load `p.official_weights` strictly (naming every missing/unexpected/mis-shaped key) and write it as
+    prior.pth (+ losses_active.json saying so); returns the generator config."""
     from dlfp.models.checkpoints import load_into
 
     config = prior_config(p)
     generator = StyleGAN2GeneratorClean(**config)
     load_into(generator, p.official_weights)  # strict: names every missing/unexpected/mis-shaped key
-    save_prior(work / "prior.pth", generator, config)
+    save_prior(work / PRIOR_FILE, generator, config)
     write_json_atomic(work / LOSSES_ACTIVE, {"mode": "official_weights", "source": str(p.official_weights),
                                              "config": config})
     return config
 
 
-def run(params: Params, shards_dir: Path, out_dir: Path, *, stop_after: int | None = None) -> dict:
-    """Train (or convert) the StyleGAN2 prior; writes <out>/prior.pth. See the module docstring."""
-    started = time.monotonic()
-    p = params.train_prior
-    shards_dir, out_dir = Path(shards_dir), Path(out_dir)
-    torch.set_num_threads(p.threads)
-    info = init_distributed(p.device)
-    device = resolve_device(p.device, info)
-    with work_folder(out_dir, p.resume, info) as work:
-        if p.official_weights:
-            config = _convert_official(p, work)
-            write_receipt(work, stage="train_prior", params_hash=params.section_hash("seed", "train_prior"),
-                          seed=params.seed, counts={"steps": 0},
-                          inputs={"official_weights": str(p.official_weights),
-                                  "sha256": file_digest(p.official_weights)},
-                          packages=("torch",), extra={"config": config})
-            return {"out": str(out_dir), "mode": "official_weights", "config": config}
-        summary = _train(params, shards_dir, work, info, device, stop_after)
+class PriorTraining(TrainingJob):
+    """The prior for dlfp.train.engine.run.run_training: PriorTrainer on the train shards, sample grids (and the face
+    measurement) at step 0 and every sample step, prior.pth from the EMA generator at the end."""
+
+    stage = "train_prior"
+    loss_columns = LOSS_COLUMNS
+
+    def __init__(self, params: Params, shards_dir: Path) -> None:
+        self.params, self.section, self.seed = params, params.train_prior, params.seed
+        self.shards_dir = Path(shards_dir)
+
+    def build(self, info: DistInfo) -> PriorTrainer:
+        return PriorTrainer(self.section, self.seed, info, info.device)
+
+    def provenance_params(self, trainer: PriorTrainer) -> dict[str, object]:
+        return provenance_params(self.params, self.shards_dir)
+
+    def sample_recipe(self, trainer: PriorTrainer) -> SampleRecipe:
+        return SampleRecipe(seed=self.seed, out_size=self.section.out_size)
+
+    def start(self, trainer: PriorTrainer, work: Path, info: DistInfo, start_step: int, records: list[dict],
+              loss_log: LossLog | None) -> Callable[[int], None]:
+        p = self.section
         if info.is_main:
-            write_receipt(work, stage="train_prior", params_hash=params.section_hash("seed", "train_prior"),
-                          seed=params.seed, counts={"steps": summary["steps"],
-                                                    "train_samples": summary["train_samples"]},
-                          inputs={"shards": str(shards_dir),
-                                  "shards_index_sha256": streams.index_digest(shards_dir)},
-                          packages=("torch", "webdataset"),
-                          extra={"config": summary["config"], "provenance": summary["provenance"]})
-    summary.update(out=str(out_dir), seconds=round(time.monotonic() - started, 1))
-    if info.is_main:
-        print(f"train_prior: {summary['steps']} steps in {summary['seconds']} s -> {out_dir / PRIOR_FILE}")
-    return summary
+            write_json_atomic(work / LOSSES_ACTIVE, {
+                "mode": "trained", "config": trainer.config,
+                "terms": {"gan": "non-saturating logistic", "r1": {"weight": p.r1_weight, "interval": p.r1_interval},
+                          "path_length": "off (optional StyleGAN2 regulariser, skipped)",
+                          "style_mixing": p.mixing_prob},
+                "ema_decay": trainer.ema.decay, "ema_rampup": p.ema_rampup, "lr": trainer.base_lr,
+                "d_lr": trainer.d_lr,
+                "batch_size": p.batch_size, "world_size": info.world_size, "bf16": p.bf16,
+                "device": str(info.device)})
 
+        face_measure = None
+        if info.is_main and p.eval_samples > 0:
+            face_measure = _FaceCheckpoints.start(p, self.seed, self.shards_dir, records, work, start_step)
 
-def _train(params: Params, shards_dir: Path, work: Path, info: DistInfo, device: torch.device,
-           stop_after: int | None) -> dict:
-    import torch.distributed as dist
+        def sample_checkpoint(step: int) -> None:
+            save_image_grid(work / SAMPLES_DIR / f"step-{step:06d}.png", list(trainer.samples().split(8)))
+            if face_measure is not None:
+                face_measure.record(step, trainer)
 
-    p = params.train_prior
-    if info.distributed:
-        dist.barrier()  # rank 0 has created (or cleared) the working folder
-    trainer = PriorTrainer(p, params.seed, info, device)
-    checkpoint, provenance = resume_checkpoint(work, info, p.resume,
-                                               training_provenance(provenance_params(params, shards_dir)))
-    start_step, data_state = 0, {"epoch": 0, "offset": 0}
-    if checkpoint is not None:
-        trainer.load_state_dict(checkpoint["state"])
-        start_step, data_state = checkpoint["step"], checkpoint["data"]
-        log.info("train_prior: resuming at step %d", start_step)
-    else:
-        seed_everything(rank_seed(params.seed, info.rank))
-    records = train_records(shards_dir)
-    recipe = SampleRecipe(seed=params.seed, out_size=p.out_size)
-    stream = ShardStream(shards_dir, records, recipe, rank=info.rank, world_size=info.world_size,
-                         start_epoch=data_state["epoch"], start_offset=data_state["offset"],
-                         shuffle_buffer=p.shuffle_buffer)
-    batches = Batches(stream, p.batch_size, p.workers)
-    if info.is_main:
-        write_json_atomic(work / LOSSES_ACTIVE, {
-            "mode": "trained", "config": trainer.config,
-            "terms": {"gan": "non-saturating logistic", "r1": {"weight": p.r1_weight, "interval": p.r1_interval},
-                      "path_length": "off (optional StyleGAN2 regulariser, skipped)",
-                      "style_mixing": p.mixing_prob},
-            "ema_decay": trainer.ema.decay, "ema_rampup": p.ema_rampup, "lr": trainer.base_lr,
-            "d_lr": trainer.d_lr,
-            "batch_size": p.batch_size, "world_size": info.world_size, "bf16": p.bf16, "device": str(device)})
-    loss_log = LossLog(work, LOSS_COLUMNS, start_step, p.tensorboard) if info.is_main else None
+        if info.is_main and start_step == 0:
+            sample_checkpoint(0)  # the initialisation: where the curves start
 
-    face_measure = None
-    if info.is_main and p.eval_samples > 0:
-        face_measure = _FaceCheckpoints.start(p, params.seed, shards_dir, records, work, start_step)
+        def on_step_end(step: int) -> None:
+            if info.is_main and (step % p.sample_every == 0 or step == p.iters):
+                sample_checkpoint(step)
 
-    def sample_checkpoint(step: int) -> None:
-        save_image_grid(work / SAMPLES_DIR / f"step-{step:06d}.png", list(trainer.samples().split(8)))
-        if face_measure is not None:
-            face_measure.record(step, trainer)
+        return on_step_end
 
-    if info.is_main and start_step == 0:
-        sample_checkpoint(0)  # the initialisation: where the curves start
-
-    def on_step_end(step: int) -> None:
-        if info.is_main and (step % p.sample_every == 0 or step == p.iters):
-            sample_checkpoint(step)
-
-    config = LoopConfig(total_steps=p.iters, checkpoint_every=p.checkpoint_every, start_step=start_step,
-                        stop_after=stop_after, desc="train_prior", provenance=provenance)
-    try:
-        last = train_loop(trainer.step, batches, trainer.state_dict, work, config, info, loss_log, on_step_end)
-    finally:
-        if loss_log is not None:
-            loss_log.close()
-    if info.is_main:
+    def save(self, trainer: PriorTrainer, work: Path) -> None:
         save_prior(work / PRIOR_FILE, trainer.ema.model, trainer.config)
-        if not p.keep_checkpoints:
-            import shutil
 
-            shutil.rmtree(work / "checkpoints", ignore_errors=True)
-    return {"steps": last, "train_samples": stream.samples_per_epoch(), "config": trainer.config,
-            "provenance": {"hash": provenance["hash"], "history": provenance["history"]}}
+
+def run(params: Params, shards_dir: Path, out_dir: Path, *, stop_after: int | None = None) -> dict:
+    """SHIM (issue 15 wave 2 removes it): the old entry point of the stage, now dlfp.stages.train_prior.run."""
+    from dlfp.stages.train_prior import run as run_stage
+
+    return run_stage(params, shards_dir, out_dir, stop_after=stop_after)
