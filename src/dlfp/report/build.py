@@ -1,5 +1,6 @@
 """SHIM (issue 15 wave 2 removes it): old import path of dlfp.stages.report (the report stage) and make_env."""
 
-from dlfp.stages.report import make_env, run
+from dlfp.report import make_env
+from dlfp.stages.report import run
 
 __all__ = ["make_env", "run"]
