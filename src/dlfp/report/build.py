@@ -1,4 +1,4 @@
-"""SHIM (issue 15 wave 2 removes it): old import path of dlfp.stages.report (the report stage) and make_env."""
+"""SHIM (issue 15 wave 2 removes it): old import path of dlfp.stages.report (run) and dlfp.report (make_env)."""
 
 from dlfp.report import make_env
 from dlfp.stages.report import run
