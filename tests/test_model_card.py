@@ -9,8 +9,8 @@ from pathlib import Path
 from markupsafe import escape
 
 from dlfp.params import parse_params
-from dlfp.report import build
 from dlfp.report.model_card import CARD_NAME, CardSources, write_card
+from dlfp.stages import report as report_stage
 
 SCRIPT = "<script>alert(1)</script>"
 SCRIPT_ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
@@ -107,7 +107,7 @@ def make_outputs(root: Path) -> tuple[Path, Path, Path]:
 
 
 def build_card(models: Path, data: Path, reports: Path) -> tuple[str, str]:
-    build.run(make_params(), data_dir=data, out_dir=reports, models_dir=models)
+    report_stage.run(make_params(), data_dir=data, out_dir=reports, models_dir=models)
     return (reports / CARD_NAME).read_text(encoding="utf-8"), (reports / "model.html").read_text(encoding="utf-8")
 
 

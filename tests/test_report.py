@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import re
+import sys
 import tarfile
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from PIL import Image
 
 import dlfp.report as report_pkg
 from dlfp.params import parse_params
-from dlfp.report import Page, build, data_page
+from dlfp.report import Page, data_page, readers
+from dlfp.stages import report as report_stage
 
 SCRIPT = "<script>alert(1)</script>"
 SCRIPT_ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
@@ -139,7 +141,7 @@ def make_params(grid: int = 4, pairs: int = 3):
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("report")
     data = make_data(root)
-    summary = build.run(make_params(), data_dir=data, out_dir=root / "reports", models_dir=root / "models")
+    summary = report_stage.run(make_params(), data_dir=data, out_dir=root / "reports", models_dir=root / "models")
     return root / "reports", summary
 
 
@@ -218,7 +220,7 @@ def test_missing_stages_are_reported_not_fatal(tmp_path: Path) -> None:
     raw.mkdir(parents=True)
     # acquire ran but left no receipt and no rejects; nothing else ran
     write_csv(raw / "manifest.csv", ["id", "source", "licence"], [["a", "a.png", "cc"]])
-    build.run(make_params(), data_dir=data, out_dir=tmp_path / "reports", models_dir=tmp_path / "models")
+    report_stage.run(make_params(), data_dir=data, out_dir=tmp_path / "reports", models_dir=tmp_path / "models")
     html = (tmp_path / "reports" / "data.html").read_text(encoding="utf-8")
     for stage in ("align", "shard", "degrade"):
         assert f"Stage <code>{stage}</code> not run yet" in html
@@ -230,7 +232,7 @@ def test_missing_stages_are_reported_not_fatal(tmp_path: Path) -> None:
 
 
 def test_no_data_folder_at_all(tmp_path: Path) -> None:
-    summary = build.run(make_params(), data_dir=tmp_path / "nothing", out_dir=tmp_path / "reports",
+    summary = report_stage.run(make_params(), data_dir=tmp_path / "nothing", out_dir=tmp_path / "reports",
                         models_dir=tmp_path / "no-models")
     html = (tmp_path / "reports" / "data.html").read_text(encoding="utf-8")
     assert summary["pages"] == ["data.html", "training.html", "evaluation.html", "bias.html", "model.html",
@@ -243,7 +245,7 @@ def test_damaged_inputs_show_errors(tmp_path: Path) -> None:
     (data / "aligned" / "meta.jsonl").write_text('{"id": "a000"}\nnot json\n', encoding="utf-8")
     (data / "shards" / "index.json").write_text("{broken", encoding="utf-8")
     (data / "pairs" / "test" / "moderate" / "pairs-000000.tar").write_bytes(b"not a tar at all" * 100)
-    build.run(make_params(), data_dir=data, out_dir=tmp_path / "reports", models_dir=tmp_path / "models")
+    report_stage.run(make_params(), data_dir=data, out_dir=tmp_path / "reports", models_dir=tmp_path / "models")
     html = (tmp_path / "reports" / "data.html").read_text(encoding="utf-8")
     assert "1 line(s) are not JSON objects" in html
     assert "index.json: unreadable" in html
@@ -252,7 +254,7 @@ def test_damaged_inputs_show_errors(tmp_path: Path) -> None:
 
 def test_rebuild_is_byte_identical(tmp_path: Path, built: tuple[Path, dict]) -> None:
     out, _ = built
-    build.run(make_params(), data_dir=out.parent / "data", out_dir=tmp_path / "again",
+    report_stage.run(make_params(), data_dir=out.parent / "data", out_dir=tmp_path / "again",
               models_dir=out.parent / "models")
     for name in ("data.html", "index.html"):
         assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes(), name
@@ -261,16 +263,38 @@ def test_rebuild_is_byte_identical(tmp_path: Path, built: tuple[Path, dict]) -> 
 
 def test_tar_reader_skips_links_and_keeps_images_in_memory(tmp_path: Path) -> None:
     data = make_data(tmp_path)
+    tar_path = data / "pairs" / "test" / "moderate" / "pairs-000000.tar"
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    samples = list(data_page.iter_tar_samples(data / "pairs" / "test" / "moderate" / "pairs-000000.tar", lambda: True))
+    samples = list(readers.iter_tar_samples(tar_path, lambda: True))
     assert [key for key, _ in samples] == ["k000", "k001", "k002", "k003", "k004"]  # symlink k999 skipped
     assert set(samples[0][1]) == {"lq.png", "gt.png", "json"}
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
-    assert data_page.split_member_name("dir/key.lq.png") == ("dir/key", "lq.png")
-    assert data_page.safe_image_path(tmp_path, "../etc") is None
-    assert data_page.contained(tmp_path, "/etc/passwd") is None
-    assert data_page.contained(tmp_path, "a/../../b.tar") is None
-    assert data_page.contained(tmp_path, "moderate/p.tar") == tmp_path / "moderate" / "p.tar"
+    shown = []
+    for key, sample in readers.iter_tar_samples(tar_path, lambda: len(shown) < 2):
+        shown.append((key, set(sample)))
+    assert shown[1] == ("k001", {"lq.png", "gt.png", "json"}) and shown[2] == ("k002", {"json"})
+    assert readers.safe_image_path(tmp_path, "../etc") is None
+    assert readers.contained(tmp_path, "/etc/passwd") is None
+    assert readers.contained(tmp_path, "a/../../b.tar") is None
+    assert readers.contained(tmp_path, "moderate/p.tar") == tmp_path / "moderate" / "p.tar"
+
+
+def test_tar_reader_reports_damaged_tars_as_tar_errors(tmp_path: Path) -> None:
+    """A truncated tar or one with a repeated member name is a tarfile error whose text names no file object."""
+    truncated = tmp_path / "truncated.tar"
+    with tarfile.open(truncated, "w") as tar:
+        add_member(tar, "k000.json", b"{}")
+        add_member(tar, "k000.lq.png", png_bytes((1, 2, 3), size=256, noise=5))
+    truncated.write_bytes(truncated.read_bytes()[:2048])
+    with pytest.raises(tarfile.TarError) as caught:
+        list(readers.iter_tar_samples(truncated, lambda: True))
+    assert str(caught.value) == "unexpected end of data"
+    repeated = tmp_path / "repeated.tar"
+    with tarfile.open(repeated, "w") as tar:
+        add_member(tar, "k000.json", b"{}")
+        add_member(tar, "k000.json", b"[]")
+    with pytest.raises(tarfile.TarError, match="duplicate member"):
+        list(readers.iter_tar_samples(repeated, lambda: True))
 
 
 def test_registered_page_joins_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -280,7 +304,7 @@ def test_registered_page_joins_index(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     report_pkg.register(Page(slug="extra", title="Extra <&>", filename="extra.html", stages=("report",),
                              render=render))
-    summary = build.run(make_params(), data_dir=tmp_path / "data", out_dir=tmp_path / "reports",
+    summary = report_stage.run(make_params(), data_dir=tmp_path / "data", out_dir=tmp_path / "reports",
                         models_dir=tmp_path / "models")
     assert summary["pages"] == ["data.html", "training.html", "evaluation.html", "bias.html", "model.html",
                                 "extra.html", "index.html"]
@@ -289,6 +313,41 @@ def test_registered_page_joins_index(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert 'href="extra.html">Extra &lt;&amp;&gt;</a>' in (tmp_path / "reports" / "data.html").read_text()
     with pytest.raises(ValueError, match="unknown stages"):
         Page(slug="x", title="x", filename="x.html", stages=("nope",), render=lambda ctx: "")
+
+
+def test_a_page_module_registers_itself_without_edits_elsewhere(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adding a page = one `*_page.py` module in the report package: the stage finds it, writes it, links it."""
+    monkeypatch.setattr(report_pkg, "_REGISTRY", dict(report_pkg._REGISTRY))
+    extra = tmp_path / "package"
+    extra.mkdir()
+    (extra / "zz_extra_page.py").write_text(
+        "from dlfp.report import Page, register\n"
+        "register(Page(slug='zz', title='Extra', filename='zz.html', stages=('report',),\n"
+        "              render=lambda ctx: ctx.render('base.html', current='zz.html', title='Extra')))\n",
+        encoding="utf-8")
+    (extra / "zz_helpers.py").write_text("raise AssertionError('not a page module: must not be imported')\n")
+    monkeypatch.setattr(report_pkg, "__path__", [*report_pkg.__path__, str(extra)])
+    monkeypatch.delitem(sys.modules, "dlfp.report.zz_extra_page", raising=False)
+    try:
+        summary = report_stage.run(make_params(), data_dir=tmp_path / "data", out_dir=tmp_path / "reports",
+                                   models_dir=tmp_path / "models")
+    finally:
+        sys.modules.pop("dlfp.report.zz_extra_page", None)
+    assert summary["pages"][-2:] == ["zz.html", "index.html"]
+    assert 'href="zz.html#report">Extra</a>' in (tmp_path / "reports" / "index.html").read_text(encoding="utf-8")
+
+
+def test_pages_import_no_other_page_module() -> None:
+    """Helpers shared by pages live in readers.py and plots.py, not in another page's module."""
+    pending_wave_2 = {"evaluation_page", "bias_page"}  # issue 15 wave 2 switches them to readers.py
+    folder = Path(report_pkg.__file__).parent
+    pages = {path.stem for path in folder.glob("*_page.py")}
+    assert {"data_page", "training_page", "model_page"} <= pages
+    for page in sorted(pages - pending_wave_2):
+        source = (folder / f"{page}.py").read_text(encoding="utf-8")
+        imported = set(re.findall(r"^\s*from dlfp\.report\.(\w+) import", source, flags=re.MULTILINE))
+        assert not imported & pages, f"{page} imports page module(s) {sorted(imported & pages)}"
 
 
 def test_cli_report(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ rule report:
         "reports/metrics.json",
         "reports/bias.json",
         "src/dlfp/report",
+        "src/dlfp/stages/report.py",
     output:
         "reports/index.html",
         "reports/data.html",

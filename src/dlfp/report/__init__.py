@@ -1,24 +1,43 @@
-"""Stage `report`: static, self-contained HTML pages, one module per page, joined through a small registry.
+"""The report pages' library: static, self-contained HTML pages, one module per page, joined by a registry.
 
-A page module builds a `Page` and calls `register(page)` at import time; `dlfp.report.build.PAGE_MODULES`
-lists the modules to import. The index page is built last and links every page written in the same run.
+To add a page, write one module `dlfp/report/<name>_page.py` (and its template in templates/) that builds a
+`Page` and calls `register(page)` at import time: `load_pages` imports every `*_page` module of this package,
+and the report stage (dlfp.stages.report) writes every registered page, then the index (dlfp.report.index) that
+links them. Nothing else names the page, except the report stage's outputs in dvc.yaml and
+workflow/rules/report.smk.
+Pages read only stage outputs, through dlfp.report.readers; plots and thumbnails come from dlfp.report.plots.
+May import: dlfp libraries (io, params, data formats), never dlfp.stages.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    import jinja2
+import jinja2
 
+if TYPE_CHECKING:
     from dlfp.params import Params
 
 # The pipeline stages in order; the index lists them all, linked to the page that covers each.
 STAGES = ("acquire", "align", "shard", "degrade", "train_prior", "train", "restore", "evaluate", "bias",
           "report")
+PAGE_MODULE_SUFFIX = "_page"  # dlfp/report/<name>_page.py registers a page when imported
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+
+
+def make_env() -> jinja2.Environment:
+    """Autoescape everything (also templates from strings); undefined names are errors, not blanks."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        autoescape=jinja2.select_autoescape(["html"], default_for_string=True, default=True),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -39,6 +58,8 @@ class PageContext:
 
 @dataclass(frozen=True)
 class Page:
+    """One report page as the registry knows it: what the index and the navigation show, and how to render it."""
+
     slug: str  # short unique name, e.g. "data"
     title: str
     filename: str  # relative to the reports folder, e.g. "data.html"
@@ -72,3 +93,11 @@ def registered_pages() -> list[Page]:
         return min((STAGES.index(stage) for stage in page.stages), default=len(STAGES))
 
     return sorted(_REGISTRY.values(), key=lambda page: (first_stage(page), page.slug))
+
+
+def load_pages() -> list[Page]:
+    """Import every page module of this package (each registers itself), then return the registered pages."""
+    for module in sorted(info.name for info in pkgutil.iter_modules(__path__)
+                         if info.name.endswith(PAGE_MODULE_SUFFIX)):
+        importlib.import_module(f"{__name__}.{module}")
+    return registered_pages()

@@ -1,49 +1,50 @@
 """reports/data.html: what the data stages (acquire, align, shard, degrade) produced, from their artifacts.
 
 Every input may be missing or damaged; the page then says so for that part and still renders. Strings from
-file names and metadata reach the HTML only through jinja2's autoescaping. Tars are read in memory with
-tarfile, member by member: nothing is extracted and no member path is ever opened on disk.
+file names and metadata reach the HTML only through jinja2's autoescaping. Files are read through
+dlfp.report.readers (tars in memory with webdataset's reader: nothing is extracted, no member path is opened).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import tarfile
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from dlfp.data.shards import TEST_SPLIT, VAL_SPLIT
 from dlfp.report import Page, PageContext, register
 from dlfp.report.plots import decode_thumbnail, draw_annotations, flatten_scalars, histogram_grid, image_uri
+from dlfp.report.readers import (
+    StageInputs,
+    Table,
+    contained,
+    iter_tar_samples,
+    read_csv,
+    read_json,
+    read_jsonl,
+    receipt_view,
+    safe_image_path,
+    split_presets,
+)
+
+# SHIM names (issue 15 wave 2 removes them): evaluation_page and bias_page still import these from here;
+# StageInputs, contained, iter_tar_samples and split_presets above are imported for them too.
+_read_json = read_json
+
+
+def _receipt_view(inputs: StageInputs) -> dict | None:
+    return receipt_view(inputs.receipt)
+
 
 # Stage -> artifact folder under the data folder (the CLI defaults).
 STAGE_FOLDERS = {"acquire": "raw", "align": "aligned", "shard": "shards", "degrade": "pairs"}
 GRID_THUMB_PX = 128
 PAIR_THUMB_PX = 160
 ANNOTATED_IN_GRID = 4  # the first few grid tiles show landmarks and boxes
-MAX_MEMBER_BYTES = 64 << 20  # a tar member larger than this is not a face image or metadata: skipped
 PAIR_CAPTION_KEYS = ("kernel", "sigma_x", "sigma_y", "scale", "noise_sigma", "jpeg_quality", "grey", "gray")
-
-
-@dataclass
-class StageInputs:
-    """One stage's artifact folder as the page sees it; `errors` collects damaged files instead of raising."""
-
-    stage: str
-    folder: Path
-    label: str  # how the folder is shown on the page
-    ran: bool
-    receipt: dict | None = None
-    errors: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Table:
-    header: list[str]
-    rows: list[list[str]]
 
 
 @dataclass
@@ -76,120 +77,20 @@ class PresetView:
     scaling: str = ""
 
 
-# ------------------------------------------------------------------------------------------------ readers
-def _read_json(path: Path, errors: list[str]) -> object | None:
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        errors.append(f"{path.name}: unreadable ({error})")
-        return None
-
-
-def _read_csv(path: Path, errors: list[str]) -> Table | None:
-    if not path.exists():
-        return None
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        errors.append(f"{path.name}: unreadable ({error})")
-        return None
-    if not rows:
-        return Table([], [])
-    return Table(rows[0], rows[1:])
-
-
-def _read_jsonl(path: Path, errors: list[str]) -> list[dict] | None:
-    if not path.exists():
-        return None
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        errors.append(f"{path.name}: unreadable ({error})")
-        return None
-    records, bad = [], 0
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-        else:
-            bad += 1
-    if bad:
-        errors.append(f"{path.name}: {bad} line(s) are not JSON objects and were skipped")
-    return records
-
-
 def _stage_inputs(data_dir: Path, stage: str) -> StageInputs:
     folder = data_dir / STAGE_FOLDERS[stage]
     inputs = StageInputs(stage, folder, str(folder), folder.is_dir())
     if inputs.ran:
-        receipt = _read_json(folder / "receipt.json", inputs.errors)
+        receipt = read_json(folder / "receipt.json", inputs.errors)
         inputs.receipt = receipt if isinstance(receipt, dict) else None
         if inputs.receipt is None and not inputs.errors:
             inputs.errors.append("receipt.json missing: the stage may not have finished")
     return inputs
 
 
-def contained(folder: Path, relative: str) -> Path | None:
-    """A path named in an index file, only if it stays under `folder`: no absolute path, no `..`.
-
-    Checked on the text, not resolved: DVC may check artifacts out as symlinks into its cache.
-    """
-    parts = PurePosixPath(relative.replace("\\", "/")).parts
-    if not parts or parts[0] == "/" or ".." in parts or "\0" in relative:
-        return None
-    return folder.joinpath(*parts)
-
-
-def safe_image_path(images_dir: Path, sample_id: str) -> Path | None:
-    """The image of an id only if the id is a plain file name: ids are metadata, not trusted paths."""
-    if sample_id in ("", ".", "..") or any(char in sample_id for char in "/\\\0"):
-        return None
-    return contained(images_dir, f"{sample_id}.png")
-
-
-def split_member_name(name: str) -> tuple[str, str] | None:
-    """WebDataset naming: key = path up to the first dot of the base name, extension = the rest."""
-    directory, _, base = name.rpartition("/")
-    key, dot, extension = base.partition(".")
-    if not dot or not key:
-        return None
-    return (f"{directory}/{key}" if directory else key), extension
-
-
-def iter_tar_samples(path: Path, wants_images: Callable[[], bool]) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Yield (key, {extension: bytes}) per run of members with one key; images only while wanted."""
-    key, sample = None, {}
-    with tarfile.open(path, mode="r:") as tar:
-        for member in tar:
-            if not member.isfile() or member.size > MAX_MEMBER_BYTES:
-                continue
-            parts = split_member_name(member.name)
-            if parts is None:
-                continue
-            if parts[0] != key:
-                if key is not None:
-                    yield key, sample
-                key, sample = parts[0], {}
-            if parts[1] == "json" or (parts[1].endswith("png") and wants_images()):
-                handle = tar.extractfile(member)
-                if handle is not None:
-                    sample[parts[1]] = handle.read()
-    if key is not None:
-        yield key, sample
-
-
 # ---------------------------------------------------------------------------------------------- sections
 def _rejects(inputs: StageInputs) -> RejectsView:
-    table = _read_csv(inputs.folder / "rejects.csv", inputs.errors) if inputs.ran else None
+    table = read_csv(inputs.folder / "rejects.csv", inputs.errors) if inputs.ran else None
     if table is None:
         return RejectsView(inputs.stage, False)
     total = len(table.rows)
@@ -305,14 +206,6 @@ def scaling_statement(scaling: object, logged: list[dict]) -> str:
     return text
 
 
-def split_presets(index: object, split: str) -> Mapping | None:
-    """Tolerant read of one split's presets in a pairs index (dlfp.data.shards.pair_presets raises instead)."""
-    splits = index.get("splits") if isinstance(index, Mapping) else None
-    entry = splits.get(split) if isinstance(splits, Mapping) else None
-    presets = entry.get("presets") if isinstance(entry, Mapping) else None
-    return presets if isinstance(presets, Mapping) else None
-
-
 def _presets(pairs: StageInputs, index: object, per_preset: int) -> list[PresetView]:
     """The test pairs are shown (the reported figures come from them); the val pairs are counted."""
     presets = split_presets(index, TEST_SPLIT)
@@ -394,30 +287,15 @@ def _provenance(raw: StageInputs) -> Provenance | None:
     return Provenance(f"downloaded: {source or 'unknown source'}", details)
 
 
-def _receipt_view(inputs: StageInputs) -> dict | None:
-    receipt = inputs.receipt
-    if receipt is None:
-        return None
-    known = {"stage", "params_hash", "seed", "counts", "inputs", "versions"}
-    return {
-        "params_hash": str(receipt.get("params_hash", "")),
-        "seed": receipt.get("seed"),
-        "counts": [(str(k), json.dumps(v)) for k, v in (receipt.get("counts") or {}).items()],
-        "inputs": [(str(k), json.dumps(v)) for k, v in (receipt.get("inputs") or {}).items()],
-        "versions": [(str(k), str(v)) for k, v in (receipt.get("versions") or {}).items()],
-        "extra": [(str(k), json.dumps(v)) for k, v in receipt.items() if k not in known],
-    }
-
-
 def render(ctx: PageContext) -> str:
     """Gather every data stage's artifacts and render data.html."""
     stages = {stage: _stage_inputs(ctx.data_dir, stage) for stage in STAGE_FOLDERS}
     raw, aligned, shards, pairs = (stages[name] for name in STAGE_FOLDERS)
-    manifest = _read_csv(raw.folder / "manifest.csv", raw.errors) if raw.ran else None
+    manifest = read_csv(raw.folder / "manifest.csv", raw.errors) if raw.ran else None
     rejects = {name: _rejects(stages[name]) for name in ("acquire", "align")}
-    meta = _read_jsonl(aligned.folder / "meta.jsonl", aligned.errors) if aligned.ran else None
-    shard_index = _read_json(shards.folder / "index.json", shards.errors) if shards.ran else None
-    pairs_index = _read_json(pairs.folder / "index.json", pairs.errors) if pairs.ran else None
+    meta = read_jsonl(aligned.folder / "meta.jsonl", aligned.errors) if aligned.ran else None
+    shard_index = read_json(shards.folder / "index.json", shards.errors) if shards.ran else None
+    pairs_index = read_json(pairs.folder / "index.json", pairs.errors) if pairs.ran else None
     alignment = _alignment_counts(meta)
     splits = _splits(shards, shard_index)
     presets = _presets(pairs, pairs_index, ctx.params.report.pairs_per_preset)
@@ -432,7 +310,7 @@ def render(ctx: PageContext) -> str:
         annotated_in_grid=ANNOTATED_IN_GRID,
         split_rule=shard_index.get("split_rule") if isinstance(shard_index, Mapping) else None,
         splits=splits, presets=presets,
-        receipts={name: _receipt_view(inputs) for name, inputs in stages.items()},
+        receipts={name: receipt_view(inputs.receipt) for name, inputs in stages.items()},
         provenance=_provenance(raw),
     )
 

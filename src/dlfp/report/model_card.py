@@ -27,6 +27,7 @@ import numpy as np
 from scipy import stats
 
 from dlfp.io.atomic import write_text_atomic
+from dlfp.report.readers import Table, mapping, read_json_object
 
 CARD_NAME = "MODEL_CARD.md"
 MD_TEMPLATE = "model_card.md"
@@ -38,13 +39,6 @@ NOT_YET = "not yet run at training time: see reports/MODEL_CARD.md (written by t
 # metrics.json top-level keys that are not presets
 NON_PRESET_KEYS = ("accuracy", "calibration", "colour_space")
 INTERVAL_METRICS = ("psnr", "ssim")  # their intervals come from the per-face values (metrics.json holds means)
-
-
-@dataclass
-class Table:
-    header: list[str]
-    rows: list[list[str]]
-    caption: str = ""
 
 
 @dataclass
@@ -85,27 +79,6 @@ def fmt_ci(value: object, low: object, high: object, digits: int = 3) -> str:
     return f"{fmt(value, digits)} [{fmt(low, digits)}, {fmt(high, digits)}]"
 
 
-def _read_json(path: Path | None, errors: list[str], what: str) -> dict | None:
-    if path is None:
-        return None
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        errors.append(f"not computed: {what} — {path} does not exist (its stage has not run)")
-        return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        errors.append(f"not computed: {what} — {path} is unreadable ({type(error).__name__}: {error})")
-        return None
-    if not isinstance(document, dict):
-        errors.append(f"not computed: {what} — {path} is not a JSON object")
-        return None
-    return document
-
-
-def _mapping(value: object) -> Mapping:
-    return value if isinstance(value, Mapping) else {}
-
-
 def licence_counts(manifest: Path, errors: list[str]) -> list[tuple[str, int]] | None:
     """How many kept images carry each licence in the manifest's `licence` column (blank = not recorded)."""
     try:
@@ -125,8 +98,8 @@ def licence_counts(manifest: Path, errors: list[str]) -> list[tuple[str, int]] |
 
 
 def _details(receipt: Mapping, arch: Mapping, model_dir: Path, missing: list[str]) -> Section:
-    config = _mapping(arch.get("config")) or _mapping(receipt.get("config"))
-    versions = _mapping(receipt.get("versions"))
+    config = mapping(arch.get("config")) or mapping(receipt.get("config"))
+    versions = mapping(receipt.get("versions"))
     section = Section("Model details", "details", missing=missing)
     section.bullets = [
         f"Architecture: {fmt(arch.get('arch'))}, output side {fmt(config.get('out_size'))} px "
@@ -162,8 +135,8 @@ def _training_data(receipt: Mapping, sources: CardSources, errors: list[str]) ->
         "its own Flickr licence (CC BY, CC BY-NC, public domain, ...), which the acquire stage records per image "
         "in data/raw/manifest.csv (column `licence`). Any other images in the shared set are listed there too.",
     ])
-    counts = _mapping(receipt.get("counts"))
-    validation = _mapping(receipt.get("validation_pairs"))
+    counts = mapping(receipt.get("counts"))
+    validation = mapping(receipt.get("validation_pairs"))
     section.bullets.append(f"Training samples seen by the train stage: {fmt(counts.get('train_samples'))}; "
                            f"validation pairs: {fmt(len(validation.get('ids') or []))} "
                            f"({fmt(validation.get('split'))} split, preset {fmt(validation.get('preset'))})")
@@ -178,7 +151,7 @@ def _training_data(receipt: Mapping, sources: CardSources, errors: list[str]) ->
 
 
 def _recipe(receipt: Mapping, losses: Mapping | None, missing: list[str]) -> Section:
-    counts = _mapping(receipt.get("counts"))
+    counts = mapping(receipt.get("counts"))
     section = Section("Training recipe and compute", "train", missing=missing)
     if losses is None:
         return section
@@ -192,8 +165,8 @@ def _recipe(receipt: Mapping, losses: Mapping | None, missing: list[str]) -> Sec
         "Wall time: not recorded by the train stage's receipt.",
     ]
     rows = []
-    for term, entry in sorted(_mapping(losses.get("terms")).items()):
-        entry = _mapping(entry)
+    for term, entry in sorted(mapping(losses.get("terms")).items()):
+        entry = mapping(entry)
         detail = "; ".join(f"{key}: {fmt(entry[key])}" for key in ("network", "source", "definition", "note")
                            if entry.get(key) is not None)
         rows.append([term, fmt(entry.get("weight"), 4), detail])
@@ -243,7 +216,7 @@ def _evaluation(metrics: Mapping | None, per_image: Path | None, missing: list[s
     def mean_ci(preset: str, restorer: str, entry: Mapping, metric: str) -> str:
         low, high = intervals.get((preset, restorer, metric), (None, None))
         return fmt_ci(entry.get(metric), low, high)
-    headline = _mapping(metrics.get("accuracy"))
+    headline = mapping(metrics.get("accuracy"))
     if headline:
         value = fmt_ci(headline.get("value"), headline.get("ci_low"), headline.get("ci_high"))
         section.paragraphs.append(
@@ -251,11 +224,11 @@ def _evaluation(metrics: Mapping | None, per_image: Path | None, missing: list[s
             f"(n = {fmt(headline.get('n'))}, preset {fmt(headline.get('preset'))}, restorer "
             f"{fmt(headline.get('restorer'))}); target {fmt(headline.get('target'))}, met: "
             f"{fmt(headline.get('meets_target'))}. Definition: {fmt(headline.get('definition'))}")
-    colour = _mapping(metrics.get("colour_space"))
+    colour = mapping(metrics.get("colour_space"))
     for preset in _presets(metrics):
         rows = []
-        for restorer, entry in _mapping(metrics[preset]).items():
-            entry = _mapping(entry)
+        for restorer, entry in mapping(metrics[preset]).items():
+            entry = mapping(entry)
             rows.append([restorer, fmt(entry.get("count")), mean_ci(preset, restorer, entry, "psnr"),
                          mean_ci(preset, restorer, entry, "ssim"),
                          fmt_ci(entry.get("rank1_accuracy"), entry.get("rank1_accuracy_ci_low"),
@@ -281,19 +254,19 @@ def _bias(bias: Mapping | None, missing: list[str]) -> Section:
         "lighter. A group is flagged when its shift is significant (sign test, Holm-corrected); its verdict says "
         "lightened or darkened only when the shift is also outside the equivalence margin. Illumination "
         f"correction of the ITA measurement: {fmt(bias.get('correction'))}.")
-    for split, counts in _mapping(bias.get("composition_skin_tone")).items():
-        counts = _mapping(counts)
+    for split, counts in mapping(bias.get("composition_skin_tone")).items():
+        counts = mapping(counts)
         section.bullets.append(f"Faces per skin tone in the {split} split: "
                                + ", ".join(f"{group} {fmt(n)}" for group, n in counts.items()))
-    for preset, per_restorer in _mapping(bias.get("results")).items():
-        result = _mapping(_mapping(per_restorer).get(RESTORER))
+    for preset, per_restorer in mapping(bias.get("results")).items():
+        result = mapping(mapping(per_restorer).get(RESTORER))
         if not result:
             section.missing.append(f"not computed: bias of {RESTORER} on preset {preset} — no entry in bias.json")
             continue
-        tone = _mapping(result.get("tone_shift_by_skin_tone"))
+        tone = mapping(result.get("tone_shift_by_skin_tone"))
         rows, lightened, darkened, negligible = [], [], [], []
         for group, entry in tone.items():
-            entry = _mapping(entry)
+            entry = mapping(entry)
             ci = entry.get("ci") if isinstance(entry.get("ci"), Sequence) else (None, None)
             rows.append([group, fmt(entry.get("n")), fmt_ci(entry.get("median_d_ita"), *ci[:2]),
                          fmt(entry.get("share_lightened")), fmt(entry.get("sign_p_holm"), 4),
@@ -310,8 +283,8 @@ def _bias(bias: Mapping | None, missing: list[str]) -> Section:
             ["skin tone", "faces", "median ΔITA [95% CI]", "share lightened", "sign test p (Holm)", "flagged",
              "verdict"], rows, caption=f"preset {preset}: skin-tone shift of {RESTORER}"))
         gap_rows = []
-        for metric, gap in _mapping(result.get("largest_gap")).items():
-            gap = _mapping(gap)
+        for metric, gap in mapping(result.get("largest_gap")).items():
+            gap = mapping(gap)
             if "status" in gap:
                 gap_rows.append([metric, "n/c", "n/c", "n/c", "n/c", "n/c"])
                 status = f"{metric}: {fmt(gap['status'])}"
@@ -329,15 +302,15 @@ def _bias(bias: Mapping | None, missing: list[str]) -> Section:
 
 
 def _limitations(arch: Mapping, losses: Mapping | None, metrics: Mapping | None, sources: CardSources) -> Section:
-    config = _mapping(arch.get("config"))
+    config = mapping(arch.get("config"))
     section = Section("Limitations", "limitations")
     section.bullets.append(
         f"Resolution: the model outputs {fmt(config.get('out_size'))} px faces while the aligned data are "
         f"{fmt(sources.data_size)} px (params data.size) and the published GFP-GAN works at 512 px; fine detail "
         "(skin texture, hair, eyes) cannot be judged at this size and the results do not transfer to the paper's "
         "scale.")
-    calibration = _mapping(_mapping(metrics).get("accuracy")).get("calibration") if metrics else None
-    calibration = _mapping(calibration)
+    calibration = mapping(mapping(metrics).get("accuracy")).get("calibration") if metrics else None
+    calibration = mapping(calibration)
     far = fmt_ci(calibration.get("far_at_threshold"), calibration.get("far_at_threshold_ci_low"),
                  calibration.get("far_at_threshold_ci_high"))
     threshold_text = (f" At the match threshold {fmt(calibration.get('threshold'))} the false-accept rate between "
@@ -346,8 +319,8 @@ def _limitations(arch: Mapping, losses: Mapping | None, metrics: Mapping | None,
         "Identity metric: dlib's 128-D face descriptor says whether the restored face still matches its own "
         "ground truth better than the other test faces; it cannot say that a face looks like the person to a human, "
         "nor that invented details are correct, and dlib itself is less accurate on some groups." + threshold_text)
-    identity = _mapping(_mapping(_mapping(losses).get("terms")).get("identity")) if losses else {}
-    verdict = _mapping(_mapping(metrics).get("accuracy")).get("identity_metric_circularity") if metrics else None
+    identity = mapping(mapping(mapping(losses).get("terms")).get("identity")) if losses else {}
+    verdict = mapping(mapping(metrics).get("accuracy")).get("identity_metric_circularity") if metrics else None
     section.bullets.append(
         f"Circularity: identity loss weight {fmt(identity.get('weight'))} with network "
         f"{fmt(identity.get('network'))}; when the model is trained with dlib's face network, the network that "
@@ -373,14 +346,14 @@ def _ethics() -> Section:
 def gather_card(sources: CardSources) -> list[Section]:
     """Every section of the card from the outputs that exist; missing parts say what is not computed and why."""
     model_missing: list[str] = []
-    receipt = _read_json(sources.model_dir / "receipt.json", model_missing, "training receipt") or {}
-    arch = _read_json(sources.model_dir / "gfpgan.json", model_missing, "model configuration") or {}
+    receipt = read_json_object(sources.model_dir / "receipt.json", model_missing, "training receipt") or {}
+    arch = read_json_object(sources.model_dir / "gfpgan.json", model_missing, "model configuration") or {}
     recipe_missing: list[str] = []
-    losses = _read_json(sources.model_dir / "losses_active.json", recipe_missing, "training recipe")
+    losses = read_json_object(sources.model_dir / "losses_active.json", recipe_missing, "training recipe")
     eval_missing: list[str] = [] if sources.metrics is not None else [f"not computed: evaluation — {NOT_YET}"]
-    metrics = _read_json(sources.metrics, eval_missing, "evaluation (metrics.json)")
+    metrics = read_json_object(sources.metrics, eval_missing, "evaluation (metrics.json)")
     bias_missing: list[str] = [] if sources.bias is not None else [f"not computed: bias — {NOT_YET}"]
-    bias = _read_json(sources.bias, bias_missing, "bias findings (bias.json)")
+    bias = read_json_object(sources.bias, bias_missing, "bias findings (bias.json)")
     return [_details(receipt, arch, sources.model_dir, model_missing), _intended_use(),
             _training_data(receipt, sources, []), _recipe(receipt, losses, recipe_missing),
             _evaluation(metrics, sources.per_image, eval_missing), _bias(bias, bias_missing),

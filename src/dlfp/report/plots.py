@@ -32,6 +32,14 @@ def data_uri(payload: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(payload).decode('ascii')}"
 
 
+def figure_uri(figure: Figure) -> str:
+    """A matplotlib figure as a PNG data: URI without the Software tag (same inputs, same bytes). Call it inside
+    the figure's rc_context: the figure is drawn here."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    return data_uri(buffer.getvalue(), "image/png")
+
+
 def image_uri(image: Image.Image, fmt: str = "PNG") -> str:
     """PNG for degraded images (no extra artefacts); JPEG for plain thumbnails (small pages)."""
     buffer = io.BytesIO()
@@ -134,6 +142,20 @@ def _plot_one(ax, name: str, values: list[Scalar]) -> None:  # noqa: ANN001 - ma
     ax.tick_params(labelsize=7)
 
 
+def _small_multiples(count: int, columns: int, *, panel: tuple[float, float], extra: float, margin: float,
+                     left: float, hspace: float, title: str) -> tuple[Figure, np.ndarray]:
+    """A titled figure of `count` panels (width, height in inches) in rows of `columns`; `extra` inches of height
+    for the title and labels, `margin` inches below and above the panels. Fixed margins, because constrained
+    layout costs seconds per figure on a busy 2-core machine."""
+    rows = math.ceil(count / columns)
+    height = panel[1] * rows + extra
+    figure = Figure(figsize=(panel[0] * columns, height), dpi=80)
+    figure.subplots_adjust(left=left, right=0.98, bottom=margin / height, top=1 - margin / height,
+                           wspace=0.3, hspace=hspace)
+    figure.suptitle(title, fontsize=10, y=1 - 0.12 / height)
+    return figure, figure.subplots(rows, columns, squeeze=False).ravel()
+
+
 def histogram_grid(samples: Sequence[Mapping[str, Scalar]], title: str, columns: int = 4) -> str | None:
     """Small multiples, one panel per logged parameter; None when there is nothing to plot."""
     every = {name for sample in samples for name in sample}
@@ -142,23 +164,15 @@ def histogram_grid(samples: Sequence[Mapping[str, Scalar]], title: str, columns:
                    if not any(other.startswith((f"{name}[", f"{name}.")) for other in every))
     if not names:
         return None
-    rows = math.ceil(len(names) / columns)
     # Names come from metadata: never let matplotlib read them as TeX.
     with rc_context({"text.parse_math": False, "svg.hashsalt": "dlfp"}):
-        height = 2.2 * rows + 0.5
-        # Fixed margins: constrained layout costs seconds per figure on a busy 2-core machine.
-        figure = Figure(figsize=(3.0 * columns, height), dpi=80)
-        figure.subplots_adjust(left=0.05, right=0.98, bottom=0.5 / height, top=1 - 0.5 / height,
-                               wspace=0.3, hspace=0.55)
-        figure.suptitle(title[:80], fontsize=10, y=1 - 0.12 / height)
-        axes = figure.subplots(rows, columns, squeeze=False).ravel()
+        figure, axes = _small_multiples(len(names), columns, panel=(3.0, 2.2), extra=0.5, margin=0.5, left=0.05,
+                                        hspace=0.55, title=title[:80])
         for ax, name in zip(axes, names, strict=False):
             _plot_one(ax, name, [sample.get(name) for sample in samples])
         for ax in axes[len(names):]:
             ax.set_axis_off()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", metadata={"Software": None})
-    return data_uri(buffer.getvalue(), "image/png")
+        return figure_uri(figure)
 
 
 @dataclass(frozen=True)
@@ -210,14 +224,9 @@ def line_panels(panels: Sequence[tuple[str, Sequence[Series]]], title: str, colu
     if not drawable:
         return None
     columns = max(1, min(columns, len(drawable)))
-    rows = math.ceil(len(drawable) / columns)
     with rc_context({"text.parse_math": False, "svg.hashsalt": "dlfp"}):
-        height = 2.4 * rows + 0.6
-        figure = Figure(figsize=(4.0 * columns, height), dpi=80)
-        figure.subplots_adjust(left=0.07, right=0.98, bottom=0.55 / height, top=1 - 0.55 / height,
-                               wspace=0.3, hspace=0.6)
-        figure.suptitle(title[:100], fontsize=10, y=1 - 0.12 / height)
-        axes = figure.subplots(rows, columns, squeeze=False).ravel()
+        figure, axes = _small_multiples(len(drawable), columns, panel=(4.0, 2.4), extra=0.6, margin=0.55, left=0.07,
+                                        hspace=0.6, title=title[:100])
         for ax, (name, lines) in zip(axes, drawable, strict=False):
             for number, series in enumerate(lines):
                 x, y = decimate(np.asarray(series.x, float), np.asarray(series.y, float))
@@ -242,9 +251,7 @@ def line_panels(panels: Sequence[tuple[str, Sequence[Series]]], title: str, colu
                 ax.legend(fontsize=6, loc="best")
         for ax in axes[len(drawable):]:
             ax.set_axis_off()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", metadata={"Software": None})
-    return data_uri(buffer.getvalue(), "image/png")
+        return figure_uri(figure)
 
 
 def distance_histogram(edges: Sequence[float], counts: Sequence[int], thresholds: Sequence[tuple[str, float]],
@@ -275,6 +282,4 @@ def distance_histogram(edges: Sequence[float], counts: Sequence[int], thresholds
         ax.set_ylabel("density", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6, loc="upper left")
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", metadata={"Software": None})
-    return data_uri(buffer.getvalue(), "image/png")
+        return figure_uri(figure)

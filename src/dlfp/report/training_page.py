@@ -28,8 +28,8 @@ import pandas as pd
 from dlfp.io.atomic import staged_output
 from dlfp.io.receipt import read_receipt
 from dlfp.report import Page, PageContext, register
-from dlfp.report.data_page import StageInputs, Table, _read_json, _receipt_view
 from dlfp.report.plots import Reference, Series, decode_thumbnail, line_panels, moving_average
+from dlfp.report.readers import Table, read_json, receipt_view
 
 ASSETS_DIR = "training"  # under the reports folder: the sample grids
 MAX_GRIDS_SHOWN = 8  # grids over time, evenly spaced from first to last
@@ -231,7 +231,7 @@ def face_panels(frame: pd.DataFrame, reference: Mapping) -> tuple[list[tuple[str
 
 def face_view(folder: Path, errors: list[str]) -> FaceView | None:
     """prior_metrics.csv and prior_reference.json as a FaceView; None when the measurement did not run."""
-    stored = _read_json(folder / PRIOR_REFERENCE_JSON, errors)
+    stored = read_json(folder / PRIOR_REFERENCE_JSON, errors)
     if isinstance(stored, Mapping) and "skipped" in stored:
         errors.append(f"face measurement skipped: {stored['skipped']}")
         return None
@@ -388,8 +388,7 @@ def stage_view(spec: TrainingStage, models_dir: Path, assets: Path) -> StageView
         receipt = None
     if receipt is None and not view.errors:
         view.errors.append("receipt.json missing: the stage may not have finished")
-    inputs = StageInputs(spec.stage, folder, str(folder), True, receipt if isinstance(receipt, dict) else None)
-    view.receipt = _receipt_view(inputs)
+    view.receipt = receipt_view(receipt if isinstance(receipt, dict) else None)
 
     losses = read_numeric_csv(folder / "losses.csv", view.errors)
     logged: dict[str, int] = {}
@@ -399,7 +398,7 @@ def stage_view(spec: TrainingStage, models_dir: Path, assets: Path) -> StageView
         logged = {column.name: column.logged for column in view.losses}
         view.loss_plot = loss_plot(losses, spec.stage) if len(losses) else None
 
-    active = _read_json(folder / "losses_active.json", view.errors)
+    active = read_json(folder / "losses_active.json", view.errors)
     if isinstance(active, Mapping):
         view.mode = str(active["mode"]) if "mode" in active else None
         prior = spec.stage == "train_prior"
@@ -414,7 +413,7 @@ def stage_view(spec: TrainingStage, models_dir: Path, assets: Path) -> StageView
         if validation is not None and len(validation):
             view.validation = validation_table(validation)
             view.validation_plot = validation_plot(validation)
-        config = _read_json(folder / "gfpgan.json", view.errors)
+        config = read_json(folder / "gfpgan.json", view.errors)
         if isinstance(config, Mapping):
             view.model_config = [(str(key), _json_text(value)) for key, value in config.items()]
     else:
