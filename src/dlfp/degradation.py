@@ -1,8 +1,8 @@
 """The GFP-GAN degradation model (gfpgan-spec section 3): a preset's parameters -> the ops applied to one face.
 
 The one file to open to change the degradation model. One function, `degrade(gt, params, seed)`, serves both
-the degrade stage (dlfp.stages.degrade, fixed val/test pairs) and training (dlfp.train.data), so test pairs and training
-pairs come from the same code. Every random choice derives from `seed` alone (see `sample_seed`): a pair
+the degrade stage (dlfp.stages.degrade, fixed val/test pairs) and training (dlfp.train.data), so test pairs and
+training pairs come from the same code. Every random choice derives from `seed` alone (see `sample_seed`): a pair
 never depends on the process, the worker count or the order in which samples are processed.
 
 How the steps are built, in the spec's order:

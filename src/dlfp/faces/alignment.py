@@ -54,15 +54,6 @@ PAD_SLACK = 4                   # pad only when the quad leaves the image by mor
 PAD_FRACTION = 0.3              # reflect padding of at least 0.3 * quad size
 PAD_BLUR_FRACTION = 0.02        # Gaussian sigma of the padded-border blur, fraction of quad size
 
-# FFHQ alignment constants (NVlabs recreate_aligned_images).
-SUPERSAMPLE = 4                 # the quad is rendered at 4x the output size, then downsampled
-SHRINK_RATIO = 0.5              # shrink = floor(quad_size / output * 0.5) when the quad is much larger
-CROP_BORDER_FRACTION = 0.1      # border kept around the quad when cropping
-MIN_CROP_BORDER = 3
-PAD_SLACK = 4                   # pad only when the quad leaves the image by more than border - 4 px
-PAD_FRACTION = 0.3              # reflect padding of at least 0.3 * quad size
-PAD_BLUR_FRACTION = 0.02        # Gaussian sigma of the padded-border blur, fraction of quad size
-
 
 # -------------------------------------------------------------------------------------- geometry
 def quad_frame_error(quad: Quad, width: int, height: int) -> float:

@@ -26,9 +26,8 @@ Decisions, in one place:
 - Parquet mirrors: a row's FFHQ id comes from the id column, else from an image path named like an FFHQ id
   (`01234.png`), else from its position (shard index x rows_per_shard + row).
 
-This module is the stage (run, the source choice, the worker pool, the output tables); the sources are local
-(folder, zip, tar; archives), ffhq (per-file downloads), parquet (whole mirror shards) and row_groups (byte
-ranges of mirror shards). Imports dlfp.io, dlfp.params, dlfp.ffhq and its own submodules.
+Here: run, the source choice, the worker pool, the tables. Sources: local (+ archives), ffhq, parquet, row_groups.
+Imports dlfp.io, dlfp.params, dlfp.ffhq and its own submodules.
 """
 
 from __future__ import annotations
@@ -57,7 +56,7 @@ from dlfp.stages.acquire.local import folder_selection
 from dlfp.stages.acquire.records import (
     STAGE,
     Accepted,
-    Candidate,  # noqa: F401 - re-exported: callers build jobs (Candidate, bytes) for the pool
+    Candidate,  # noqa: F401 - re-exported: jobs are (Candidate, bytes)
     Item,
     Job,
     Rejection,
