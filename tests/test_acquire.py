@@ -18,9 +18,11 @@ import pytest
 from PIL import Image
 
 from dlfp.cli import main
-from dlfp.data import acquire
-from dlfp.data.download import DownloadError, DriveQuotaError
+from dlfp.ffhq import ffhq_id_from_name
+from dlfp.io.download import DownloadError, DriveQuotaError
 from dlfp.params import load_params, parse_params
+from dlfp.stages import acquire
+from dlfp.stages.acquire.local import assign_ids
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
 
@@ -148,14 +150,14 @@ def test_same_input_gives_byte_identical_output(tmp_path: Path, messy_folder: Pa
 def test_ids_are_sanitised_and_collisions_resolved_deterministically() -> None:
     paths = ["a.png", "a.jpg", "b/a.png", "my photo.v2.png", "ffhq1024_00007.png", "00012.jpg",
              "celeb1024_ilvr_00000.png", "ffhq256_99999.png"]
-    ids = acquire.assign_ids(paths)
-    assert ids == acquire.assign_ids(list(reversed(paths)))
+    ids = assign_ids(paths)
+    assert ids == assign_ids(list(reversed(paths)))
     assert ids["a.jpg"] == ("a", "")  # first by relative path keeps the plain id
     assert ids["a.png"][0].startswith("a_") and ids["b/a.png"][0].startswith("a_")
     assert ids["a.png"][0] != ids["b/a.png"][0] and "collided with a.jpg" in ids["a.png"][1]
     assert ids["my photo.v2.png"][0] == "my_photo_v2"
     assert all("." not in identifier for identifier, _ in ids.values())
-    ffhq = {path: acquire.ffhq_id_from_name(ids[path][0]) for path in paths[4:]}
+    ffhq = {path: ffhq_id_from_name(ids[path][0]) for path in paths[4:]}
     assert ffhq == {"ffhq1024_00007.png": 7, "00012.jpg": 12, "celeb1024_ilvr_00000.png": None,
                     "ffhq256_99999.png": None}
 
@@ -555,7 +557,7 @@ def _closed_port_url() -> str:
 
 def test_auto_without_folder_or_network_fails_at_once_naming_both_ways(tmp_path: Path, capsys,
                                                                       monkeypatch) -> None:
-    from dlfp.data import download as download_module
+    from dlfp.io import download as download_module
 
     waits: list[float] = []
     monkeypatch.setattr(download_module.time, "sleep", waits.append)

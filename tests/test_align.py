@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from dlfp.data import align
-from dlfp.data.landmarks import (
+from dlfp.faces import alignment
+from dlfp.faces.landmarks import (
     TEMPLATE_5_POINTS_512,
     FaceBox,
     FaceLandmarker,
@@ -27,6 +27,7 @@ from dlfp.data.landmarks import (
 )
 from dlfp.io.images import encode_png, load_rgb
 from dlfp.params import Params, parse_params
+from dlfp.stages import align
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
 SIZE = 256
@@ -157,29 +158,29 @@ def test_quad_frame_error_and_alignment_rule() -> None:
     # The face of upright_landmarks fills a 240 px frame exactly once shifted by (19.5, 13.5) px.
     points = upright_landmarks() + [19.5, 13.5]
     quad = ffhq_quad(points)
-    assert align.quad_frame_error(quad, 240, 240) == pytest.approx(0, abs=1e-9)
-    assert align.is_aligned(quad, 240, 240, 0.01)
-    assert not align.is_aligned(quad, 240, 250, 0.5), "non-square frames are never passthrough"
+    assert alignment.quad_frame_error(quad, 240, 240) == pytest.approx(0, abs=1e-9)
+    assert alignment.is_aligned(quad, 240, 240, 0.01)
+    assert not alignment.is_aligned(quad, 240, 250, 0.5), "non-square frames are never passthrough"
     shifted = ffhq_quad(points + [24, 0])    # 10 % of the side
-    assert align.quad_frame_error(shifted, 240, 240) == pytest.approx(0.1)
-    assert not align.is_aligned(shifted, 240, 240, 0.08)
+    assert alignment.quad_frame_error(shifted, 240, 240) == pytest.approx(0.1)
+    assert not alignment.is_aligned(shifted, 240, 240, 0.08)
     turn = cv2.getRotationMatrix2D((120, 120), 10, 1.0)
-    rotated = ffhq_quad(align.apply_affine(points, turn))
+    rotated = ffhq_quad(alignment.apply_affine(points, turn))
     assert abs(np.degrees(rotated.angle)) == pytest.approx(10)
-    assert not align.is_aligned(rotated, 240, 240, 0.08), "a 10 degree tilt is not aligned"
+    assert not alignment.is_aligned(rotated, 240, 240, 0.08), "a 10 degree tilt is not aligned"
 
 
 def test_input_to_output_affine_maps_the_quad_onto_the_output_frame() -> None:
-    quad = ffhq_quad(align.apply_affine(upright_landmarks(), cv2.getRotationMatrix2D((100, 100), 30, 1.3)))
-    affine = align.input_to_output_affine(quad, SIZE)
-    corners = align.apply_affine(quad.corners, affine)
+    quad = ffhq_quad(alignment.apply_affine(upright_landmarks(), cv2.getRotationMatrix2D((100, 100), 30, 1.3)))
+    affine = alignment.input_to_output_affine(quad, SIZE)
+    corners = alignment.apply_affine(quad.corners, affine)
     np.testing.assert_allclose(corners, [[-0.5, -0.5], [-0.5, SIZE - 0.5], [SIZE - 0.5, SIZE - 0.5],
                                          [SIZE - 0.5, -0.5]], atol=1e-9)
 
 
 def test_scale_points_keeps_pixel_centres() -> None:
     points = np.array([[-0.5, -0.5], [1023.5, 1023.5], [511.5, 0.0]])
-    np.testing.assert_allclose(align.scale_points(points, 0.25, 0.25), [[-0.5, -0.5], [255.5, 255.5],
+    np.testing.assert_allclose(alignment.scale_points(points, 0.25, 0.25), [[-0.5, -0.5], [255.5, 255.5],
                                                                         [127.5, -0.375]])
 
 
@@ -224,16 +225,16 @@ def test_check_landmarks_rejects_implausible_points() -> None:
 
 def test_select_face_ignores_small_background_faces() -> None:
     big, small = FaceBox(0, 0, 99, 99), FaceBox(200, 0, 229, 29)
-    assert align.select_face([big, small], 48) == big
-    with pytest.raises(align.FaceRejected) as several:
-        align.select_face([big, FaceBox(200, 0, 299, 99)], 48)
-    assert several.value.reason == align.REJECT_SEVERAL_FACES
-    with pytest.raises(align.FaceRejected) as tiny:
-        align.select_face([small], 48)
-    assert tiny.value.reason == align.REJECT_TOO_SMALL
-    with pytest.raises(align.FaceRejected) as none:
-        align.select_face([], 48)
-    assert none.value.reason == align.REJECT_NO_FACE
+    assert alignment.select_face([big, small], 48) == big
+    with pytest.raises(alignment.FaceRejected) as several:
+        alignment.select_face([big, FaceBox(200, 0, 299, 99)], 48)
+    assert several.value.reason == alignment.REJECT_SEVERAL_FACES
+    with pytest.raises(alignment.FaceRejected) as tiny:
+        alignment.select_face([small], 48)
+    assert tiny.value.reason == alignment.REJECT_TOO_SMALL
+    with pytest.raises(alignment.FaceRejected) as none:
+        alignment.select_face([], 48)
+    assert none.value.reason == alignment.REJECT_NO_FACE
 
 
 def test_shrink_path_matches_the_direct_alignment(landmarker: FaceLandmarker) -> None:
@@ -243,14 +244,14 @@ def test_shrink_path_matches_the_direct_alignment(landmarker: FaceLandmarker) ->
     points = landmarker.landmarks(photo, boxes[0])
     quad = ffhq_quad(points)
     big = cv2.resize(photo, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
-    big_quad = ffhq_quad(align.scale_points(points, 4, 4))
-    assert int(np.floor(big_quad.size / SIZE * align.SHRINK_RATIO)) > 1, "the test must exercise the shrink"
-    direct, shrunk = align.ffhq_align(photo, quad, SIZE), align.ffhq_align(big, big_quad, SIZE)
+    big_quad = ffhq_quad(alignment.scale_points(points, 4, 4))
+    assert int(np.floor(big_quad.size / SIZE * alignment.SHRINK_RATIO)) > 1, "the test must exercise the shrink"
+    direct, shrunk = alignment.ffhq_align(photo, quad, SIZE), alignment.ffhq_align(big, big_quad, SIZE)
     assert direct.shape == shrunk.shape == (SIZE, SIZE, 3)
     assert np.abs(direct.astype(float) - shrunk.astype(float)).mean() < 3.0
-    np.testing.assert_allclose(align.apply_affine(points, align.input_to_output_affine(quad, SIZE)),
-                               align.apply_affine(align.scale_points(points, 4, 4),
-                                                  align.input_to_output_affine(big_quad, SIZE)), atol=1e-6)
+    np.testing.assert_allclose(alignment.apply_affine(points, alignment.input_to_output_affine(quad, SIZE)),
+                               alignment.apply_affine(alignment.scale_points(points, 4, 4),
+                                                      alignment.input_to_output_affine(big_quad, SIZE)), atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------- the stage
@@ -296,9 +297,9 @@ def test_wild_photos_are_aligned_or_rejected(wild_run: tuple[Path, dict]) -> Non
     meta, rejects = read_meta(out), read_rejects(out)
     assert sorted(meta) == ["rotated", "wild_single"]
     assert {k: v["alignment"] for k, v in meta.items()} == {"rotated": "ffhq", "wild_single": "ffhq"}
-    assert rejects["several"]["reason"] == align.REJECT_SEVERAL_FACES
-    assert rejects["blank"]["reason"] == align.REJECT_NO_FACE
-    assert rejects["tiny"]["reason"] == align.REJECT_TOO_SMALL
+    assert rejects["several"]["reason"] == alignment.REJECT_SEVERAL_FACES
+    assert rejects["blank"]["reason"] == alignment.REJECT_NO_FACE
+    assert rejects["tiny"]["reason"] == alignment.REJECT_TOO_SMALL
     assert {row["stage"] for key, row in rejects.items() if key != "broken"} == {"align"}
     assert rejects["broken"]["stage"] == "acquire", "acquire's rejects are carried over"
     assert summary["rejected_by_reason"] == {"face too small": 1, "no face": 1, "several faces": 1}
@@ -322,7 +323,7 @@ def test_aligned_output_matches_redetected_landmarks(wild_run: tuple[Path, dict]
         left, right = meta[image_id]["boxes"]["left_eye"], meta[image_id]["boxes"]["right_eye"]
         assert abs(left[1] - right[1]) < 0.03 * SIZE, f"{image_id}: eyes not level after alignment"
         # Fed again, the aligned output is recognised as already aligned.
-        again = align.align_image(image, landmarker, size=SIZE, min_face_size=48, tolerance=0.08)
+        again = alignment.align_image(image, landmarker, size=SIZE, min_face_size=48, tolerance=0.08)
         assert again.alignment == "passthrough", image_id
         np.testing.assert_array_equal(again.image, image)
 
@@ -373,11 +374,11 @@ HOG_MISS = "ffhq256_00112.jpg"  # a real aligned FFHQ face that dlib's HOG detec
 def test_cnn_fallback_finds_faces_hog_misses(landmarker: FaceLandmarker) -> None:
     rgb = load_rgb(FACES / "aligned_hq" / HOG_MISS)
     assert landmarker.detect(rgb) == []
-    with pytest.raises(align.FaceRejected) as rejected:
-        align.align_image(rgb, landmarker, size=SIZE, min_face_size=48, tolerance=0.12)
-    assert rejected.value.reason == align.REJECT_NO_FACE
+    with pytest.raises(alignment.FaceRejected) as rejected:
+        alignment.align_image(rgb, landmarker, size=SIZE, min_face_size=48, tolerance=0.12)
+    assert rejected.value.reason == alignment.REJECT_NO_FACE
     with_fallback = FaceLandmarker("hog", 1, cnn_fallback=True)
-    face = align.align_image(rgb, with_fallback, size=SIZE, min_face_size=48, tolerance=0.12)
+    face = alignment.align_image(rgb, with_fallback, size=SIZE, min_face_size=48, tolerance=0.12)
     assert face.face_box.detector == "cnn"
-    assert face.alignment == align.ALIGNMENT_PASSTHROUGH
+    assert face.alignment == alignment.ALIGNMENT_PASSTHROUGH
     assert align.face_record(face)["detector"] == "cnn"

@@ -16,11 +16,14 @@ import numpy as np
 import pytest
 import yaml
 
-from dlfp.data import degrade as dg
-from dlfp.data import shards
+from dlfp import degradation as dg
 from dlfp.io.hashing import file_digest
 from dlfp.io.images import decode_png_bytes, encode_png, load_rgb
 from dlfp.params import DegradationParams, parse_params
+from dlfp.shards.format import SPLITS, pair_presets, split_records
+from dlfp.shards.local import iter_samples, read_index
+from dlfp.stages import degrade as degrade_stage
+from dlfp.stages import shard as shard_stage
 
 REPO = Path(__file__).resolve().parents[1]
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces" / "aligned_hq"
@@ -320,22 +323,22 @@ def clean_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (aligned / "images" / f"{sample_id}.png").write_bytes(encode_png(_face(size, number * 37)))
         lines.append(json.dumps({"id": sample_id, "source": f"faces/{sample_id}.png", "licence": "test"}))
     (aligned / "meta.jsonl").write_text("\n".join(lines) + "\n")
-    shards.run(_stage_params(1), aligned, root / "shards")
+    shard_stage.run(_stage_params(1), aligned, root / "shards")
     return root / "shards"
 
 
 def test_stage_writes_pairs_for_every_preset(clean_shards: Path, tmp_path: Path) -> None:
     params = _stage_params(1)
     out = tmp_path / "pairs"
-    summary = dg.run(params, clean_shards, out)
+    summary = degrade_stage.run(params, clean_shards, out)
     index = json.loads((out / "index.json").read_text())
-    shard_index = shards.read_index(clean_shards)
+    shard_index = read_index(clean_shards)
     assert set(index["splits"]) == {"val", "test"} == set(summary["counts"])
     assert (out / "receipt.json").exists() and not (out.parent / "pairs.partial").exists()
     for split in ("val", "test"):
-        clean = {s["__key__"]: s for s in shards.iter_samples(clean_shards, shards.split_records(shard_index, split))}
+        clean = {s["__key__"]: s for s in iter_samples(clean_shards, split_records(shard_index, split))}
         assert len(clean) >= 2  # both splits hold faces, so both are really exercised
-        presets = shards.pair_presets(index, split)
+        presets = pair_presets(index, split)
         assert set(presets) == set(params.degrade.presets) == set(summary["counts"][split])
         expected_shards = [3] * (len(clean) // 3) + ([len(clean) % 3] if len(clean) % 3 else [])
         for name, entry in presets.items():
@@ -367,7 +370,7 @@ def test_stage_output_is_identical_for_one_and_two_workers(clean_shards: Path, t
     digests = []
     for workers in (1, 2):
         out = tmp_path / f"pairs_{workers}"
-        dg.run(_stage_params(workers), clean_shards, out)
+        degrade_stage.run(_stage_params(workers), clean_shards, out)
         digests.append({p.relative_to(out).as_posix(): file_digest(p) for p in sorted(out.rglob("*.tar"))})
         index = json.loads((out / "index.json").read_text())
         assert index == json.loads((tmp_path / "pairs_1" / "index.json").read_text())
@@ -376,11 +379,11 @@ def test_stage_output_is_identical_for_one_and_two_workers(clean_shards: Path, t
 
 def test_stage_names_missing_shards(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="index"):
-        dg.run(_stage_params(1), tmp_path / "nowhere", tmp_path / "out")
+        degrade_stage.run(_stage_params(1), tmp_path / "nowhere", tmp_path / "out")
 
 
 def test_windows_cover_everything_in_order() -> None:
-    windows = list(dg._windows(range(10), 4))
+    windows = list(degrade_stage._windows(range(10), 4))
     assert [len(w) for w in windows] == [4, 4, 2] and sum(windows, []) == list(range(10))
 
 
@@ -390,12 +393,12 @@ from pathlib import Path
 
 import yaml
 
-from dlfp.data import degrade, shards
+from dlfp.stages import degrade, shard
 from dlfp.params import parse_params
 
 params_file, aligned, shards_out, pairs_out = map(Path, sys.argv[1:])
 params = parse_params(yaml.safe_load(params_file.read_text()))
-shards.run(params, aligned, shards_out)
+shard.run(params, aligned, shards_out)
 degrade.run(params, shards_out, pairs_out)
 """
 HASH_SEED_FACES = 12
@@ -426,14 +429,14 @@ def test_shards_and_pairs_do_not_depend_on_the_hash_seed(tmp_path: Path) -> None
     params_file.write_text(yaml.safe_dump(raw))
     params = parse_params(raw)
     here, there = tmp_path / "here", tmp_path / "there"
-    shards.run(params, aligned, here / "shards")
-    dg.run(params, here / "shards", here / "pairs")
+    shard_stage.run(params, aligned, here / "shards")
+    degrade_stage.run(params, here / "shards", here / "pairs")
     other = OTHER_HASH_SEED if os.environ.get("PYTHONHASHSEED") != OTHER_HASH_SEED else "321"
     subprocess.run([sys.executable, "-c", HASH_SEED_BUILD, str(params_file), str(aligned), str(there / "shards"),
                     str(there / "pairs")], env={**os.environ, "PYTHONHASHSEED": other}, check=True,
                    capture_output=True, timeout=600)
-    index = shards.read_index(here / "shards")
-    assert sum(1 for split in shards.SPLITS if shards.split_records(index, split)) >= 2  # a real split happened
+    index = read_index(here / "shards")
+    assert sum(1 for split in SPLITS if split_records(index, split)) >= 2  # a real split happened
     for name in ("shards", "pairs"):
         built_here = _digests(here / name)
         assert len(built_here) > 2 and built_here == _digests(there / name), name

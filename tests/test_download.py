@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dlfp.data.download import (
+from dlfp.io.download import (
     ChecksumError,
     DownloadError,
     DriveQuotaError,

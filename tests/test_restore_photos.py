@@ -552,7 +552,7 @@ def test_official_weights_by_name_are_downloaded_once_checked_and_hashed(release
     # The server drops the connection after `half` bytes twice: on the 1-byte probe (which it fits in) and on the
     # download, which breaks off halfway.
     release_server.serve(SERVED, body, drop_after=half, drops_left=2)
-    monkeypatch.setattr("dlfp.data.download.time.sleep", lambda seconds: None)  # no backoff wait in a test
+    monkeypatch.setattr("dlfp.io.download.time.sleep", lambda seconds: None)  # no backoff wait in a test
     cached = tmp_path / "cache" / "weights" / RELEASE_FILE
     out = tmp_path / "out"
     code = cli.main([*PARAMS, "restore", str(WILD / BASE_PHOTO), "-o", str(out), "--weights", "gfpgan-v1.4",
@@ -601,7 +601,7 @@ def test_unreachable_release_server_fails_at_once_with_url_and_folder(tmp_path, 
     monkeypatch.setenv(official_weights.URL_ENV, f"http://127.0.0.1:{port}/releases")
     monkeypatch.setenv("DLFP_CACHE", str(tmp_path / "cache"))
     waits = []
-    monkeypatch.setattr("dlfp.data.download.time.sleep", waits.append)  # retries would back off here
+    monkeypatch.setattr("dlfp.io.download.time.sleep", waits.append)  # retries would back off here
     code = cli.main([*PARAMS, "restore", str(WILD / BASE_PHOTO), "-o", str(tmp_path / "out"), "--weights",
                      "gfpgan-v1.3"])
     err = capsys.readouterr().err

@@ -390,7 +390,7 @@ def test_accepted_formats_still_decode() -> None:
 
 
 def test_pending_archive_members_are_bounded_in_bytes_not_only_in_count(monkeypatch) -> None:
-    from dlfp.data import acquire
+    from dlfp.stages import acquire
 
     member_bytes = 1000
     monkeypatch.setattr(acquire, "MAX_PENDING_BYTES", 2 * member_bytes, raising=False)

@@ -11,9 +11,19 @@ import pytest
 import yaml
 from PIL import Image
 
-from dlfp.data import shards
 from dlfp.io.hashing import file_digest
 from dlfp.params import parse_params
+from dlfp.shards.format import (
+    SPLITS,
+    ShardCorruptError,
+    ShardSetWriter,
+    assign_split,
+    ffhq_split,
+    hash_split,
+    split_records,
+)
+from dlfp.shards.local import iter_samples, read_index
+from dlfp.stages import shard as shard_stage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,24 +53,24 @@ def _fake_aligned(folder: Path, count: int, ffhq: bool = False) -> list[str]:
 
 
 def test_ffhq_rule_follows_ffhqs_own_split() -> None:
-    assert shards.ffhq_split(0, (59000, 60000)) == "train"
-    assert shards.ffhq_split(58999, (59000, 60000)) == "train"
-    assert shards.ffhq_split(59000, (59000, 60000)) == "val"
-    assert shards.ffhq_split(59999, (59000, 60000)) == "val"
-    assert shards.ffhq_split(60000, (59000, 60000)) == "test"
-    assert shards.ffhq_split(69999, (59000, 60000)) == "test"
+    assert ffhq_split(0, (59000, 60000)) == "train"
+    assert ffhq_split(58999, (59000, 60000)) == "train"
+    assert ffhq_split(59000, (59000, 60000)) == "val"
+    assert ffhq_split(59999, (59000, 60000)) == "val"
+    assert ffhq_split(60000, (59000, 60000)) == "test"
+    assert ffhq_split(69999, (59000, 60000)) == "test"
 
 
 def test_hash_split_is_stable_and_close_to_fractions() -> None:
     fractions = {"train": 0.65, "val": 0.05, "test": 0.30}
     ids = [f"img_{n}" for n in range(20000)]
-    first = [shards.hash_split(i, fractions) for i in ids]
-    assert first == [shards.hash_split(i, fractions) for i in ids]
-    shares = {split: first.count(split) / len(ids) for split in shards.SPLITS}
+    first = [hash_split(i, fractions) for i in ids]
+    assert first == [hash_split(i, fractions) for i in ids]
+    shares = {split: first.count(split) / len(ids) for split in SPLITS}
     for split, fraction in fractions.items():
         assert abs(shares[split] - fraction) < 0.015, (split, shares)
     # A sample's split never depends on which other samples exist.
-    assert shards.hash_split("img_5", fractions) == first[5]
+    assert hash_split("img_5", fractions) == first[5]
 
 
 def test_copies_of_one_ffhq_face_share_a_split() -> None:
@@ -68,33 +78,33 @@ def test_copies_of_one_ffhq_face_share_a_split() -> None:
     for number in range(200):
         small = {"id": f"ffhq256_{number:05d}", "ffhq_id": number}
         large = {"id": f"ffhq1024_{number:05d}", "ffhq_id": number}
-        assert shards.assign_split(small, "hash", fractions, (59000, 60000)) == \
-            shards.assign_split(large, "hash", fractions, (59000, 60000))
+        assert assign_split(small, "hash", fractions, (59000, 60000)) == \
+            assign_split(large, "hash", fractions, (59000, 60000))
 
 
 def test_ffhq_rule_without_ids_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="has none; set shard.split: hash"):
-        shards.assign_split({"id": "x", "ffhq_id": None}, "ffhq", {}, (59000, 60000))
+        assign_split({"id": "x", "ffhq_id": None}, "ffhq", {}, (59000, 60000))
 
 
 def test_stage_writes_identical_shards_and_a_checked_index(tmp_path: Path) -> None:
     ids = _fake_aligned(tmp_path / "aligned", 25)
     params = _params(samples_per_shard=4)
-    summary = shards.run(params, tmp_path / "aligned", tmp_path / "out1")
-    shards.run(params, tmp_path / "aligned", tmp_path / "out2")
+    summary = shard_stage.run(params, tmp_path / "aligned", tmp_path / "out1")
+    shard_stage.run(params, tmp_path / "aligned", tmp_path / "out2")
     assert sum(summary["counts"].values()) == 25
-    index = shards.read_index(tmp_path / "out1")
+    index = read_index(tmp_path / "out1")
     assert index["split_rule"] == "hash"
     seen = []
-    for split in shards.SPLITS:
-        records = shards.split_records(index, split)
+    for split in SPLITS:
+        records = split_records(index, split)
         assert sum(r["count"] for r in records) == summary["counts"][split]
         assert all(r["count"] <= 4 for r in records)
         for record in records:
             first, second = tmp_path / "out1" / record["path"], tmp_path / "out2" / record["path"]
             assert record["path"].startswith(f"{split}/clean-")
             assert file_digest(first) == file_digest(second) == record["sha256"]
-        for sample in shards.iter_samples(tmp_path / "out1", records):
+        for sample in iter_samples(tmp_path / "out1", records):
             meta = json.loads(sample["json"])
             assert meta["split"] == split and meta["id"] == sample["__key__"]
             assert sample["gt.png"] == (tmp_path / "aligned" / "images" / f"{meta['id']}.png").read_bytes()
@@ -107,33 +117,68 @@ def test_ffhq_source_uses_the_ffhq_rule(tmp_path: Path) -> None:
     _fake_aligned(tmp_path / "aligned", 30, ffhq=True)
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["data"]["source"] = "ffhq"
-    summary = shards.run(parse_params(raw), tmp_path / "aligned", tmp_path / "out")
-    index = shards.read_index(tmp_path / "out")
+    summary = shard_stage.run(parse_params(raw), tmp_path / "aligned", tmp_path / "out")
+    index = read_index(tmp_path / "out")
     assert index["split_rule"] == "ffhq"
-    for split in shards.SPLITS:
-        for sample in shards.iter_samples(tmp_path / "out", shards.split_records(index, split)):
+    for split in SPLITS:
+        for sample in iter_samples(tmp_path / "out", split_records(index, split)):
             meta = json.loads(sample["json"])
-            assert shards.ffhq_split(meta["ffhq_id"], (59000, 60000)) == split
+            assert ffhq_split(meta["ffhq_id"], (59000, 60000)) == split
     assert summary["counts"]["test"] > 0 and summary["counts"]["train"] > 0
 
 
 def test_corrupted_shard_is_named(tmp_path: Path) -> None:
     _fake_aligned(tmp_path / "aligned", 6)
-    shards.run(_params(), tmp_path / "aligned", tmp_path / "out")
-    index = shards.read_index(tmp_path / "out")
-    records = shards.split_records(index, "train")
+    shard_stage.run(_params(), tmp_path / "aligned", tmp_path / "out")
+    index = read_index(tmp_path / "out")
+    records = split_records(index, "train")
     victim = tmp_path / "out" / records[0]["path"]
     victim.write_bytes(victim.read_bytes()[:-700])
-    with pytest.raises(shards.ShardCorruptError, match=str(victim)):
-        list(shards.iter_samples(tmp_path / "out", records))
+    with pytest.raises(ShardCorruptError, match=str(victim)):
+        list(iter_samples(tmp_path / "out", records))
 
 
 def test_keys_with_dots_are_refused(tmp_path: Path) -> None:
-    writer = shards.ShardSetWriter(tmp_path, "x-{:06d}.tar", 10)
+    writer = ShardSetWriter(tmp_path, "x-{:06d}.tar", 10)
     with pytest.raises(ValueError, match="contains a dot"):
         writer.write({"__key__": "a.b", "json": b"{}"})
 
 
 def test_missing_input_names_the_stage_to_run(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="run `dlfp align` first"):
-        shards.run(_params(), tmp_path / "nothing", tmp_path / "out")
+        shard_stage.run(_params(), tmp_path / "nothing", tmp_path / "out")
+
+
+def _dlfp_imports(module: Path) -> set[str]:
+    """The dlfp modules a source file imports, at any depth of the file (lazy imports included)."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dlfp"):
+            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names if alias.name.startswith("dlfp")}
+    return names
+
+
+def test_shard_modules_import_each_other_one_way_only() -> None:
+    """format <- streamed <- local, never back: the old dlfp.data.shards and dlfp.data.streams imported each other."""
+    package = REPO / "src" / "dlfp" / "shards"
+    siblings = {name: {imported for imported in _dlfp_imports(package / f"{name}.py")
+                       if imported.startswith("dlfp.shards.")}
+                for name in ("format", "streamed", "local")}
+    assert siblings["format"] == set()
+    assert {name.split(".")[2] for name in siblings["streamed"]} == {"format"}
+    assert {name.split(".")[2] for name in siblings["local"]} <= {"format", "streamed"}
+
+
+def test_data_libraries_never_import_stages() -> None:
+    """Stages call libraries, never the other way round (dlfp.data holds only the shims of issue 15)."""
+    src = REPO / "src" / "dlfp"
+    libraries = [*(src / "shards").glob("*.py"), *(src / "faces").glob("*.py"), src / "degradation.py",
+                 src / "ffhq.py", src / "io" / "download.py"]
+    offenders = {str(path.relative_to(src)): sorted(name for name in _dlfp_imports(path)
+                                                    if name.startswith("dlfp.stages"))
+                 for path in libraries}
+    assert {path: names for path, names in offenders.items() if names} == {}

@@ -4,8 +4,9 @@
 
 rule acquire:
     input:
-        "src/dlfp/data/acquire.py",
-        "src/dlfp/data/download.py",
+        "src/dlfp/stages/acquire",
+        "src/dlfp/ffhq.py",
+        "src/dlfp/io/download.py",
         "src/dlfp/io/images.py",
     output:
         directory("data/raw"),
@@ -27,8 +28,9 @@ rule acquire:
 rule align:
     input:
         "data/raw",
-        "src/dlfp/data/align.py",
-        "src/dlfp/data/landmarks.py",
+        "src/dlfp/stages/align.py",
+        "src/dlfp/faces/alignment.py",
+        "src/dlfp/faces/landmarks.py",
     output:
         directory("data/aligned"),
     params:
@@ -45,7 +47,8 @@ rule align:
 rule shard:
     input:
         "data/aligned",
-        "src/dlfp/data/shards.py",
+        "src/dlfp/stages/shard.py",
+        "src/dlfp/shards/format.py",
     output:
         directory("data/shards"),
     params:
@@ -62,8 +65,9 @@ rule shard:
 rule degrade:
     input:
         "data/shards",
-        "src/dlfp/data/degrade.py",
-        "src/dlfp/data/shards.py",
+        "src/dlfp/stages/degrade.py",
+        "src/dlfp/degradation.py",
+        "src/dlfp/shards",
     output:
         directory("data/pairs"),
     params:
