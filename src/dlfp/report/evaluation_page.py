@@ -1,27 +1,28 @@
 """reports/evaluation.html: how well each restorer did on each severity preset, next to the paper's numbers.
 
-Inputs: data/evaluation (summary.json, per_image.csv, receipt.json from the evaluate stage; reports/metrics.json
-as a fallback for the results), data/restored (index.json with every restorer's status, timings.csv) and
-data/pairs (LQ and GT of the gallery). Sections: the headline accuracy (rank-1 identification with its CI, whether
-the scored model was trained with the scoring network, the verification match rates at dlib's 0.6 and at the
-calibrated threshold, and the calibration: FAR of 0.6 and a histogram of impostor distances with both thresholds),
-rank-1 and match rates per preset and restorer, the restorers (with the reason for any that was not run), one
-metrics table per preset (every metric with its direction, the best value in bold, the paper's CelebA-Test
-number beside it and whether it is comparable at all), a gallery with an LQ / restored / GT toggle (CSS only:
-the pages allow no scripts), and the worst faces by identity distance.
+Inputs, all stage outputs: data/evaluation (summary.json, per_image.csv, receipt.json, and what the evaluate
+stage writes for this page: gallery.json, worst_cases.json, timing.json and the JPEGs under images/;
+reports/metrics.json as a fallback for the results), data/restored (index.json with every restorer's status) and
+data/pairs (index.json: the presets' order). Sections: the headline accuracy (rank-1 identification with its CI,
+whether the scored model was trained with the scoring network, the verification match rates at dlib's 0.6 and at
+the calibrated threshold, and the calibration: FAR of 0.6 and a histogram of impostor distances with both
+thresholds), rank-1 and match rates per preset and restorer, the restorers (with the reason for any that was not
+run), one metrics table per preset (every metric with its direction, the best value in bold, the paper's
+CelebA-Test number beside it and whether it is comparable at all), a gallery with an LQ / restored / GT toggle
+(CSS only: the pages allow no scripts), and the worst faces by identity distance.
 
-Gallery images are written to reports/evaluation/ under names made of positions only (never of sample ids),
-shrunk to GALLERY_PX and stored as JPEG; the metrics are computed on the original PNGs, not on these.
+The gallery and worst-case JPEGs are copied from the evaluate stage's images/ to reports/evaluation/; the page
+decodes no image and reads no tar.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
-import tarfile
-from collections.abc import Iterable, Mapping
+import re
+import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,16 +34,14 @@ from dlfp.report.data_page import (
     _read_json,
     _receipt_view,
     contained,
-    iter_tar_samples,
     split_presets,
 )
-from dlfp.report.plots import decode_thumbnail, distance_histogram
+from dlfp.report.plots import distance_histogram
 
 ASSETS_DIR = "evaluation"  # under the reports folder: gallery and worst-case images
-GALLERY_PX = 256
-WORST_PX = 128
-JPEG_QUALITY = 90
-WORST_PER_RESTORER = 5
+IMAGES_DIR = "images"  # under the evaluate stage's output: the same images
+ASSET_NAME = re.compile(r"[a-z0-9-]+\.jpg")  # the stage names its JPEGs by positions only
+GALLERY_PX = 256  # the page's layout width when gallery.json does not give the images' size
 LQ_RESTORER = "identity"  # the evaluate stage's name for the LQ input scored as a restorer
 STATUS_OK = "ok"
 NOT_COMPUTED = "not computed"
@@ -152,6 +151,7 @@ class WorstCase:
     thumbs: list[View]
 
 
+
 @dataclass
 class Inputs:
     """Everything the page reads, with per-part errors instead of exceptions."""
@@ -166,7 +166,11 @@ class Inputs:
     results_source: str | None = None
     per_image: list[dict] = field(default_factory=list)
     receipt: dict | None = None
+    gallery: Mapping | None = None  # gallery.json
+    worst: Mapping | None = None  # worst_cases.json
+    timing: Mapping | None = None  # timing.json
     errors: list[str] = field(default_factory=list)
+
 
 
 # ------------------------------------------------------------------------------------------------ readers
@@ -205,26 +209,12 @@ def read_inputs(ctx: PageContext) -> Inputs:
     inputs.per_image = read_per_image(inputs.evaluation_dir / "per_image.csv", errors)
     receipt = _read_json(inputs.evaluation_dir / "receipt.json", errors)
     inputs.receipt = receipt if isinstance(receipt, dict) else None
+    for name, attribute in (("gallery.json", "gallery"), ("worst_cases.json", "worst"), ("timing.json", "timing")):
+        document = _read_json(inputs.evaluation_dir / name, errors)
+        setattr(inputs, attribute, document if isinstance(document, Mapping) else None)
     return inputs
 
 
-def _timings(path: Path, errors: list[str]) -> dict[str, float]:
-    """Mean seconds per image of each restorer (timings.csv of the restore stage)."""
-    if not path.exists():
-        return {}
-    totals: dict[str, list[float]] = {}
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle):
-                try:
-                    totals.setdefault(str(row.get("restorer")), []).append(float(row.get("seconds") or "nan"))
-                except ValueError:
-                    continue
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        errors.append(f"{path.name}: unreadable ({error})")
-        return {}
-    return {name: sum(values) / len(values) for name, values in totals.items()
-            if values and all(math.isfinite(v) for v in values)}
 
 
 # ------------------------------------------------------------------------------------------------ sections
@@ -238,11 +228,12 @@ def _description(value: object) -> str:
 
 def restorer_views(inputs: Inputs) -> list[RestorerView]:
     entries = _mapping(_mapping(inputs.restored_index).get("restorers"))
-    timings = _timings(inputs.restored_dir / "timings.csv", inputs.errors)
+    timings = _mapping(_mapping(inputs.timing).get("seconds_per_image"))
     views = []
     for name, entry in entries.items():
         entry = _mapping(entry)
         seconds = timings.get(str(name))
+        seconds = float(seconds) if _is_number(seconds) else None
         views.append(RestorerView(str(name), str(entry.get("status", "unknown")),
                                   _description(entry.get("description")), str(entry.get("reason") or ""),
                                   f"{seconds:.4f}" if seconds is not None else None))
@@ -352,154 +343,60 @@ def _mark_best(cells: list[Cell], values: list[object], direction: str) -> None:
         cells[position].best = value == best
 
 
+
+
 # ---------------------------------------------------------------------------------------------- images
-def _shard_paths(folder: Path, records: object, errors: list[str]) -> list[Path]:
-    paths = []
-    for record in records if isinstance(records, list) else []:
-        relative = str(_mapping(record).get("path", ""))
-        path = contained(folder, relative)
-        if path is None or not path.is_file():
-            errors.append(f"shard {relative!r} is missing or lies outside {folder}")
-            continue
-        paths.append(path)
-    return paths
-
-
-def read_images(paths: Iterable[Path], wanted: set[str] | None, member: str, limit: int | None,
-                errors: list[str]) -> dict[str, bytes]:
-    """{key: png bytes} of `member` for the wanted keys (or the first `limit` keys), read in memory."""
-    found: dict[str, bytes] = {}
-
-    def still_wanted() -> bool:
-        return (wanted is not None and len(found) < len(wanted)) or (wanted is None and len(found) < (limit or 0))
-
-    for path in paths:
-        if not still_wanted():
-            break
-        try:
-            for key, sample in iter_tar_samples(path, still_wanted):
-                if member in sample and (wanted is None or key in wanted):
-                    found[key] = sample[member]
-                if not still_wanted():
-                    break
-        except (tarfile.TarError, OSError) as error:
-            errors.append(f"{path.name}: unreadable tar ({error})")
-    return found
-
-
-def _jpeg_file(payload: bytes | None, side: int, assets: Path, name: str) -> str | None:
-    decoded = decode_thumbnail(payload, side) if payload is not None else None
-    if decoded is None:
+def _copy_asset(inputs: Inputs, name: object, assets: Path) -> str | None:
+    """Copy one of the evaluate stage's JPEGs into the page's assets; its page-relative address, or None."""
+    if not isinstance(name, str) or not ASSET_NAME.fullmatch(name):
         return None
-    buffer = io.BytesIO()
-    decoded[0].save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    (assets / name).write_bytes(buffer.getvalue())
+    source = contained(inputs.evaluation_dir / IMAGES_DIR, name)
+    if source is None or not source.is_file():
+        inputs.errors.append(f"{IMAGES_DIR}/{name}: missing from {inputs.evaluation_dir}")
+        return None
+    shutil.copyfile(source, assets / name)
     return f"{ASSETS_DIR}/{name}"
 
 
-def _row_caption(row: Mapping | None) -> list[str]:
-    if row is None:
-        return []
-    caption = []
-    if row.get("psnr"):
-        caption.append(f"PSNR (RGB) {float(row['psnr']):.2f} dB")
-    if row.get("identity_distance"):
-        match = "match" if row.get("identity_match") == "true" else "no match"
-        caption.append(f"id distance {float(row['identity_distance']):.3f} ({match})")
-    return caption
+def _views(inputs: Inputs, views: object, assets: Path) -> list[View]:
+    shown = []
+    for view in views if isinstance(views, list) else []:
+        view = _mapping(view)
+        uri = _copy_asset(inputs, view.get("file"), assets)
+        caption = [str(line) for line in view.get("caption") or [] if isinstance(line, str)]
+        shown.append(View(str(view.get("label", "?")), uri, caption if uri else ["image missing or unreadable",
+                                                                                   *caption]))
+    return shown
 
 
-class ImageSource:
-    """LQ, GT and restored images of (preset, id) from the pairs and restore tars, read in memory."""
-
-    def __init__(self, inputs: Inputs) -> None:
-        self.inputs = inputs
-        self.pairs = _mapping(split_presets(inputs.pairs_index, TEST_SPLIT))
-        self.restorers = {str(name): _mapping(entry) for name, entry in
-                          _mapping(_mapping(inputs.restored_index).get("restorers")).items()
-                          if _mapping(entry).get("status") == STATUS_OK}
-
-    def pairs_of(self, preset: str, wanted: set[str] | None, limit: int | None, errors: list[str]
-                 ) -> dict[str, dict[str, bytes | None]]:
-        """{key: {"lq": bytes, "gt": bytes or None}} of the wanted keys, or of the first `limit` pairs."""
-        paths = _shard_paths(self.inputs.pairs_dir, _mapping(self.pairs.get(preset)).get("shards"), errors)
-        lq = read_images(paths, wanted, "lq.png", limit, errors)
-        gt = read_images(paths, set(lq), "gt.png", None, errors)
-        return {key: {"lq": lq[key], "gt": gt.get(key)} for key in lq}
-
-    def restored_of(self, restorer: str, preset: str, wanted: set[str], errors: list[str]) -> dict[str, bytes]:
-        shards = _mapping(_mapping(self.restorers.get(restorer, {}).get("presets")).get(preset)).get("shards")
-        paths = _shard_paths(self.inputs.restored_dir, shards, errors)
-        return read_images(paths, wanted, "restored.png", None, errors)
-
-
-def gallery(source: ImageSource, per_preset: int, rows: Mapping, assets: Path) -> list[GalleryPreset]:
-    """The first `per_preset` pairs of each preset: LQ, every restorer that ran (but the LQ copy), GT."""
-    shown = [name for name in source.restorers if name != LQ_RESTORER]
+def gallery(inputs: Inputs, assets: Path) -> list[GalleryPreset]:
+    """The evaluate stage's gallery (gallery.json): per preset, each face's LQ, restored and GT views."""
     presets = []
-    for p_index, preset in enumerate(map(str, source.pairs)):
-        errors: list[str] = []
-        pairs = source.pairs_of(preset, None, per_preset, errors) if per_preset else {}
-        restored = {name: source.restored_of(name, preset, set(pairs), errors) for name in shown} if pairs else {}
-        faces = []
-        for f_index, (key, images) in enumerate(pairs.items()):
-            candidates = [("LQ input", images["lq"], LQ_RESTORER)] + \
-                [(name, restored[name].get(key), name) for name in shown] + [("GT", images["gt"], None)]
-            views = []
-            for v_index, (label, payload, restorer) in enumerate(candidates):
-                uri = _jpeg_file(payload, GALLERY_PX, assets, f"gallery-p{p_index}-f{f_index}-v{v_index}.jpg")
-                caption = _row_caption(rows.get((preset, restorer, key))) if restorer else []
-                views.append(View(label, uri, caption if uri else ["image missing or unreadable", *caption]))
-            faces.append(Face(key, views))
-        presets.append(GalleryPreset(preset, faces, errors))
+    for entry in _mapping(inputs.gallery).get("presets") or []:
+        entry = _mapping(entry)
+        faces = [Face(str(_mapping(face).get("id", "?")), _views(inputs, _mapping(face).get("views"), assets))
+                 for face in entry.get("faces") or []]
+        presets.append(GalleryPreset(str(entry.get("preset", "?")), faces))
     return presets
 
 
-def worst_rows(per_image: list[dict]) -> dict[str, list[dict]]:
-    """Per restorer, the WORST_PER_RESTORER rows with the largest identity distance over every preset."""
-    by_restorer: dict[str, list[dict]] = {}
-    for row in per_image:
-        try:
-            distance = float(row.get("identity_distance") or "nan")
-        except ValueError:
-            continue
-        if math.isfinite(distance):
-            by_restorer.setdefault(str(row.get("restorer")), []).append({**row, "distance": distance})
-    return {restorer: sorted(rows, key=lambda row: (-row["distance"], str(row.get("preset")),
-                                                    str(row.get("id"))))[:WORST_PER_RESTORER]
-            for restorer, rows in by_restorer.items()}
-
-
-def worst_cases(inputs: Inputs, source: ImageSource, assets: Path, order: list[str]) -> dict[str, list[WorstCase]]:
-    """The worst faces by identity distance with LQ / restored / GT thumbnails; each tar set read once."""
-    worst = ordered(worst_rows(inputs.per_image), order)
-    wanted_pairs: dict[str, set[str]] = {}
-    wanted_restored: dict[tuple[str, str], set[str]] = {}
-    for restorer, rows in worst.items():
-        for row in rows:
-            preset, key = str(row.get("preset")), str(row.get("id"))
-            wanted_pairs.setdefault(preset, set()).add(key)
-            if restorer != LQ_RESTORER:
-                wanted_restored.setdefault((restorer, preset), set()).add(key)
-    pairs = {preset: source.pairs_of(preset, keys, None, inputs.errors) for preset, keys in wanted_pairs.items()}
-    restored = {(restorer, preset): source.restored_of(restorer, preset, keys, inputs.errors)
-                for (restorer, preset), keys in wanted_restored.items()}
+def worst_cases(inputs: Inputs, assets: Path) -> dict[str, list[WorstCase]]:
+    """The evaluate stage's worst faces by identity distance (worst_cases.json), with their thumbnails."""
     result: dict[str, list[WorstCase]] = {}
-    for r_index, (restorer, rows) in enumerate(worst.items()):
+    for entry in _mapping(inputs.worst).get("restorers") or []:
+        entry = _mapping(entry)
         cases = []
-        for c_index, row in enumerate(rows):
-            preset, key = str(row.get("preset")), str(row.get("id"))
-            pair = pairs.get(preset, {}).get(key, {})
-            images = [("LQ input", pair.get("lq"))]
-            if restorer != LQ_RESTORER:
-                images.append((restorer, restored.get((restorer, preset), {}).get(key)))
-            images.append(("GT", pair.get("gt")))
-            thumbs = [View(label, _jpeg_file(payload, WORST_PX, assets, f"worst-r{r_index}-c{c_index}-v{v}.jpg"),
-                           []) for v, (label, payload) in enumerate(images)]
-            psnr = row.get("psnr")
-            cases.append(WorstCase(preset, key, row["distance"], "yes" if row.get("identity_match") == "true"
-                                   else "no", f"{float(psnr):.2f}" if psnr else NOT_COMPUTED, thumbs))
-        result[restorer] = cases
+        for case in entry.get("cases") or []:
+            case = _mapping(case)
+            distance, psnr = case.get("identity_distance"), case.get("psnr")
+            if not _is_number(distance):
+                continue
+            cases.append(WorstCase(str(case.get("preset", "?")), str(case.get("id", "?")), float(distance),
+                                   "yes" if case.get("identity_match") is True else "no",
+                                   f"{float(psnr):.2f}" if _is_number(psnr) else NOT_COMPUTED,
+                                   [View(view.label, view.uri, []) for view in
+                                    _views(inputs, case.get("views"), assets)]))
+        result[str(entry.get("restorer", "?"))] = cases
     return result
 
 
@@ -614,8 +511,13 @@ def _settings(summary: Mapping | None) -> list[tuple[str, str]]:
             for name, value in _mapping(_mapping(summary).get("metrics")).items()]
 
 
+def _gallery_px(document: Mapping | None) -> int:
+    side = _mapping(document).get("image_px")
+    return side if isinstance(side, int) and not isinstance(side, bool) and 0 < side <= 4096 else GALLERY_PX
+
+
 def render(ctx: PageContext) -> str:
-    """Gather the restore and evaluate outputs, write the gallery images, and render evaluation.html."""
+    """Gather the restore and evaluate outputs, copy the gallery images, and render evaluation.html."""
     inputs = read_inputs(ctx)
     not_run = not_run_reasons(inputs)
     results = _mapping(_mapping(inputs.summary).get("results"))
@@ -629,11 +531,9 @@ def render(ctx: PageContext) -> str:
     tables = [preset_table(str(preset), ordered(_mapping(results[preset]), restorer_order), not_run,
                            ctx.params.data.size)
               for preset in sorted(results, key=lambda name: preset_order.get(str(name), len(preset_order)))]
-    rows = {(str(r.get("preset")), str(r.get("restorer")), str(r.get("id"))): r for r in inputs.per_image}
-    source = ImageSource(inputs)
     with staged_output(ctx.out_dir / ASSETS_DIR) as assets:
-        presets = gallery(source, ctx.params.report.pairs_per_preset, rows, assets)
-        worst = worst_cases(inputs, source, assets, restorer_order)
+        presets = gallery(inputs, assets)
+        worst = worst_cases(inputs, assets)
     receipt = _receipt_view(StageInputs("evaluate", inputs.evaluation_dir, str(inputs.evaluation_dir), True,
                                         inputs.receipt))
     return ctx.render(
@@ -647,10 +547,12 @@ def render(ctx: PageContext) -> str:
         calibration=calibration_view(inputs.summary, inputs.per_image),
         restorers=restorer_views(inputs), not_run=not_run, tables=tables, arrows=ARROWS,
         gallery=presets, max_views=max((len(f.views) for p in presets for f in p.faces), default=0),
-        worst=worst, worst_per_restorer=WORST_PER_RESTORER, settings=_settings(inputs.summary),
+        worst=worst, worst_per_restorer=_mapping(inputs.worst).get("per_restorer", "?"),
+        settings=_settings(inputs.summary),
         receipt=receipt, paper_test_set=PAPER_TEST_SET, paper_count=PAPER_TEST_COUNT, paper_size=PAPER_SIZE,
         size=ctx.params.data.size,
-        per_image_rows=len(inputs.per_image), gallery_px=GALLERY_PX, jpeg_quality=JPEG_QUALITY,
+        per_image_rows=len(inputs.per_image), gallery_px=_gallery_px(inputs.gallery),
+        jpeg_quality=_mapping(inputs.gallery).get("jpeg_quality", "?"),
         metrics_path=str(inputs.metrics_path),
     )
 
