@@ -177,7 +177,9 @@ def calibrate(gallery: np.ndarray, labels: Sequence[str], resamples: int = CALIB
 
     Impostor pairs share faces (every face is in hundreds of pairs), so a binomial interval over pairs would be
     far too narrow: the intervals come from a bootstrap over identities (resample identities with their faces,
-    recompute over the pairs of different identities, percentile interval).
+    recompute over the pairs of different identities, percentile interval). Not scipy.stats.bootstrap: it gives the
+    same intervals (same seed, checked) but cannot drop a resample that holds a single person, so small galleries
+    would get no interval at all.
     """
     from scipy.spatial.distance import pdist, squareform
 

@@ -5,7 +5,9 @@ restorer "identity" when the restore stage did not write it. Metrics and their s
 
 Outputs: <out>/per_image.csv (one row per image x preset x restorer, every metric column, empty where not
 computed), <out>/summary.json (aggregates, metric settings, the calibration with its impostor histogram, the
-reason for every metric or restorer that was not computed), receipt.json, and `metrics_path`
+reason for every metric or restorer that was not computed), what the evaluation page shows beyond the figures
+(gallery.json, worst_cases.json, timing.json and their JPEGs under images/, see page_assets.py; the gallery holds
+report.pairs_per_preset pairs per preset), receipt.json, and `metrics_path`
 (reports/metrics.json, for `dvc metrics show`): {preset: {restorer: {metric: number or "not computed: ..."}},
 "accuracy": {...}, "calibration": {preset: {...}}, "colour_space": {"psnr": "RGB", "ssim": "Y of YIQ"}}.
 
@@ -18,6 +20,9 @@ the threshold at a false-accept rate of metrics.FAR_TARGET, and the verification
 GT closer than the threshold) at both thresholds are secondary figures. When a restorer's identity or
 perceptual loss was trained with the dlib network that scores identity here (the restore index records it from
 losses_active.json), its entry and the headline say so.
+
+This package is the stage: scoring.py scores each image, summary.py makes the set-level figures, page_assets.py
+writes the page's images; the metrics themselves live in dlfp.metrics. Nothing but cli.py imports it.
 """
 
 from __future__ import annotations
