@@ -29,7 +29,7 @@ from dlfp.data import degrade, shards
 from dlfp.data.shards import hash_split
 from dlfp.io.images import encode_png, load_rgb
 from dlfp.params import Params, parse_params
-from dlfp.report import build, evaluation_page, training_page
+from dlfp.report import build, evaluation_tables, training_page
 from dlfp.restore import testset
 from dlfp.stages import evaluate as evaluate_stage
 from dlfp.stages.evaluate import page_assets
@@ -279,7 +279,7 @@ PAPER_TABLE_1 = {"psnr": (25.08, 25.35), "ssim": (0.6777, 0.6848), "lpips": (0.3
 
 
 def test_the_page_quotes_the_papers_table_1_as_published() -> None:
-    quoted = {spec.key: (spec.paper_gfpgan, spec.paper_input) for spec in evaluation_page.METRICS
+    quoted = {spec.key: (spec.paper_gfpgan, spec.paper_input) for spec in evaluation_tables.METRICS
               if spec.paper_gfpgan is not None or spec.paper_input is not None}
     assert quoted == PAPER_TABLE_1
 
@@ -297,11 +297,11 @@ def test_metrics_tables_equal_the_evaluation_output(pipeline: dict[str, Path]) -
         restorers = header[2:-3]
         assert restorers == ["identity", "bicubic", "gfpgan"]  # the LQ baseline first, then restore's order
         assert set(restorers) == set(results[preset])
-        for spec in evaluation_page.METRICS:
+        for spec in evaluation_tables.METRICS:
             label = re.escape(html_escape(spec.label))
             row = re.search(rf"<tr><td>{label}</td><td>(.)[^<]*</td>(.*?)</tr>", table, re.S)
             assert row, (preset, spec.key)
-            assert row.group(1) == evaluation_page.ARROWS[spec.direction]
+            assert row.group(1) == evaluation_tables.ARROWS[spec.direction]
             cells = cell_texts(row.group(2))
             for name, cell in zip(restorers, cells, strict=False):
                 value = results[preset][name][spec.key]

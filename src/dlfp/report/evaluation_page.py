@@ -8,8 +8,8 @@ whether the scored model was trained with the scoring network, the verification 
 the calibrated threshold, and the calibration: FAR of 0.6 and a histogram of impostor distances with both
 thresholds), rank-1 and match rates per preset and restorer, the restorers (with the reason for any that was not
 run), one metrics table per preset (every metric with its direction, the best value in bold, the paper's
-CelebA-Test number beside it and whether it is comparable at all), a gallery with an LQ / restored / GT toggle
-(CSS only: the pages allow no scripts), and the worst faces by identity distance.
+CelebA-Test number beside it and whether it is comparable at all: evaluation_tables.py), a gallery with an LQ /
+restored / GT toggle (CSS only: the pages allow no scripts), and the worst faces by identity distance.
 
 The gallery and worst-case JPEGs are copied from the evaluate stage's images/ to reports/evaluation/; the page
 decodes no image and reads no tar.
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import re
 import shutil
 from collections.abc import Mapping
@@ -36,6 +35,19 @@ from dlfp.report.data_page import (
     contained,
     split_presets,
 )
+from dlfp.report.evaluation_tables import (
+    ARROWS,
+    NOT_COMPUTED,
+    PAPER_SIZE,
+    PAPER_TEST_COUNT,
+    PAPER_TEST_SET,
+    as_mapping,
+    format_value,
+    interval_text,
+    is_number,
+    ordered,
+    preset_table,
+)
 from dlfp.report.plots import distance_histogram
 
 ASSETS_DIR = "evaluation"  # under the reports folder: gallery and worst-case images
@@ -44,72 +56,7 @@ ASSET_NAME = re.compile(r"[a-z0-9-]+\.jpg")  # the stage names its JPEGs by posi
 GALLERY_PX = 256  # the page's layout width when gallery.json does not give the images' size
 LQ_RESTORER = "identity"  # the evaluate stage's name for the LQ input scored as a restorer
 STATUS_OK = "ok"
-NOT_COMPUTED = "not computed"
-PAPER_SIZE = 512
-PAPER_PRESET = "paper"
-PAPER_TEST_COUNT = 3000
-PAPER_TEST_SET = f"CelebA-Test, {PAPER_TEST_COUNT:,} synthetic pairs"
-HIGHER, LOWER = "higher", "lower"
 METRICS_JSON_EXTRAS = ("accuracy", "calibration", "colour_space")  # metrics.json keys that are not presets
-ARROWS = {HIGHER: "↑", LOWER: "↓"}
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    key: str  # key in summary.json's results
-    label: str
-    direction: str
-    paper_name: str | None = None  # the paper's column, when it reports this quantity
-    paper_gfpgan: float | None = None
-    paper_input: float | None = None
-    not_comparable: str | None = None  # why the paper's number measures something else
-
-
-# The paper's Table 1 on CelebA-Test (gfpgan-spec section 6).
-METRICS = (
-    MetricSpec("psnr", "PSNR (dB, RGB)", HIGHER, "PSNR", 25.08, 25.35),
-    MetricSpec("ssim", "SSIM (Y of YIQ)", HIGHER, "SSIM", 0.6777, 0.6848),
-    MetricSpec("lpips", "LPIPS", LOWER, "LPIPS", 0.3646, 0.4866),
-    MetricSpec("niqe", "NIQE", LOWER, "NIQE", 4.077, None),
-    MetricSpec("fid", "FID (restored vs GT set)", LOWER, "FID", 42.62, 143.98),
-    MetricSpec("rank1_accuracy", "rank-1 identification [95% CI] (dlib descriptors)", HIGHER),
-    MetricSpec("identity_match_rate", "identity match rate (dlib distance < 0.6) [95% CI]", HIGHER),
-    MetricSpec("identity_match_rate_at_far", "identity match rate at the threshold of FAR 1e-3 [95% CI]", HIGHER),
-    MetricSpec("identity_distance", "identity distance (dlib descriptors)", LOWER),
-    MetricSpec("identity_angle_deg", "identity angle (degrees, dlib descriptors)", LOWER, "Deg.", 34.60, None,
-               "the paper's Deg. is the angle between ArcFace embeddings; these are dlib descriptors"),
-    MetricSpec("landmark_nme", "landmark NME (inter-ocular)", LOWER),
-    MetricSpec("landmark_error_px", "landmark error (px in the landmark frame)", LOWER, "LMD", 2.41, None,
-               "the paper's LMD uses another landmark detector, in pixels at 512 px"),
-    MetricSpec("landmark_failures", "landmark failures (no face found)", LOWER),
-    MetricSpec("fd_dlib128", "FD in dlib's 128-D descriptor space (not FID)", LOWER),
-)
-
-
-@dataclass
-class Cell:
-    text: str
-    exact: str = ""  # full-precision value for the title attribute
-    kind: str = "num"  # num | missing | notrun | extra
-    best: bool = False
-
-
-@dataclass
-class MetricRow:
-    spec: MetricSpec
-    cells: list[Cell]
-    paper_gfpgan: str | None
-    paper_input: str | None
-    comparability: str | None
-
-
-@dataclass
-class PresetTable:
-    preset: str
-    restorers: list[str]
-    counts: list[str]
-    rows: list[MetricRow]
-    notes: list[str]
 
 
 @dataclass
@@ -173,11 +120,6 @@ class Inputs:
 
 
 
-# ------------------------------------------------------------------------------------------------ readers
-def _mapping(value: object) -> Mapping:
-    return value if isinstance(value, Mapping) else {}
-
-
 def read_per_image(path: Path, errors: list[str]) -> list[dict]:
     if not path.exists():
         return []
@@ -227,13 +169,13 @@ def _description(value: object) -> str:
 
 
 def restorer_views(inputs: Inputs) -> list[RestorerView]:
-    entries = _mapping(_mapping(inputs.restored_index).get("restorers"))
-    timings = _mapping(_mapping(inputs.timing).get("seconds_per_image"))
+    entries = as_mapping(as_mapping(inputs.restored_index).get("restorers"))
+    timings = as_mapping(as_mapping(inputs.timing).get("seconds_per_image"))
     views = []
     for name, entry in entries.items():
-        entry = _mapping(entry)
+        entry = as_mapping(entry)
         seconds = timings.get(str(name))
-        seconds = float(seconds) if _is_number(seconds) else None
+        seconds = float(seconds) if is_number(seconds) else None
         views.append(RestorerView(str(name), str(entry.get("status", "unknown")),
                                   _description(entry.get("description")), str(entry.get("reason") or ""),
                                   f"{seconds:.4f}" if seconds is not None else None))
@@ -242,107 +184,12 @@ def restorer_views(inputs: Inputs) -> list[RestorerView]:
 
 def not_run_reasons(inputs: Inputs) -> dict[str, str]:
     """{restorer: reason} from the evaluation summary, else from the restore index."""
-    reasons = {str(k): str(v) for k, v in _mapping(_mapping(inputs.summary).get("not_run")).items()}
-    for name, entry in _mapping(_mapping(inputs.restored_index).get("restorers")).items():
-        entry = _mapping(entry)
+    reasons = {str(k): str(v) for k, v in as_mapping(as_mapping(inputs.summary).get("not_run")).items()}
+    for name, entry in as_mapping(as_mapping(inputs.restored_index).get("restorers")).items():
+        entry = as_mapping(entry)
         if entry.get("status") not in (None, STATUS_OK) and str(name) not in reasons:
             reasons[str(name)] = f"{entry.get('status')}: {entry.get('reason', 'no reason recorded')}"
     return reasons
-
-
-def format_value(value: float) -> str:
-    return f"{value:.4f}"
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def comparability(spec: MetricSpec, preset: str, size: int, count: str) -> str | None:
-    """How far the paper's number can be set beside ours, in words; None when the paper has no such number."""
-    if spec.paper_name is None:
-        return None
-    if spec.not_comparable:
-        return f"not comparable: {spec.not_comparable}"
-    differences = [f"test set ({count} of our test faces vs {PAPER_TEST_SET})"]
-    if size != PAPER_SIZE:
-        differences.append(f"resolution ({size} px vs {PAPER_SIZE} px)")
-    if preset != PAPER_PRESET:
-        differences.append(f"degradation (preset {preset} vs the paper's ranges)")
-    if spec.key == "fid":
-        differences.append("reference set (our GT faces)")
-    return "roughly only, differs in " + ", ".join(differences)
-
-
-def ordered(per_restorer: Mapping, order: list[str]) -> dict:
-    """Restorers in `order` first (unknown ones after, by name)."""
-    rank: dict[str, int] = {}
-    for name in order:
-        rank.setdefault(name, len(rank))
-    return {name: per_restorer[name] for name in sorted(per_restorer, key=lambda n: (rank.get(str(n), len(rank)),
-                                                                                     str(n)))}
-
-
-def preset_table(preset: str, per_restorer: Mapping, not_run: Mapping[str, str], size: int) -> PresetTable:
-    restorers = [str(name) for name in per_restorer]
-    entries = [_mapping(per_restorer[name]) for name in per_restorer]
-    counts = [str(entry.get("count", "not run" if entry.get("status") == "not run" else "?")) for entry in entries]
-    evaluated = [entry.get("count") for entry in entries if _is_number(entry.get("count"))]
-    count_text = str(max(evaluated)) if evaluated else "?"
-    rows = []
-    for spec in METRICS:
-        cells = []
-        for name, entry in zip(restorers, entries, strict=True):
-            if entry.get("status") == "not run" or name in not_run and spec.key not in entry:
-                cells.append(Cell("not run", kind="notrun"))
-                continue
-            value = entry.get(spec.key)
-            if _is_number(value):
-                extra = _failures(spec.key, entry)
-                cells.append(Cell(format_value(float(value)) if isinstance(value, float) else str(value),
-                                  exact=repr(value), kind="num" if not extra else "extra"))
-                cells[-1].text += interval_text(entry, spec.key)
-                if extra:
-                    cells[-1].text += f" ({extra})"
-            elif isinstance(value, str):
-                cells.append(Cell(value, kind="missing"))
-            else:
-                cells.append(Cell(f"{NOT_COMPUTED}: not in the evaluation output", kind="missing"))
-        _mark_best(cells, [entry.get(spec.key) for entry in entries], spec.direction)
-        rows.append(MetricRow(spec, cells,
-                              format_value(spec.paper_gfpgan) if spec.paper_gfpgan is not None else None,
-                              format_value(spec.paper_input) if spec.paper_input is not None else None,
-                              comparability(spec, preset, size, count_text)))
-    notes = [f"{name}: {reason}" for name, reason in not_run.items() if name in restorers]
-    return PresetTable(preset, restorers, counts, rows, notes)
-
-
-def interval_text(entry: Mapping, key: str) -> str:
-    """' [low, high]' when the entry holds the figure's 95% interval, else ''."""
-    low, high = entry.get(f"{key}_ci_low"), entry.get(f"{key}_ci_high")
-    return f" [{low:.3f}, {high:.3f}]" if _is_number(low) and _is_number(high) else ""
-
-
-def _failures(key: str, entry: Mapping) -> str:
-    """Images a metric could not score, said beside its mean (a mean over fewer faces)."""
-    if key in ("landmark_nme", "landmark_error_px") and _is_number(entry.get("landmark_failures")) \
-            and entry.get("landmark_failures"):
-        return f"over {int(entry.get('landmark_evaluated', 0)) - int(entry['landmark_failures'])} found faces"
-    failed = entry.get(f"{key}_failures")
-    return f"{failed} images without a value" if _is_number(failed) and failed else ""
-
-
-def _mark_best(cells: list[Cell], values: list[object], direction: str) -> None:
-    numbers = [(float(v), i) for i, v in enumerate(values) if _is_number(v) and cells[i].kind != "notrun"]
-    if len(numbers) < 2:
-        return
-    best = max(numbers)[0] if direction == HIGHER else min(numbers)[0]
-    if all(value == best for value, _ in numbers):
-        return
-    for value, position in numbers:
-        cells[position].best = value == best
-
-
 
 
 # ---------------------------------------------------------------------------------------------- images
@@ -361,7 +208,7 @@ def _copy_asset(inputs: Inputs, name: object, assets: Path) -> str | None:
 def _views(inputs: Inputs, views: object, assets: Path) -> list[View]:
     shown = []
     for view in views if isinstance(views, list) else []:
-        view = _mapping(view)
+        view = as_mapping(view)
         uri = _copy_asset(inputs, view.get("file"), assets)
         caption = [str(line) for line in view.get("caption") or [] if isinstance(line, str)]
         shown.append(View(str(view.get("label", "?")), uri, caption if uri else ["image missing or unreadable",
@@ -372,9 +219,9 @@ def _views(inputs: Inputs, views: object, assets: Path) -> list[View]:
 def gallery(inputs: Inputs, assets: Path) -> list[GalleryPreset]:
     """The evaluate stage's gallery (gallery.json): per preset, each face's LQ, restored and GT views."""
     presets = []
-    for entry in _mapping(inputs.gallery).get("presets") or []:
-        entry = _mapping(entry)
-        faces = [Face(str(_mapping(face).get("id", "?")), _views(inputs, _mapping(face).get("views"), assets))
+    for entry in as_mapping(inputs.gallery).get("presets") or []:
+        entry = as_mapping(entry)
+        faces = [Face(str(as_mapping(face).get("id", "?")), _views(inputs, as_mapping(face).get("views"), assets))
                  for face in entry.get("faces") or []]
         presets.append(GalleryPreset(str(entry.get("preset", "?")), faces))
     return presets
@@ -383,17 +230,17 @@ def gallery(inputs: Inputs, assets: Path) -> list[GalleryPreset]:
 def worst_cases(inputs: Inputs, assets: Path) -> dict[str, list[WorstCase]]:
     """The evaluate stage's worst faces by identity distance (worst_cases.json), with their thumbnails."""
     result: dict[str, list[WorstCase]] = {}
-    for entry in _mapping(inputs.worst).get("restorers") or []:
-        entry = _mapping(entry)
+    for entry in as_mapping(inputs.worst).get("restorers") or []:
+        entry = as_mapping(entry)
         cases = []
         for case in entry.get("cases") or []:
-            case = _mapping(case)
+            case = as_mapping(case)
             distance, psnr = case.get("identity_distance"), case.get("psnr")
-            if not _is_number(distance):
+            if not is_number(distance):
                 continue
             cases.append(WorstCase(str(case.get("preset", "?")), str(case.get("id", "?")), float(distance),
                                    "yes" if case.get("identity_match") is True else "no",
-                                   f"{float(psnr):.2f}" if _is_number(psnr) else NOT_COMPUTED,
+                                   f"{float(psnr):.2f}" if is_number(psnr) else NOT_COMPUTED,
                                    [View(view.label, view.uri, []) for view in
                                     _views(inputs, case.get("views"), assets)]))
         result[str(entry.get("restorer", "?"))] = cases
@@ -403,7 +250,7 @@ def worst_cases(inputs: Inputs, assets: Path) -> dict[str, list[WorstCase]]:
 def _figure(entry: Mapping, key: str) -> str:
     """A rate with its interval, or the reason it is missing."""
     value = entry.get(key)
-    if _is_number(value):
+    if is_number(value):
         return format_value(float(value)) + interval_text(entry, key)
     return str(value) if value is not None else f"{NOT_COMPUTED}: not in the evaluation output"
 
@@ -423,8 +270,8 @@ def accuracy_rows(results: Mapping, preset_order: Mapping[str, int], restorer_or
     """Rank-1 and both match rates of every (preset, restorer) that ran, with the circularity verdict."""
     rows = []
     for preset in sorted(results, key=lambda name: preset_order.get(str(name), len(preset_order))):
-        for restorer, entry in ordered(_mapping(results[preset]), restorer_order).items():
-            entry = _mapping(entry)
+        for restorer, entry in ordered(as_mapping(results[preset]), restorer_order).items():
+            entry = as_mapping(entry)
             if entry.get("status") == "not run":
                 continue
             rows.append(AccuracyRow(str(preset), str(restorer), str(entry.get("count", "?")),
@@ -435,7 +282,7 @@ def accuracy_rows(results: Mapping, preset_order: Mapping[str, int], restorer_or
 
 
 def _accuracy(summary: Mapping | None) -> dict | None:
-    accuracy = _mapping(_mapping(summary).get("accuracy"))
+    accuracy = as_mapping(as_mapping(summary).get("accuracy"))
     if not accuracy:
         return None
     value = accuracy.get("value")
@@ -443,12 +290,12 @@ def _accuracy(summary: Mapping | None) -> dict | None:
     circularity = str(accuracy.get("identity_metric_circularity", "unknown: not recorded"))
     return {"definition": str(accuracy.get("definition", "")), "restorer": str(accuracy.get("restorer", "?")),
             "preset": str(accuracy.get("preset", "?")), "target": accuracy.get("target"),
-            "value": format_value(value) if _is_number(value) else str(value),
-            "ci": f"[{low:.3f}, {high:.3f}]" if _is_number(low) and _is_number(high) else None,
-            "n": accuracy.get("n"), "computed": _is_number(value), "meets_target": accuracy.get("meets_target"),
+            "value": format_value(value) if is_number(value) else str(value),
+            "ci": f"[{low:.3f}, {high:.3f}]" if is_number(low) and is_number(high) else None,
+            "n": accuracy.get("n"), "computed": is_number(value), "meets_target": accuracy.get("meets_target"),
             "circularity": circularity, "circular": circularity.startswith("yes"),
-            "match": _figure(_mapping(accuracy.get("verification")), "identity_match_rate"),
-            "match_at_far": _figure(_mapping(accuracy.get("verification")), "identity_match_rate_at_far")}
+            "match": _figure(as_mapping(accuracy.get("verification")), "identity_match_rate"),
+            "match_at_far": _figure(as_mapping(accuracy.get("verification")), "identity_match_rate_at_far")}
 
 
 @dataclass
@@ -468,16 +315,16 @@ class CalibrationView:
 
 def _ci(entry: Mapping, key: str, digits: int) -> str:
     value, low, high = entry.get(key), entry.get(f"{key}_ci_low"), entry.get(f"{key}_ci_high")
-    if not _is_number(value):
+    if not is_number(value):
         return str(value)
     text = f"{value:.{digits}f}"
-    return text + (f" [{low:.{digits}f}, {high:.{digits}f}]" if _is_number(low) and _is_number(high) else "")
+    return text + (f" [{low:.{digits}f}, {high:.{digits}f}]" if is_number(low) and is_number(high) else "")
 
 
 def calibration_view(summary: Mapping | None, per_image: list[dict]) -> CalibrationView | None:
     """The headline preset's calibration: figures, and the impostor histogram with the headline restorer's own
     restored-vs-GT distances and both thresholds."""
-    accuracy = _mapping(_mapping(summary).get("accuracy"))
+    accuracy = as_mapping(as_mapping(summary).get("accuracy"))
     if not accuracy:
         return None
     preset, restorer = str(accuracy.get("preset", "?")), str(accuracy.get("restorer", "?"))
@@ -485,7 +332,7 @@ def calibration_view(summary: Mapping | None, per_image: list[dict]) -> Calibrat
     if not isinstance(entry, Mapping):
         return CalibrationView(preset, "", "", "", "", "", "", False, "", None,
                                str(entry) if entry is not None else f"{NOT_COMPUTED}: no calibration recorded")
-    histogram = _mapping(_mapping(_mapping(summary).get("impostor_histograms")).get(preset))
+    histogram = as_mapping(as_mapping(as_mapping(summary).get("impostor_histograms")).get(preset))
     threshold, at_far = entry.get("threshold"), entry.get("threshold_at_far_target")
     genuine = []
     for row in per_image:
@@ -497,7 +344,7 @@ def calibration_view(summary: Mapping | None, per_image: list[dict]) -> Calibrat
     lines = [(f"dlib threshold (FAR {entry.get('far_at_threshold', float('nan')):.4f})", threshold),
              (f"threshold at FAR {entry.get('far_target')}", at_far)]
     plot = distance_histogram(histogram.get("edges") or [], histogram.get("counts") or [],
-                              [(label, float(value)) for label, value in lines if _is_number(value)],
+                              [(label, float(value)) for label, value in lines if is_number(value)],
                               f"Impostor distances, test GT faces of preset {preset}", genuine,
                               f"{restorer}: restored vs own GT")
     return CalibrationView(preset, str(threshold), _ci(entry, "far_at_threshold", 4), str(entry.get("far_target")),
@@ -508,11 +355,11 @@ def calibration_view(summary: Mapping | None, per_image: list[dict]) -> Calibrat
 
 def _settings(summary: Mapping | None) -> list[tuple[str, str]]:
     return [(str(name), json.dumps(value, sort_keys=True, ensure_ascii=False, default=str))
-            for name, value in _mapping(_mapping(summary).get("metrics")).items()]
+            for name, value in as_mapping(as_mapping(summary).get("metrics")).items()]
 
 
 def _gallery_px(document: Mapping | None) -> int:
-    side = _mapping(document).get("image_px")
+    side = as_mapping(document).get("image_px")
     return side if isinstance(side, int) and not isinstance(side, bool) and 0 < side <= 4096 else GALLERY_PX
 
 
@@ -520,15 +367,15 @@ def render(ctx: PageContext) -> str:
     """Gather the restore and evaluate outputs, copy the gallery images, and render evaluation.html."""
     inputs = read_inputs(ctx)
     not_run = not_run_reasons(inputs)
-    results = _mapping(_mapping(inputs.summary).get("results"))
+    results = as_mapping(as_mapping(inputs.summary).get("results"))
     # JSON is written with sorted keys: show presets in the pairs index's order, and the LQ baseline first, then
     # the restorers in the configured order
-    preset_order = {str(name): i for i, name in enumerate(_mapping(split_presets(inputs.pairs_index, TEST_SPLIT)))}
+    preset_order = {str(name): i for i, name in enumerate(as_mapping(split_presets(inputs.pairs_index, TEST_SPLIT)))}
     restorer_order = [LQ_RESTORER, *ctx.params.restore.restorers]
     if inputs.restored_index is not None:
-        entries = ordered(_mapping(inputs.restored_index.get("restorers")), restorer_order)
+        entries = ordered(as_mapping(inputs.restored_index.get("restorers")), restorer_order)
         inputs.restored_index = {**inputs.restored_index, "restorers": entries}
-    tables = [preset_table(str(preset), ordered(_mapping(results[preset]), restorer_order), not_run,
+    tables = [preset_table(str(preset), ordered(as_mapping(results[preset]), restorer_order), not_run,
                            ctx.params.data.size)
               for preset in sorted(results, key=lambda name: preset_order.get(str(name), len(preset_order)))]
     with staged_output(ctx.out_dir / ASSETS_DIR) as assets:
@@ -547,12 +394,12 @@ def render(ctx: PageContext) -> str:
         calibration=calibration_view(inputs.summary, inputs.per_image),
         restorers=restorer_views(inputs), not_run=not_run, tables=tables, arrows=ARROWS,
         gallery=presets, max_views=max((len(f.views) for p in presets for f in p.faces), default=0),
-        worst=worst, worst_per_restorer=_mapping(inputs.worst).get("per_restorer", "?"),
+        worst=worst, worst_per_restorer=as_mapping(inputs.worst).get("per_restorer", "?"),
         settings=_settings(inputs.summary),
         receipt=receipt, paper_test_set=PAPER_TEST_SET, paper_count=PAPER_TEST_COUNT, paper_size=PAPER_SIZE,
         size=ctx.params.data.size,
         per_image_rows=len(inputs.per_image), gallery_px=_gallery_px(inputs.gallery),
-        jpeg_quality=_mapping(inputs.gallery).get("jpeg_quality", "?"),
+        jpeg_quality=as_mapping(inputs.gallery).get("jpeg_quality", "?"),
         metrics_path=str(inputs.metrics_path),
     )
 
