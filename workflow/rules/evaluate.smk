@@ -28,13 +28,14 @@ rule evaluate_metrics:
     input:
         "data/pairs",
         "data/restored",
-        "src/dlfp/evaluate/stage.py",
-        "src/dlfp/evaluate/metrics.py",
+        "src/dlfp/stages/evaluate",
+        "src/dlfp/metrics",
     output:
         directory("data/evaluation"),
         "reports/metrics.json",
     params:
         evaluate=config["evaluate"],
+        pairs_per_preset=config["report"]["pairs_per_preset"],
     resources:
         gpu=1,
     log:

@@ -17,7 +17,7 @@ input_rgb_image_sized<150>>>>` network. The format, as written by dlib's seriali
   upwards: exactly the forward order.
 
 Nothing here knows about residual wiring (tags and skips carry no data); the network class in
-`identity.py` supplies the wiring and checks each record's kind and shape against its own plan.
+`dlib_resnet.py` supplies the wiring and checks each record's kind and shape against its own plan.
 """
 
 from __future__ import annotations

@@ -1,27 +1,27 @@
 """reports/evaluation.html: how well each restorer did on each severity preset, next to the paper's numbers.
 
-Inputs: data/evaluation (summary.json, per_image.csv, receipt.json from the evaluate stage; reports/metrics.json
-as a fallback for the results), data/restored (index.json with every restorer's status, timings.csv) and
-data/pairs (LQ and GT of the gallery). Sections: the headline accuracy (rank-1 identification with its CI, whether
-the scored model was trained with the scoring network, the verification match rates at dlib's 0.6 and at the
-calibrated threshold, and the calibration: FAR of 0.6 and a histogram of impostor distances with both thresholds),
-rank-1 and match rates per preset and restorer, the restorers (with the reason for any that was not run), one
-metrics table per preset (every metric with its direction, the best value in bold, the paper's CelebA-Test
-number beside it and whether it is comparable at all), a gallery with an LQ / restored / GT toggle (CSS only:
-the pages allow no scripts), and the worst faces by identity distance.
+Inputs, all stage outputs: data/evaluation (summary.json, per_image.csv, receipt.json, and what the evaluate
+stage writes for this page: gallery.json, worst_cases.json, timing.json and the JPEGs under images/;
+reports/metrics.json as a fallback for the results), data/restored (index.json with every restorer's status) and
+data/pairs (index.json: the presets' order). Sections: the headline accuracy (rank-1 identification with its CI,
+whether the scored model was trained with the scoring network, the verification match rates at dlib's 0.6 and at
+the calibrated threshold, and the calibration: FAR of 0.6 and a histogram of impostor distances with both
+thresholds), rank-1 and match rates per preset and restorer, the restorers (with the reason for any that was not
+run), one metrics table per preset (every metric with its direction, the best value in bold, the paper's
+CelebA-Test number beside it and whether it is comparable at all: evaluation_tables.py), a gallery with an LQ /
+restored / GT toggle (CSS only: the pages allow no scripts), and the worst faces by identity distance.
 
-Gallery images are written to reports/evaluation/ under names made of positions only (never of sample ids),
-shrunk to GALLERY_PX and stored as JPEG; the metrics are computed on the original PNGs, not on these.
+The gallery and worst-case JPEGs are copied from the evaluate stage's images/ to reports/evaluation/; the page
+decodes no image and reads no tar.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
-import math
-import tarfile
-from collections.abc import Iterable, Mapping
+import re
+import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,84 +33,30 @@ from dlfp.report.data_page import (
     _read_json,
     _receipt_view,
     contained,
-    iter_tar_samples,
     split_presets,
 )
-from dlfp.report.plots import decode_thumbnail, distance_histogram
+from dlfp.report.evaluation_tables import (
+    ARROWS,
+    NOT_COMPUTED,
+    PAPER_SIZE,
+    PAPER_TEST_COUNT,
+    PAPER_TEST_SET,
+    as_mapping,
+    format_value,
+    interval_text,
+    is_number,
+    ordered,
+    preset_table,
+)
+from dlfp.report.plots import distance_histogram
 
 ASSETS_DIR = "evaluation"  # under the reports folder: gallery and worst-case images
-GALLERY_PX = 256
-WORST_PX = 128
-JPEG_QUALITY = 90
-WORST_PER_RESTORER = 5
+IMAGES_DIR = "images"  # under the evaluate stage's output: the same images
+ASSET_NAME = re.compile(r"[a-z0-9-]+\.jpg")  # the stage names its JPEGs by positions only
+GALLERY_PX = 256  # the page's layout width when gallery.json does not give the images' size
 LQ_RESTORER = "identity"  # the evaluate stage's name for the LQ input scored as a restorer
 STATUS_OK = "ok"
-NOT_COMPUTED = "not computed"
-PAPER_SIZE = 512
-PAPER_PRESET = "paper"
-PAPER_TEST_COUNT = 3000
-PAPER_TEST_SET = f"CelebA-Test, {PAPER_TEST_COUNT:,} synthetic pairs"
-HIGHER, LOWER = "higher", "lower"
 METRICS_JSON_EXTRAS = ("accuracy", "calibration", "colour_space")  # metrics.json keys that are not presets
-ARROWS = {HIGHER: "↑", LOWER: "↓"}
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    key: str  # key in summary.json's results
-    label: str
-    direction: str
-    paper_name: str | None = None  # the paper's column, when it reports this quantity
-    paper_gfpgan: float | None = None
-    paper_input: float | None = None
-    not_comparable: str | None = None  # why the paper's number measures something else
-
-
-# The paper's Table 1 on CelebA-Test (gfpgan-spec section 6).
-METRICS = (
-    MetricSpec("psnr", "PSNR (dB, RGB)", HIGHER, "PSNR", 25.08, 25.35),
-    MetricSpec("ssim", "SSIM (Y of YIQ)", HIGHER, "SSIM", 0.6777, 0.6848),
-    MetricSpec("lpips", "LPIPS", LOWER, "LPIPS", 0.3646, 0.4866),
-    MetricSpec("niqe", "NIQE", LOWER, "NIQE", 4.077, None),
-    MetricSpec("fid", "FID (restored vs GT set)", LOWER, "FID", 42.62, 143.98),
-    MetricSpec("rank1_accuracy", "rank-1 identification [95% CI] (dlib descriptors)", HIGHER),
-    MetricSpec("identity_match_rate", "identity match rate (dlib distance < 0.6) [95% CI]", HIGHER),
-    MetricSpec("identity_match_rate_at_far", "identity match rate at the threshold of FAR 1e-3 [95% CI]", HIGHER),
-    MetricSpec("identity_distance", "identity distance (dlib descriptors)", LOWER),
-    MetricSpec("identity_angle_deg", "identity angle (degrees, dlib descriptors)", LOWER, "Deg.", 34.60, None,
-               "the paper's Deg. is the angle between ArcFace embeddings; these are dlib descriptors"),
-    MetricSpec("landmark_nme", "landmark NME (inter-ocular)", LOWER),
-    MetricSpec("landmark_error_px", "landmark error (px in the landmark frame)", LOWER, "LMD", 2.41, None,
-               "the paper's LMD uses another landmark detector, in pixels at 512 px"),
-    MetricSpec("landmark_failures", "landmark failures (no face found)", LOWER),
-    MetricSpec("fd_dlib128", "FD in dlib's 128-D descriptor space (not FID)", LOWER),
-)
-
-
-@dataclass
-class Cell:
-    text: str
-    exact: str = ""  # full-precision value for the title attribute
-    kind: str = "num"  # num | missing | notrun | extra
-    best: bool = False
-
-
-@dataclass
-class MetricRow:
-    spec: MetricSpec
-    cells: list[Cell]
-    paper_gfpgan: str | None
-    paper_input: str | None
-    comparability: str | None
-
-
-@dataclass
-class PresetTable:
-    preset: str
-    restorers: list[str]
-    counts: list[str]
-    rows: list[MetricRow]
-    notes: list[str]
 
 
 @dataclass
@@ -152,6 +98,7 @@ class WorstCase:
     thumbs: list[View]
 
 
+
 @dataclass
 class Inputs:
     """Everything the page reads, with per-part errors instead of exceptions."""
@@ -166,12 +113,11 @@ class Inputs:
     results_source: str | None = None
     per_image: list[dict] = field(default_factory=list)
     receipt: dict | None = None
+    gallery: Mapping | None = None  # gallery.json
+    worst: Mapping | None = None  # worst_cases.json
+    timing: Mapping | None = None  # timing.json
     errors: list[str] = field(default_factory=list)
 
-
-# ------------------------------------------------------------------------------------------------ readers
-def _mapping(value: object) -> Mapping:
-    return value if isinstance(value, Mapping) else {}
 
 
 def read_per_image(path: Path, errors: list[str]) -> list[dict]:
@@ -205,26 +151,12 @@ def read_inputs(ctx: PageContext) -> Inputs:
     inputs.per_image = read_per_image(inputs.evaluation_dir / "per_image.csv", errors)
     receipt = _read_json(inputs.evaluation_dir / "receipt.json", errors)
     inputs.receipt = receipt if isinstance(receipt, dict) else None
+    for name, attribute in (("gallery.json", "gallery"), ("worst_cases.json", "worst"), ("timing.json", "timing")):
+        document = _read_json(inputs.evaluation_dir / name, errors)
+        setattr(inputs, attribute, document if isinstance(document, Mapping) else None)
     return inputs
 
 
-def _timings(path: Path, errors: list[str]) -> dict[str, float]:
-    """Mean seconds per image of each restorer (timings.csv of the restore stage)."""
-    if not path.exists():
-        return {}
-    totals: dict[str, list[float]] = {}
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle):
-                try:
-                    totals.setdefault(str(row.get("restorer")), []).append(float(row.get("seconds") or "nan"))
-                except ValueError:
-                    continue
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        errors.append(f"{path.name}: unreadable ({error})")
-        return {}
-    return {name: sum(values) / len(values) for name, values in totals.items()
-            if values and all(math.isfinite(v) for v in values)}
 
 
 # ------------------------------------------------------------------------------------------------ sections
@@ -237,12 +169,13 @@ def _description(value: object) -> str:
 
 
 def restorer_views(inputs: Inputs) -> list[RestorerView]:
-    entries = _mapping(_mapping(inputs.restored_index).get("restorers"))
-    timings = _timings(inputs.restored_dir / "timings.csv", inputs.errors)
+    entries = as_mapping(as_mapping(inputs.restored_index).get("restorers"))
+    timings = as_mapping(as_mapping(inputs.timing).get("seconds_per_image"))
     views = []
     for name, entry in entries.items():
-        entry = _mapping(entry)
+        entry = as_mapping(entry)
         seconds = timings.get(str(name))
+        seconds = float(seconds) if is_number(seconds) else None
         views.append(RestorerView(str(name), str(entry.get("status", "unknown")),
                                   _description(entry.get("description")), str(entry.get("reason") or ""),
                                   f"{seconds:.4f}" if seconds is not None else None))
@@ -251,262 +184,73 @@ def restorer_views(inputs: Inputs) -> list[RestorerView]:
 
 def not_run_reasons(inputs: Inputs) -> dict[str, str]:
     """{restorer: reason} from the evaluation summary, else from the restore index."""
-    reasons = {str(k): str(v) for k, v in _mapping(_mapping(inputs.summary).get("not_run")).items()}
-    for name, entry in _mapping(_mapping(inputs.restored_index).get("restorers")).items():
-        entry = _mapping(entry)
+    reasons = {str(k): str(v) for k, v in as_mapping(as_mapping(inputs.summary).get("not_run")).items()}
+    for name, entry in as_mapping(as_mapping(inputs.restored_index).get("restorers")).items():
+        entry = as_mapping(entry)
         if entry.get("status") not in (None, STATUS_OK) and str(name) not in reasons:
             reasons[str(name)] = f"{entry.get('status')}: {entry.get('reason', 'no reason recorded')}"
     return reasons
 
 
-def format_value(value: float) -> str:
-    return f"{value:.4f}"
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def comparability(spec: MetricSpec, preset: str, size: int, count: str) -> str | None:
-    """How far the paper's number can be set beside ours, in words; None when the paper has no such number."""
-    if spec.paper_name is None:
-        return None
-    if spec.not_comparable:
-        return f"not comparable: {spec.not_comparable}"
-    differences = [f"test set ({count} of our test faces vs {PAPER_TEST_SET})"]
-    if size != PAPER_SIZE:
-        differences.append(f"resolution ({size} px vs {PAPER_SIZE} px)")
-    if preset != PAPER_PRESET:
-        differences.append(f"degradation (preset {preset} vs the paper's ranges)")
-    if spec.key == "fid":
-        differences.append("reference set (our GT faces)")
-    return "roughly only, differs in " + ", ".join(differences)
-
-
-def ordered(per_restorer: Mapping, order: list[str]) -> dict:
-    """Restorers in `order` first (unknown ones after, by name)."""
-    rank: dict[str, int] = {}
-    for name in order:
-        rank.setdefault(name, len(rank))
-    return {name: per_restorer[name] for name in sorted(per_restorer, key=lambda n: (rank.get(str(n), len(rank)),
-                                                                                     str(n)))}
-
-
-def preset_table(preset: str, per_restorer: Mapping, not_run: Mapping[str, str], size: int) -> PresetTable:
-    restorers = [str(name) for name in per_restorer]
-    entries = [_mapping(per_restorer[name]) for name in per_restorer]
-    counts = [str(entry.get("count", "not run" if entry.get("status") == "not run" else "?")) for entry in entries]
-    evaluated = [entry.get("count") for entry in entries if _is_number(entry.get("count"))]
-    count_text = str(max(evaluated)) if evaluated else "?"
-    rows = []
-    for spec in METRICS:
-        cells = []
-        for name, entry in zip(restorers, entries, strict=True):
-            if entry.get("status") == "not run" or name in not_run and spec.key not in entry:
-                cells.append(Cell("not run", kind="notrun"))
-                continue
-            value = entry.get(spec.key)
-            if _is_number(value):
-                extra = _failures(spec.key, entry)
-                cells.append(Cell(format_value(float(value)) if isinstance(value, float) else str(value),
-                                  exact=repr(value), kind="num" if not extra else "extra"))
-                cells[-1].text += interval_text(entry, spec.key)
-                if extra:
-                    cells[-1].text += f" ({extra})"
-            elif isinstance(value, str):
-                cells.append(Cell(value, kind="missing"))
-            else:
-                cells.append(Cell(f"{NOT_COMPUTED}: not in the evaluation output", kind="missing"))
-        _mark_best(cells, [entry.get(spec.key) for entry in entries], spec.direction)
-        rows.append(MetricRow(spec, cells,
-                              format_value(spec.paper_gfpgan) if spec.paper_gfpgan is not None else None,
-                              format_value(spec.paper_input) if spec.paper_input is not None else None,
-                              comparability(spec, preset, size, count_text)))
-    notes = [f"{name}: {reason}" for name, reason in not_run.items() if name in restorers]
-    return PresetTable(preset, restorers, counts, rows, notes)
-
-
-def interval_text(entry: Mapping, key: str) -> str:
-    """' [low, high]' when the entry holds the figure's 95% interval, else ''."""
-    low, high = entry.get(f"{key}_ci_low"), entry.get(f"{key}_ci_high")
-    return f" [{low:.3f}, {high:.3f}]" if _is_number(low) and _is_number(high) else ""
-
-
-def _failures(key: str, entry: Mapping) -> str:
-    """Images a metric could not score, said beside its mean (a mean over fewer faces)."""
-    if key in ("landmark_nme", "landmark_error_px") and _is_number(entry.get("landmark_failures")) \
-            and entry.get("landmark_failures"):
-        return f"over {int(entry.get('landmark_evaluated', 0)) - int(entry['landmark_failures'])} found faces"
-    failed = entry.get(f"{key}_failures")
-    return f"{failed} images without a value" if _is_number(failed) and failed else ""
-
-
-def _mark_best(cells: list[Cell], values: list[object], direction: str) -> None:
-    numbers = [(float(v), i) for i, v in enumerate(values) if _is_number(v) and cells[i].kind != "notrun"]
-    if len(numbers) < 2:
-        return
-    best = max(numbers)[0] if direction == HIGHER else min(numbers)[0]
-    if all(value == best for value, _ in numbers):
-        return
-    for value, position in numbers:
-        cells[position].best = value == best
-
-
 # ---------------------------------------------------------------------------------------------- images
-def _shard_paths(folder: Path, records: object, errors: list[str]) -> list[Path]:
-    paths = []
-    for record in records if isinstance(records, list) else []:
-        relative = str(_mapping(record).get("path", ""))
-        path = contained(folder, relative)
-        if path is None or not path.is_file():
-            errors.append(f"shard {relative!r} is missing or lies outside {folder}")
-            continue
-        paths.append(path)
-    return paths
-
-
-def read_images(paths: Iterable[Path], wanted: set[str] | None, member: str, limit: int | None,
-                errors: list[str]) -> dict[str, bytes]:
-    """{key: png bytes} of `member` for the wanted keys (or the first `limit` keys), read in memory."""
-    found: dict[str, bytes] = {}
-
-    def still_wanted() -> bool:
-        return (wanted is not None and len(found) < len(wanted)) or (wanted is None and len(found) < (limit or 0))
-
-    for path in paths:
-        if not still_wanted():
-            break
-        try:
-            for key, sample in iter_tar_samples(path, still_wanted):
-                if member in sample and (wanted is None or key in wanted):
-                    found[key] = sample[member]
-                if not still_wanted():
-                    break
-        except (tarfile.TarError, OSError) as error:
-            errors.append(f"{path.name}: unreadable tar ({error})")
-    return found
-
-
-def _jpeg_file(payload: bytes | None, side: int, assets: Path, name: str) -> str | None:
-    decoded = decode_thumbnail(payload, side) if payload is not None else None
-    if decoded is None:
+def _copy_asset(inputs: Inputs, name: object, assets: Path) -> str | None:
+    """Copy one of the evaluate stage's JPEGs into the page's assets; its page-relative address, or None."""
+    if not isinstance(name, str) or not ASSET_NAME.fullmatch(name):
         return None
-    buffer = io.BytesIO()
-    decoded[0].save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    (assets / name).write_bytes(buffer.getvalue())
+    source = contained(inputs.evaluation_dir / IMAGES_DIR, name)
+    if source is None or not source.is_file():
+        inputs.errors.append(f"{IMAGES_DIR}/{name}: missing from {inputs.evaluation_dir}")
+        return None
+    shutil.copyfile(source, assets / name)
     return f"{ASSETS_DIR}/{name}"
 
 
-def _row_caption(row: Mapping | None) -> list[str]:
-    if row is None:
-        return []
-    caption = []
-    if row.get("psnr"):
-        caption.append(f"PSNR (RGB) {float(row['psnr']):.2f} dB")
-    if row.get("identity_distance"):
-        match = "match" if row.get("identity_match") == "true" else "no match"
-        caption.append(f"id distance {float(row['identity_distance']):.3f} ({match})")
-    return caption
+def _views(inputs: Inputs, views: object, assets: Path) -> list[View]:
+    shown = []
+    for view in views if isinstance(views, list) else []:
+        view = as_mapping(view)
+        uri = _copy_asset(inputs, view.get("file"), assets)
+        caption = [str(line) for line in view.get("caption") or [] if isinstance(line, str)]
+        shown.append(View(str(view.get("label", "?")), uri, caption if uri else ["image missing or unreadable",
+                                                                                   *caption]))
+    return shown
 
 
-class ImageSource:
-    """LQ, GT and restored images of (preset, id) from the pairs and restore tars, read in memory."""
-
-    def __init__(self, inputs: Inputs) -> None:
-        self.inputs = inputs
-        self.pairs = _mapping(split_presets(inputs.pairs_index, TEST_SPLIT))
-        self.restorers = {str(name): _mapping(entry) for name, entry in
-                          _mapping(_mapping(inputs.restored_index).get("restorers")).items()
-                          if _mapping(entry).get("status") == STATUS_OK}
-
-    def pairs_of(self, preset: str, wanted: set[str] | None, limit: int | None, errors: list[str]
-                 ) -> dict[str, dict[str, bytes | None]]:
-        """{key: {"lq": bytes, "gt": bytes or None}} of the wanted keys, or of the first `limit` pairs."""
-        paths = _shard_paths(self.inputs.pairs_dir, _mapping(self.pairs.get(preset)).get("shards"), errors)
-        lq = read_images(paths, wanted, "lq.png", limit, errors)
-        gt = read_images(paths, set(lq), "gt.png", None, errors)
-        return {key: {"lq": lq[key], "gt": gt.get(key)} for key in lq}
-
-    def restored_of(self, restorer: str, preset: str, wanted: set[str], errors: list[str]) -> dict[str, bytes]:
-        shards = _mapping(_mapping(self.restorers.get(restorer, {}).get("presets")).get(preset)).get("shards")
-        paths = _shard_paths(self.inputs.restored_dir, shards, errors)
-        return read_images(paths, wanted, "restored.png", None, errors)
-
-
-def gallery(source: ImageSource, per_preset: int, rows: Mapping, assets: Path) -> list[GalleryPreset]:
-    """The first `per_preset` pairs of each preset: LQ, every restorer that ran (but the LQ copy), GT."""
-    shown = [name for name in source.restorers if name != LQ_RESTORER]
+def gallery(inputs: Inputs, assets: Path) -> list[GalleryPreset]:
+    """The evaluate stage's gallery (gallery.json): per preset, each face's LQ, restored and GT views."""
     presets = []
-    for p_index, preset in enumerate(map(str, source.pairs)):
-        errors: list[str] = []
-        pairs = source.pairs_of(preset, None, per_preset, errors) if per_preset else {}
-        restored = {name: source.restored_of(name, preset, set(pairs), errors) for name in shown} if pairs else {}
-        faces = []
-        for f_index, (key, images) in enumerate(pairs.items()):
-            candidates = [("LQ input", images["lq"], LQ_RESTORER)] + \
-                [(name, restored[name].get(key), name) for name in shown] + [("GT", images["gt"], None)]
-            views = []
-            for v_index, (label, payload, restorer) in enumerate(candidates):
-                uri = _jpeg_file(payload, GALLERY_PX, assets, f"gallery-p{p_index}-f{f_index}-v{v_index}.jpg")
-                caption = _row_caption(rows.get((preset, restorer, key))) if restorer else []
-                views.append(View(label, uri, caption if uri else ["image missing or unreadable", *caption]))
-            faces.append(Face(key, views))
-        presets.append(GalleryPreset(preset, faces, errors))
+    for entry in as_mapping(inputs.gallery).get("presets") or []:
+        entry = as_mapping(entry)
+        faces = [Face(str(as_mapping(face).get("id", "?")), _views(inputs, as_mapping(face).get("views"), assets))
+                 for face in entry.get("faces") or []]
+        presets.append(GalleryPreset(str(entry.get("preset", "?")), faces))
     return presets
 
 
-def worst_rows(per_image: list[dict]) -> dict[str, list[dict]]:
-    """Per restorer, the WORST_PER_RESTORER rows with the largest identity distance over every preset."""
-    by_restorer: dict[str, list[dict]] = {}
-    for row in per_image:
-        try:
-            distance = float(row.get("identity_distance") or "nan")
-        except ValueError:
-            continue
-        if math.isfinite(distance):
-            by_restorer.setdefault(str(row.get("restorer")), []).append({**row, "distance": distance})
-    return {restorer: sorted(rows, key=lambda row: (-row["distance"], str(row.get("preset")),
-                                                    str(row.get("id"))))[:WORST_PER_RESTORER]
-            for restorer, rows in by_restorer.items()}
-
-
-def worst_cases(inputs: Inputs, source: ImageSource, assets: Path, order: list[str]) -> dict[str, list[WorstCase]]:
-    """The worst faces by identity distance with LQ / restored / GT thumbnails; each tar set read once."""
-    worst = ordered(worst_rows(inputs.per_image), order)
-    wanted_pairs: dict[str, set[str]] = {}
-    wanted_restored: dict[tuple[str, str], set[str]] = {}
-    for restorer, rows in worst.items():
-        for row in rows:
-            preset, key = str(row.get("preset")), str(row.get("id"))
-            wanted_pairs.setdefault(preset, set()).add(key)
-            if restorer != LQ_RESTORER:
-                wanted_restored.setdefault((restorer, preset), set()).add(key)
-    pairs = {preset: source.pairs_of(preset, keys, None, inputs.errors) for preset, keys in wanted_pairs.items()}
-    restored = {(restorer, preset): source.restored_of(restorer, preset, keys, inputs.errors)
-                for (restorer, preset), keys in wanted_restored.items()}
+def worst_cases(inputs: Inputs, assets: Path) -> dict[str, list[WorstCase]]:
+    """The evaluate stage's worst faces by identity distance (worst_cases.json), with their thumbnails."""
     result: dict[str, list[WorstCase]] = {}
-    for r_index, (restorer, rows) in enumerate(worst.items()):
+    for entry in as_mapping(inputs.worst).get("restorers") or []:
+        entry = as_mapping(entry)
         cases = []
-        for c_index, row in enumerate(rows):
-            preset, key = str(row.get("preset")), str(row.get("id"))
-            pair = pairs.get(preset, {}).get(key, {})
-            images = [("LQ input", pair.get("lq"))]
-            if restorer != LQ_RESTORER:
-                images.append((restorer, restored.get((restorer, preset), {}).get(key)))
-            images.append(("GT", pair.get("gt")))
-            thumbs = [View(label, _jpeg_file(payload, WORST_PX, assets, f"worst-r{r_index}-c{c_index}-v{v}.jpg"),
-                           []) for v, (label, payload) in enumerate(images)]
-            psnr = row.get("psnr")
-            cases.append(WorstCase(preset, key, row["distance"], "yes" if row.get("identity_match") == "true"
-                                   else "no", f"{float(psnr):.2f}" if psnr else NOT_COMPUTED, thumbs))
-        result[restorer] = cases
+        for case in entry.get("cases") or []:
+            case = as_mapping(case)
+            distance, psnr = case.get("identity_distance"), case.get("psnr")
+            if not is_number(distance):
+                continue
+            cases.append(WorstCase(str(case.get("preset", "?")), str(case.get("id", "?")), float(distance),
+                                   "yes" if case.get("identity_match") is True else "no",
+                                   f"{float(psnr):.2f}" if is_number(psnr) else NOT_COMPUTED,
+                                   [View(view.label, view.uri, []) for view in
+                                    _views(inputs, case.get("views"), assets)]))
+        result[str(entry.get("restorer", "?"))] = cases
     return result
 
 
 def _figure(entry: Mapping, key: str) -> str:
     """A rate with its interval, or the reason it is missing."""
     value = entry.get(key)
-    if _is_number(value):
+    if is_number(value):
         return format_value(float(value)) + interval_text(entry, key)
     return str(value) if value is not None else f"{NOT_COMPUTED}: not in the evaluation output"
 
@@ -526,8 +270,8 @@ def accuracy_rows(results: Mapping, preset_order: Mapping[str, int], restorer_or
     """Rank-1 and both match rates of every (preset, restorer) that ran, with the circularity verdict."""
     rows = []
     for preset in sorted(results, key=lambda name: preset_order.get(str(name), len(preset_order))):
-        for restorer, entry in ordered(_mapping(results[preset]), restorer_order).items():
-            entry = _mapping(entry)
+        for restorer, entry in ordered(as_mapping(results[preset]), restorer_order).items():
+            entry = as_mapping(entry)
             if entry.get("status") == "not run":
                 continue
             rows.append(AccuracyRow(str(preset), str(restorer), str(entry.get("count", "?")),
@@ -538,7 +282,7 @@ def accuracy_rows(results: Mapping, preset_order: Mapping[str, int], restorer_or
 
 
 def _accuracy(summary: Mapping | None) -> dict | None:
-    accuracy = _mapping(_mapping(summary).get("accuracy"))
+    accuracy = as_mapping(as_mapping(summary).get("accuracy"))
     if not accuracy:
         return None
     value = accuracy.get("value")
@@ -546,12 +290,12 @@ def _accuracy(summary: Mapping | None) -> dict | None:
     circularity = str(accuracy.get("identity_metric_circularity", "unknown: not recorded"))
     return {"definition": str(accuracy.get("definition", "")), "restorer": str(accuracy.get("restorer", "?")),
             "preset": str(accuracy.get("preset", "?")), "target": accuracy.get("target"),
-            "value": format_value(value) if _is_number(value) else str(value),
-            "ci": f"[{low:.3f}, {high:.3f}]" if _is_number(low) and _is_number(high) else None,
-            "n": accuracy.get("n"), "computed": _is_number(value), "meets_target": accuracy.get("meets_target"),
+            "value": format_value(value) if is_number(value) else str(value),
+            "ci": f"[{low:.3f}, {high:.3f}]" if is_number(low) and is_number(high) else None,
+            "n": accuracy.get("n"), "computed": is_number(value), "meets_target": accuracy.get("meets_target"),
             "circularity": circularity, "circular": circularity.startswith("yes"),
-            "match": _figure(_mapping(accuracy.get("verification")), "identity_match_rate"),
-            "match_at_far": _figure(_mapping(accuracy.get("verification")), "identity_match_rate_at_far")}
+            "match": _figure(as_mapping(accuracy.get("verification")), "identity_match_rate"),
+            "match_at_far": _figure(as_mapping(accuracy.get("verification")), "identity_match_rate_at_far")}
 
 
 @dataclass
@@ -571,16 +315,16 @@ class CalibrationView:
 
 def _ci(entry: Mapping, key: str, digits: int) -> str:
     value, low, high = entry.get(key), entry.get(f"{key}_ci_low"), entry.get(f"{key}_ci_high")
-    if not _is_number(value):
+    if not is_number(value):
         return str(value)
     text = f"{value:.{digits}f}"
-    return text + (f" [{low:.{digits}f}, {high:.{digits}f}]" if _is_number(low) and _is_number(high) else "")
+    return text + (f" [{low:.{digits}f}, {high:.{digits}f}]" if is_number(low) and is_number(high) else "")
 
 
 def calibration_view(summary: Mapping | None, per_image: list[dict]) -> CalibrationView | None:
     """The headline preset's calibration: figures, and the impostor histogram with the headline restorer's own
     restored-vs-GT distances and both thresholds."""
-    accuracy = _mapping(_mapping(summary).get("accuracy"))
+    accuracy = as_mapping(as_mapping(summary).get("accuracy"))
     if not accuracy:
         return None
     preset, restorer = str(accuracy.get("preset", "?")), str(accuracy.get("restorer", "?"))
@@ -588,7 +332,7 @@ def calibration_view(summary: Mapping | None, per_image: list[dict]) -> Calibrat
     if not isinstance(entry, Mapping):
         return CalibrationView(preset, "", "", "", "", "", "", False, "", None,
                                str(entry) if entry is not None else f"{NOT_COMPUTED}: no calibration recorded")
-    histogram = _mapping(_mapping(_mapping(summary).get("impostor_histograms")).get(preset))
+    histogram = as_mapping(as_mapping(as_mapping(summary).get("impostor_histograms")).get(preset))
     threshold, at_far = entry.get("threshold"), entry.get("threshold_at_far_target")
     genuine = []
     for row in per_image:
@@ -600,7 +344,7 @@ def calibration_view(summary: Mapping | None, per_image: list[dict]) -> Calibrat
     lines = [(f"dlib threshold (FAR {entry.get('far_at_threshold', float('nan')):.4f})", threshold),
              (f"threshold at FAR {entry.get('far_target')}", at_far)]
     plot = distance_histogram(histogram.get("edges") or [], histogram.get("counts") or [],
-                              [(label, float(value)) for label, value in lines if _is_number(value)],
+                              [(label, float(value)) for label, value in lines if is_number(value)],
                               f"Impostor distances, test GT faces of preset {preset}", genuine,
                               f"{restorer}: restored vs own GT")
     return CalibrationView(preset, str(threshold), _ci(entry, "far_at_threshold", 4), str(entry.get("far_target")),
@@ -611,29 +355,32 @@ def calibration_view(summary: Mapping | None, per_image: list[dict]) -> Calibrat
 
 def _settings(summary: Mapping | None) -> list[tuple[str, str]]:
     return [(str(name), json.dumps(value, sort_keys=True, ensure_ascii=False, default=str))
-            for name, value in _mapping(_mapping(summary).get("metrics")).items()]
+            for name, value in as_mapping(as_mapping(summary).get("metrics")).items()]
+
+
+def _gallery_px(document: Mapping | None) -> int:
+    side = as_mapping(document).get("image_px")
+    return side if isinstance(side, int) and not isinstance(side, bool) and 0 < side <= 4096 else GALLERY_PX
 
 
 def render(ctx: PageContext) -> str:
-    """Gather the restore and evaluate outputs, write the gallery images, and render evaluation.html."""
+    """Gather the restore and evaluate outputs, copy the gallery images, and render evaluation.html."""
     inputs = read_inputs(ctx)
     not_run = not_run_reasons(inputs)
-    results = _mapping(_mapping(inputs.summary).get("results"))
+    results = as_mapping(as_mapping(inputs.summary).get("results"))
     # JSON is written with sorted keys: show presets in the pairs index's order, and the LQ baseline first, then
     # the restorers in the configured order
-    preset_order = {str(name): i for i, name in enumerate(_mapping(split_presets(inputs.pairs_index, TEST_SPLIT)))}
+    preset_order = {str(name): i for i, name in enumerate(as_mapping(split_presets(inputs.pairs_index, TEST_SPLIT)))}
     restorer_order = [LQ_RESTORER, *ctx.params.restore.restorers]
     if inputs.restored_index is not None:
-        entries = ordered(_mapping(inputs.restored_index.get("restorers")), restorer_order)
+        entries = ordered(as_mapping(inputs.restored_index.get("restorers")), restorer_order)
         inputs.restored_index = {**inputs.restored_index, "restorers": entries}
-    tables = [preset_table(str(preset), ordered(_mapping(results[preset]), restorer_order), not_run,
+    tables = [preset_table(str(preset), ordered(as_mapping(results[preset]), restorer_order), not_run,
                            ctx.params.data.size)
               for preset in sorted(results, key=lambda name: preset_order.get(str(name), len(preset_order)))]
-    rows = {(str(r.get("preset")), str(r.get("restorer")), str(r.get("id"))): r for r in inputs.per_image}
-    source = ImageSource(inputs)
     with staged_output(ctx.out_dir / ASSETS_DIR) as assets:
-        presets = gallery(source, ctx.params.report.pairs_per_preset, rows, assets)
-        worst = worst_cases(inputs, source, assets, restorer_order)
+        presets = gallery(inputs, assets)
+        worst = worst_cases(inputs, assets)
     receipt = _receipt_view(StageInputs("evaluate", inputs.evaluation_dir, str(inputs.evaluation_dir), True,
                                         inputs.receipt))
     return ctx.render(
@@ -647,10 +394,12 @@ def render(ctx: PageContext) -> str:
         calibration=calibration_view(inputs.summary, inputs.per_image),
         restorers=restorer_views(inputs), not_run=not_run, tables=tables, arrows=ARROWS,
         gallery=presets, max_views=max((len(f.views) for p in presets for f in p.faces), default=0),
-        worst=worst, worst_per_restorer=WORST_PER_RESTORER, settings=_settings(inputs.summary),
+        worst=worst, worst_per_restorer=as_mapping(inputs.worst).get("per_restorer", "?"),
+        settings=_settings(inputs.summary),
         receipt=receipt, paper_test_set=PAPER_TEST_SET, paper_count=PAPER_TEST_COUNT, paper_size=PAPER_SIZE,
         size=ctx.params.data.size,
-        per_image_rows=len(inputs.per_image), gallery_px=GALLERY_PX, jpeg_quality=JPEG_QUALITY,
+        per_image_rows=len(inputs.per_image), gallery_px=_gallery_px(inputs.gallery),
+        jpeg_quality=as_mapping(inputs.gallery).get("jpeg_quality", "?"),
         metrics_path=str(inputs.metrics_path),
     )
 
