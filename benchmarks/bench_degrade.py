@@ -2,7 +2,7 @@
 
 Run: `python benchmarks/bench_degrade.py [--images 48] [--passes 3] [--draws 3000] [--read 200]`
 
-1. Degradation throughput at 512 px, `paper` preset, one process, one OpenCV thread: ours (dlfp.data.degrade)
+1. Degradation throughput at 512 px, `paper` preset, one process, one OpenCV thread: ours (dlfp.degradation)
    against a re-implementation of the published GFPGAN/BasicSR pipeline (below), timed interleaved sample by
    sample so that both see the same machine load; per sample the best of `passes` runs is kept.
 2. Parameter distributions of both, from `draws` parameter sets (the scalars do not depend on image size, so
@@ -36,11 +36,11 @@ from torchvision.transforms.functional import (
     adjust_saturation,
 )
 
-from dlfp.data.degrade import degrade
-from dlfp.data.shards import ShardSetWriter
+from dlfp.degradation import degrade
 from dlfp.io.atomic import write_json_atomic, write_text_atomic
 from dlfp.io.images import decode_png_bytes, encode_png, load_rgb
 from dlfp.params import DegradationParams
+from dlfp.shards.format import ShardSetWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 FACES = ROOT.parent / "shared" / "faces" / "aligned_hq"

@@ -35,7 +35,7 @@ import torch
 from dlfp.io.atomic import write_json_atomic, write_text_atomic
 from dlfp.models.checkpoints import save_official
 from dlfp.models.gfpgan import release_model
-from dlfp.restore import photos
+from dlfp.photos import detection, inputs, pipeline, summary
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_description  # noqa: E402
@@ -50,13 +50,13 @@ SPLIT = ("seconds_detect", "seconds_align", "seconds_network", "seconds_paste", 
 
 def dlib_counts(path: Path, upscale: int) -> dict[str, int | None]:
     """dlib's HOG count on the image the command searches, and at full resolution when that was reduced."""
-    photo = photos.decode_photo(path, upscale=upscale, max_pixels=photos.DEFAULT_MAX_PIXELS)
+    photo = inputs.decode_photo(path, upscale=upscale, max_pixels=pipeline.DEFAULT_MAX_PIXELS)
     detector = dlib.get_frontal_face_detector()
-    searched, factor = photos._scaled_for_detection(photo.rgb, photos.HOG_DETECT_MAX_SIDE)
-    counts: dict[str, int | None] = {"dlib_count": len(detector(searched, photos.HOG_UPSAMPLE)),
+    searched, factor = detection._scaled_for_detection(photo.rgb, detection.HOG_DETECT_MAX_SIDE)
+    counts: dict[str, int | None] = {"dlib_count": len(detector(searched, detection.HOG_UPSAMPLE)),
                                      "dlib_count_full_resolution": None, "detect_scale": round(factor, 4)}
     if factor != 1.0:
-        counts["dlib_count_full_resolution"] = len(detector(np.ascontiguousarray(photo.rgb), photos.HOG_UPSAMPLE))
+        counts["dlib_count_full_resolution"] = len(detector(np.ascontiguousarray(photo.rgb), detection.HOG_UPSAMPLE))
     return counts
 
 
@@ -64,12 +64,12 @@ def time_model(out_size: int, inputs: list[Path], work: Path, upscale: int, batc
     torch.manual_seed(SEED)
     weights = save_official(release_model(out_size=out_size), work / f"random_release_{out_size}.pth")
     started = time.perf_counter()
-    summary = photos.run_photos(inputs, work / f"out_{out_size}", weights=weights, upscale=upscale,
+    summary = pipeline.run_photos(inputs, work / f"out_{out_size}", weights=weights, upscale=upscale,
                                 batch_size=batch_size, device="cpu", force=True)  # time every face, too large or not
     wall = time.perf_counter() - started
     return {"out_size": out_size, "wall_seconds": round(wall, 2), "run": summary["run"], "load_average":
             [round(value, 2) for value in os.getloadavg()],
-            "photos": {Path(row["input"]).name: {key: row[key] for key in (*photos.SUMMARY_COLUMNS, "notes")}
+            "photos": {Path(row["input"]).name: {key: row[key] for key in (*summary.SUMMARY_COLUMNS, "notes")}
                        for row in summary["photos"]}}
 
 
@@ -79,7 +79,7 @@ def markdown(result: dict) -> str:
         "# `dlfp restore` on own photos: end-to-end time per photo", "",
         f"{result['date']}, {result['machine']['cpu']}, torch threads {result['threads']}, upscale "
         f"x{result['upscale']}, batch {result['batch_size']} faces (across photos), HOG detector (upsample "
-        f"{photos.HOG_UPSAMPLE}; photos over {photos.HOG_DETECT_MAX_SIDE} px searched at that side).", "",
+        f"{detection.HOG_UPSAMPLE}; photos over {detection.HOG_DETECT_MAX_SIDE} px searched at that side).", "",
         "Weights: randomly initialised GFPGANv1Clean (release configuration; the 128 px model is the same "
         "configuration at out_size 128), saved in the official format. A forward pass costs the same whatever the "
         "weights' values, so these times hold for trained weights of the same shape.", "",
@@ -104,7 +104,7 @@ def markdown(result: dict) -> str:
                 cells.append(f"not computed: {model['skipped_reason']}")
                 continue
             split = " / ".join(f"{other[key]:.2f}" for key in SPLIT)
-            cells.append(f"{other['seconds']:.2f} ({split})" if other["status"] != photos.STATUS_FAILED
+            cells.append(f"{other['seconds']:.2f} ({split})" if other["status"] != summary.STATUS_FAILED
                          else f"failed: {other['reason']}")
         lines.append(f"| {name} | {row['width']}x{row['height']} | {row['faces_found']} / {row['faces_restored']} / "
                      f"{dlib_text} | " + " | ".join(cells) + " |")
@@ -137,7 +137,7 @@ def main() -> None:
                         help="time 512 px models only on photos with at most this many faces (-1: all photos)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    names = sorted(path.name for path in WILD.iterdir() if path.suffix.lower() in photos.IMAGE_SUFFIXES)
+    names = sorted(path.name for path in WILD.iterdir() if path.suffix.lower() in inputs.IMAGE_SUFFIXES)
     counts = {name: dlib_counts(WILD / name, args.upscale) for name in names}
     models = []
     with tempfile.TemporaryDirectory(prefix="bench_restore_photos.") as tmp:

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dlfp.data.degrade import degrade
-from dlfp.data.landmarks import COMPONENTS
+from dlfp.degradation import degrade
+from dlfp.faces.landmarks import COMPONENTS
 from dlfp.io.atomic import write_json_atomic, write_text_atomic
 from dlfp.io.images import decode_image_bytes
 from dlfp.losses.identity import load_identity_embedder
@@ -39,8 +39,8 @@ from dlfp.losses.perceptual import select_feature_network
 from dlfp.models.stylegan2 import StyleGAN2GeneratorClean
 from dlfp.params import LossWeights, Params, load_params
 from dlfp.train.data import resize_for_model, to_tensor
+from dlfp.train.engine.distributed import DistInfo
 from dlfp.train.gfpgan import GFPGANTrainer
-from dlfp.train.loop import DistInfo
 from dlfp.train.prior import prior_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -27,7 +27,8 @@ import yaml
 
 from dlfp.io.atomic import write_csv_atomic, write_text_atomic
 from dlfp.params import parse_params
-from dlfp.train import prior, prior_metrics
+from dlfp.stages import train_prior as train_prior_stage
+from dlfp.train import prior_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_description  # noqa: E402
@@ -60,7 +61,7 @@ def train(args: argparse.Namespace) -> tuple[dict, float]:
     raw.setdefault("train_prior", {})["resume"] = False
     params = parse_params(raw, args.params)
     started = time.monotonic()
-    summary = prior.run(params, args.shards, args.work)
+    summary = train_prior_stage.run(params, args.shards, args.work)
     return summary, (time.monotonic() - started) / 60
 
 

@@ -26,7 +26,7 @@ load_helper("_browser.py")
 load_helper("_tars.py")
 prereq = load_helper("_prereq.py")
 
-CACHE_ENV = "DLFP_CACHE"  # dlfp.models.identity.CACHE_ENV (not imported here: conftest stays light)
+CACHE_ENV = "DLFP_CACHE"  # dlfp.models.weights_cache.CACHE_ENV (not imported here: conftest stays light)
 
 
 @pytest.hookimpl(tryfirst=True)

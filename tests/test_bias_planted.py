@@ -53,7 +53,7 @@ class Measured:
     """The real faces, measured once: GT images, FaceTone per id, plain GT tone, merged groups."""
 
     def __init__(self) -> None:
-        from dlfp.data.landmarks import FaceLandmarker
+        from dlfp.faces.landmarks import FaceLandmarker
 
         self.params = _params()
         landmarker = FaceLandmarker("hog", upsample=0)

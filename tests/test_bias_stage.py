@@ -30,16 +30,20 @@ from skimage.color import lab2rgb, rgb2lab
 from dlfp.bias import faces as bias_faces
 from dlfp.bias import labels as bias_labels
 from dlfp.bias import skin, stats
-from dlfp.data import degrade, shards
-from dlfp.data.landmarks import FaceLandmarker
-from dlfp.data.shards import ShardSetWriter, iter_samples, json_bytes, pair_presets, read_index
-from dlfp.evaluate.stage import COLUMNS
+from dlfp.faces.landmarks import FaceLandmarker
 from dlfp.io.atomic import write_csv_atomic, write_json_atomic
 from dlfp.io.images import decode_png_bytes, encode_png, load_rgb
 from dlfp.params import parse_params
-from dlfp.report import PageContext, build
-from dlfp.restore import testset
+from dlfp.report import PageContext, make_env
+from dlfp.shards import format as shard_format
+from dlfp.shards.format import ShardSetWriter, json_bytes, pair_presets
+from dlfp.shards.local import iter_samples, read_index
 from dlfp.stages import bias as bias_stage
+from dlfp.stages import degrade
+from dlfp.stages import report as report_stage
+from dlfp.stages import restore as restore_stage
+from dlfp.stages import shard as shard_stage
+from dlfp.stages.evaluate.scoring import COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces" / "aligned_hq"
@@ -78,10 +82,10 @@ def _roles(paths: list[Path]) -> dict[int, str]:
     The split is asked from the shard stage's own rule (by FFHQ id), so the roles stay in test whatever the hash.
     """
     params = _params()
-    rule = shards.resolve_split_rule(params.shard.split, params.data.source)
+    rule = shard_format.resolve_split_rule(params.shard.split, params.data.source)
     fractions = params.shard.fractions.model_dump()
     in_test = [number for number, path in enumerate(paths)
-               if shards.assign_split({"id": path.stem, "ffhq_id": int(path.stem.split("_")[1])}, rule, fractions,
+               if shard_format.assign_split({"id": path.stem, "ffhq_id": int(path.stem.split("_")[1])}, rule, fractions,
                                       params.shard.ffhq_val_ids) == "test"]
     assert len(in_test) >= 5, f"only {len(in_test)} of the {len(paths)} faces land in test"
     roles = dict(zip(in_test, (HOSTILE_ID, GREY_ID, COLOUR_LOST_ID), strict=False))
@@ -255,9 +259,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (aligned / "meta.jsonl").write_text("\n".join(lines) + "\n")
     write_csv_atomic(root / "labels.csv", ["file", "ffhq_id", "gender", "age"], label_rows)
     params = _params()
-    shards.run(params, aligned, root / "shards")
+    shard_stage.run(params, aligned, root / "shards")
     degrade.run(params, root / "shards", root / "pairs")
-    testset.run(params, root / "pairs", root / "restored")
+    restore_stage.run(params, root / "pairs", root / "restored")
     _fake_restored(root / "pairs", root / "restored")
     _evaluation(root)
     return root
@@ -418,7 +422,7 @@ def _images(html: str) -> list[str]:
 def pages(project: Path, result: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """data.html, bias.html and index.html built from the project folder (aligned, shards, pairs, bias)."""
     out = tmp_path_factory.mktemp("bias_reports")
-    summary = build.run(_params(), data_dir=project, out_dir=out, models_dir=project / "models")
+    summary = report_stage.run(_params(), data_dir=project, out_dir=out, models_dir=project / "models")
     assert {"data.html", "bias.html", "index.html"} <= set(summary["pages"])
     return out
 
@@ -453,7 +457,7 @@ def test_page_shows_every_section_and_escapes_metadata(pages: Path) -> None:
 def test_page_before_the_stage_ran(tmp_path: Path) -> None:
     from dlfp.report import bias_page
 
-    ctx = PageContext(params=_params(), data_dir=tmp_path, out_dir=tmp_path, env=build.make_env())
+    ctx = PageContext(params=_params(), data_dir=tmp_path, out_dir=tmp_path, env=make_env())
     html = bias_page.render(ctx)
     assert "Stage <code>bias</code> not run yet" in html
     (tmp_path / "bias").mkdir()
@@ -472,7 +476,7 @@ def test_pages_render_in_headless_chromium(pages: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_on_the_real_evaluate_stage(project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The bias stage reads what the real evaluate stage writes (dlib identity and landmarks, pyiqa PSNR/SSIM)."""
-    from dlfp.evaluate import stage as evaluate_stage
+    from dlfp.stages import evaluate as evaluate_stage
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))   # no pyiqa weights: LPIPS etc. not computed
     evaluation = tmp_path / "evaluation"

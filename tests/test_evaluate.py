@@ -16,17 +16,19 @@ import torch
 import yaml
 from PIL import Image
 
-from dlfp.data import degrade, shards
-from dlfp.data.landmarks import FaceLandmarker
-from dlfp.data.shards import ShardSetWriter, iter_samples, json_bytes, pair_presets, read_index
+from dlfp.faces.landmarks import FaceLandmarker
 from dlfp.io.atomic import write_json_atomic
 from dlfp.io.images import decode_png_bytes, encode_png, load_rgb
 from dlfp.metrics import frechet, iqa
 from dlfp.metrics import identity as idm
 from dlfp.metrics import landmarks as lm
 from dlfp.params import parse_params
-from dlfp.restore import testset
+from dlfp.shards.format import ShardSetWriter, json_bytes, pair_presets
+from dlfp.shards.local import iter_samples, read_index
+from dlfp.stages import degrade
 from dlfp.stages import evaluate as stage
+from dlfp.stages import restore as restore_stage
+from dlfp.stages import shard as shard_stage
 from dlfp.stages.evaluate import page_assets, scoring
 from dlfp.stages.evaluate.summary import circularity
 
@@ -84,9 +86,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                  "landmarks": points.round(3).tolist()}))
     (aligned / "meta.jsonl").write_text("\n".join(lines) + "\n")
     params = _params(root)
-    shards.run(params, aligned, root / "shards")
+    shard_stage.run(params, aligned, root / "shards")
     degrade.run(params, root / "shards", root / "pairs")
-    testset.run(params, root / "pairs", root / "restored")
+    restore_stage.run(params, root / "pairs", root / "restored")
     return root
 
 
@@ -421,7 +423,7 @@ def _losses_active(folder: Path, identity_weight: float, identity_network: str |
 
 
 def test_training_with_the_scoring_network_is_said_next_to_the_accuracy(project: Path, tmp_path: Path) -> None:
-    from dlfp.restore import restorers
+    from dlfp import restorers
 
     circular = restorers.training_losses(_losses_active(tmp_path / "dlib_model", 1.0, "dlib"))
     independent = restorers.training_losses(_losses_active(tmp_path / "arcface_model", 10.0, "arcface"))
@@ -449,7 +451,7 @@ def test_training_with_the_scoring_network_is_said_next_to_the_accuracy(project:
 
 
 def test_circularity_verdicts_from_the_recorded_loss_networks(tmp_path: Path) -> None:
-    from dlfp.restore import restorers
+    from dlfp import restorers
 
     def losses(identity: tuple[float, str | None], perceptual: tuple[float, str | None]) -> dict:
         return {"training_losses": {"source": "m/losses_active.json",

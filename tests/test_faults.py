@@ -258,14 +258,14 @@ def test_full_disk_simulated_enospc_is_a_clear_error_and_earlier_output_survives
     """ENOSPC simulated in the tar writer (where a full disk surfaces), for machines where no tmpfs can be mounted."""
     import webdataset as wds
 
-    from dlfp.data import shards
     from dlfp.io.atomic import DiskFullError
     from dlfp.params import load_params
+    from dlfp.stages import shard as shard_stage
 
     params = load_params(_params_file(tmp_path))
     aligned = _aligned(tmp_path / "aligned", 8)
     out = tmp_path / "shards"
-    shards.run(params, aligned, out)
+    shard_stage.run(params, aligned, out)
     before = _digests(out)
     written = 0
     original = wds.TarWriter.write
@@ -279,7 +279,7 @@ def test_full_disk_simulated_enospc_is_a_clear_error_and_earlier_output_survives
 
     monkeypatch.setattr(wds.TarWriter, "write", fill_up)
     with pytest.raises(DiskFullError, match=f"no space left on device while writing {out}"):
-        shards.run(params, aligned, out)
+        shard_stage.run(params, aligned, out)
     assert _digests(out) == before
     assert not (tmp_path / "shards.partial").exists()
 
@@ -298,7 +298,8 @@ class _RunsCode:
 def test_a_pickle_with_code_is_refused_and_its_code_never_runs(tmp_path: Path) -> None:
     from dlfp.models.checkpoints import CheckpointMismatchError, read_state_dict
     from dlfp.train import prior
-    from dlfp.train.loop import DistInfo, checkpoint_path, load_checkpoint
+    from dlfp.train.engine.checkpoint import checkpoint_path, load_checkpoint
+    from dlfp.train.engine.distributed import DistInfo
 
     marker = tmp_path / "code-ran"
     evil = tmp_path / "evil.pth"

@@ -340,11 +340,10 @@ def test_a_page_module_registers_itself_without_edits_elsewhere(tmp_path: Path,
 
 def test_pages_import_no_other_page_module() -> None:
     """Helpers shared by pages live in readers.py and plots.py, not in another page's module."""
-    pending_wave_2 = {"evaluation_page", "bias_page"}  # issue 15 wave 2 switches them to readers.py
     folder = Path(report_pkg.__file__).parent
     pages = {path.stem for path in folder.glob("*_page.py")}
     assert {"data_page", "training_page", "model_page"} <= pages
-    for page in sorted(pages - pending_wave_2):
+    for page in sorted(pages):
         source = (folder / f"{page}.py").read_text(encoding="utf-8")
         imported = set(re.findall(r"^\s*from dlfp\.report\.(\w+) import", source, flags=re.MULTILINE))
         assert not imported & pages, f"{page} imports page module(s) {sorted(imported & pages)}"

@@ -25,13 +25,17 @@ import pytest
 import torch
 from markupsafe import escape as html_escape
 
-from dlfp.data import degrade, shards
-from dlfp.data.shards import hash_split
 from dlfp.io.images import encode_png, load_rgb
 from dlfp.params import Params, parse_params
-from dlfp.report import build, evaluation_tables, training_page
-from dlfp.restore import testset
+from dlfp.report import evaluation_tables, training_page
+from dlfp.shards.format import hash_split
+from dlfp.stages import degrade
 from dlfp.stages import evaluate as evaluate_stage
+from dlfp.stages import report as report_stage
+from dlfp.stages import restore as restore_stage
+from dlfp.stages import shard as shard_stage
+from dlfp.stages import train as train_stage
+from dlfp.stages import train_prior as train_prior_stage
 from dlfp.stages.evaluate import page_assets
 from dlfp.train import gfpgan, prior
 
@@ -121,13 +125,13 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, torch_home: Path) -> dict
     data, models, reports = root / "data", root / "models", root / "reports"
     params = make_params(root, models / "gfpgan" / gfpgan.MODEL_FILE)
     write_aligned(data / "aligned")
-    shards.run(params, data / "aligned", data / "shards")
+    shard_stage.run(params, data / "aligned", data / "shards")
     degrade.run(params, data / "shards", data / "pairs")
-    prior.run(params, data / "shards", models / "prior")
-    gfpgan.run(params, data / "shards", models / "prior" / prior.PRIOR_FILE, data / "pairs", models / "gfpgan")
-    testset.run(params, data / "pairs", data / "restored")
+    train_prior_stage.run(params, data / "shards", models / "prior")
+    train_stage.run(params, data / "shards", models / "prior" / prior.PRIOR_FILE, data / "pairs", models / "gfpgan")
+    restore_stage.run(params, data / "pairs", data / "restored")
     evaluate_stage.run(params, data / "pairs", data / "restored", data / "evaluation", reports / "metrics.json")
-    build.run(params, data, reports, models_dir=models)
+    report_stage.run(params, data, reports, models_dir=models)
     return {"root": root, "data": data, "models": models, "reports": reports}
 
 
@@ -231,7 +235,7 @@ def test_face_panels_draw_the_real_face_levels_as_reference_lines() -> None:
 
 def test_training_page_before_training(tmp_path: Path) -> None:
     (tmp_path / "models" / "gfpgan.partial").mkdir(parents=True)
-    build.run(make_params(tmp_path, tmp_path / "absent.pth"), tmp_path / "data", tmp_path / "reports",
+    report_stage.run(make_params(tmp_path, tmp_path / "absent.pth"), tmp_path / "data", tmp_path / "reports",
               models_dir=tmp_path / "models")
     html = (tmp_path / "reports" / "training.html").read_text(encoding="utf-8")
     assert "Stage <code>train_prior</code> not run yet" in html and "run <code>dvc repro train_prior</code>" in html
@@ -251,7 +255,7 @@ def test_damaged_training_files_are_reported(tmp_path: Path) -> None:
     (folder / "losses_active.json").write_text("{not json", encoding="utf-8")
     (folder / "samples" / "step-000001.png").write_bytes(b"not a png")
     (folder / "samples" / f"step-{HOSTILE_ID}.png").write_bytes(b"ignored: not a step file name")
-    build.run(make_params(tmp_path, tmp_path / "absent.pth"), tmp_path / "data", tmp_path / "reports",
+    report_stage.run(make_params(tmp_path, tmp_path / "absent.pth"), tmp_path / "data", tmp_path / "reports",
               models_dir=tmp_path / "models")
     html = (tmp_path / "reports" / "training.html").read_text(encoding="utf-8")
     assert "1 row(s) without a numeric step were skipped" in html
@@ -264,7 +268,7 @@ def test_a_skipped_face_measurement_is_reported(tmp_path: Path) -> None:
     folder = tmp_path / "models" / "prior"
     folder.mkdir(parents=True)
     (folder / "prior_reference.json").write_text(json.dumps({"skipped": f"only 3 train face(s) {SCRIPT}"}))
-    build.run(make_params(tmp_path, tmp_path / "absent.pth"), tmp_path / "data", tmp_path / "reports",
+    report_stage.run(make_params(tmp_path, tmp_path / "absent.pth"), tmp_path / "data", tmp_path / "reports",
               models_dir=tmp_path / "models")
     html = (tmp_path / "reports" / "training.html").read_text(encoding="utf-8")
     assert f"face measurement skipped: only 3 train face(s) {SCRIPT_ESCAPED}" in html and SCRIPT not in html
@@ -386,7 +390,7 @@ def test_the_evaluation_page_reads_no_tar(pipeline: dict[str, Path], tmp_path: P
         (data / stage).mkdir()
         shutil.copy(pipeline["data"] / stage / "index.json", data / stage / "index.json")
     params = make_params(pipeline["root"], pipeline["models"] / "gfpgan" / gfpgan.MODEL_FILE)
-    build.run(params, data, tmp_path / "r", models_dir=pipeline["models"])
+    report_stage.run(params, data, tmp_path / "r", models_dir=pipeline["models"])
     html = (tmp_path / "r" / "evaluation.html").read_text(encoding="utf-8")
     before = browser.collect(page(pipeline, "evaluation.html")).images
     assert [src for src in browser.collect(html).images if src.startswith("evaluation/")] == \
@@ -403,9 +407,9 @@ def test_gfpgan_not_run_keeps_the_baselines(pipeline: dict[str, Path], tmp_path:
     data = tmp_path / "data"
     data.mkdir()
     (data / "pairs").symlink_to(pipeline["data"] / "pairs", target_is_directory=True)
-    testset.run(params, data / "pairs", data / "restored")
+    restore_stage.run(params, data / "pairs", data / "restored")
     evaluate_stage.run(params, data / "pairs", data / "restored", data / "evaluation", tmp_path / "r" / "metrics.json")
-    build.run(params, data, tmp_path / "r", models_dir=tmp_path / "models")
+    report_stage.run(params, data, tmp_path / "r", models_dir=tmp_path / "models")
     html = (tmp_path / "r" / "evaluation.html").read_text(encoding="utf-8")
     assert "Restorer <code>gfpgan</code> was not run" in html
     reason = json.loads((data / "restored" / "index.json").read_text())["restorers"]["gfpgan"]["reason"]
@@ -470,7 +474,7 @@ def test_rebuild_is_byte_identical(pipeline: dict[str, Path]) -> None:
     reports = pipeline["reports"]
     before = {path.relative_to(reports): path.read_bytes() for path in reports.rglob("*") if path.is_file()}
     params = make_params(pipeline["root"], pipeline["models"] / "gfpgan" / gfpgan.MODEL_FILE)
-    build.run(params, pipeline["data"], reports, models_dir=pipeline["models"])
+    report_stage.run(params, pipeline["data"], reports, models_dir=pipeline["models"])
     after = {path.relative_to(reports): path.read_bytes() for path in reports.rglob("*") if path.is_file()}
     assert after == before
     assert not list(reports.rglob(".*.tmp")) and not list(reports.glob("*.partial"))

@@ -14,13 +14,14 @@ import torch
 import yaml
 
 from dlfp import restorers
-from dlfp.data import degrade, shards
 from dlfp.io.hashing import file_digest
 from dlfp.io.images import decode_png_bytes, encode_png, load_rgb
 from dlfp.models.checkpoints import save_official
 from dlfp.models.gfpgan import GFPGANv1Clean
 from dlfp.params import parse_params
+from dlfp.stages import degrade
 from dlfp.stages import restore as restore_stage
+from dlfp.stages import shard as shard_stage
 
 REPO = Path(__file__).resolve().parents[1]
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces" / "aligned_hq"
@@ -57,7 +58,7 @@ def pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         lines.append(json.dumps({"id": sample_id, "source": path.name, "licence": "test"}))
     (aligned / "meta.jsonl").write_text("\n".join(lines) + "\n")
     params = _params(root)
-    shards.run(params, aligned, root / "shards")
+    shard_stage.run(params, aligned, root / "shards")
     degrade.run(params, root / "shards", root / "pairs")
     return root / "pairs"
 

@@ -29,8 +29,8 @@ import torch
 from PIL import Image, ImageCms
 
 from dlfp import cli
-from dlfp.data.landmarks import template_5_points, template_points
 from dlfp.faces import geometry
+from dlfp.faces.landmarks import template_5_points, template_points
 from dlfp.io import images
 from dlfp.io.images import load_rgb
 from dlfp.models.checkpoints import read_state_dict, save_official

@@ -18,10 +18,11 @@ import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.p
 import pytest
 import yaml
 
-from dlfp.data import streams
-from dlfp.data.shards import ShardCorruptError, ShardSetWriter, iter_samples, json_bytes, read_index, split_records
 from dlfp.io.atomic import write_json_atomic
 from dlfp.io.hashing import file_digest
+from dlfp.shards import streamed as streams
+from dlfp.shards.format import ShardCorruptError, ShardSetWriter, json_bytes, split_records
+from dlfp.shards.local import iter_samples, read_index
 
 REPO = Path(__file__).resolve().parents[1]
 FACES = REPO.parent / "shared" / "faces" / "aligned_hq"

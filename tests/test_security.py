@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import yaml
 
-from dlfp.data import streams
-from dlfp.data.shards import ShardSetWriter, iter_samples, json_bytes, read_index, split_records
 from dlfp.io.atomic import write_json_atomic
 from dlfp.io.images import encode_png
 from dlfp.params import parse_params
+from dlfp.shards import streamed as streams
+from dlfp.shards.format import ShardSetWriter, json_bytes, split_records
+from dlfp.shards.local import iter_samples, read_index
 
 REPO = Path(__file__).resolve().parents[1]
 PER_SHARD = 2
@@ -92,7 +93,7 @@ def test_every_reader_honours_the_brace_range(tmp_path: Path) -> None:
     keys = [sample["__key__"] for sample in iter_samples(location, records)]
     assert keys == ["face_002", "face_003"]  # ...but only the named shard is read
 
-    from dlfp.data import degrade
+    from dlfp.stages import degrade
 
     summary = degrade.run(_degrade_params(), Path(location), tmp_path / "pairs")
     assert summary["counts"]["test"] == {"paper": PER_SHARD}
@@ -124,7 +125,7 @@ def _write(folder: Path, files: dict[str, bytes]) -> None:
 
 def _stage(kind: str, out: Path):
     from dlfp.io.atomic import staged_output
-    from dlfp.train.loop import run_folder
+    from dlfp.train.engine.checkpoint import run_folder
 
     return staged_output(out) if kind == "staged" else run_folder(out, resume=False)
 
@@ -184,7 +185,8 @@ def test_a_kill_at_any_step_of_the_swap_leaves_the_old_or_the_new_output_and_a_r
 
 
 def test_checkpoints_are_fsynced_before_they_are_renamed_into_place(tmp_path: Path, monkeypatch) -> None:
-    from dlfp.train import loop
+    from dlfp.train.engine import checkpoint as loop
+    from dlfp.train.engine.distributed import DistInfo
 
     events: list[tuple[str, str]] = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -200,7 +202,7 @@ def test_checkpoints_are_fsynced_before_they_are_renamed_into_place(tmp_path: Pa
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
-    loop.save_checkpoint(tmp_path, {"weights": [1, 2, 3]}, 5, {"epoch": 0}, loop.DistInfo())
+    loop.save_checkpoint(tmp_path, {"weights": [1, 2, 3]}, 5, {"epoch": 0}, DistInfo())
     assert len(events) == 2 and all(state == "synced" for _, state in events), events
 
 
@@ -305,7 +307,7 @@ def test_the_official_metadata_json_is_pinned_by_default() -> None:
 
 
 def test_a_download_past_its_cap_is_aborted_and_leaves_nothing(server, tmp_path: Path) -> None:
-    from dlfp.data import download as dl
+    from dlfp.io import download as dl
 
     server.serve("/big.bin", b"x" * 5000)
     dest = tmp_path / "big.bin"
@@ -316,9 +318,9 @@ def test_a_download_past_its_cap_is_aborted_and_leaves_nothing(server, tmp_path:
 
 @pytest.mark.parametrize("file_url", ["file:///etc/hostname", "/etc/hostname", "ftp://host/x.png"])
 def test_a_file_url_from_the_metadata_must_be_http(file_url: str) -> None:
-    from dlfp.data import acquire
-    from dlfp.data.download import UntrustedURLError
+    from dlfp.io.download import UntrustedURLError
     from dlfp.params import FFHQSource
+    from dlfp.stages import acquire
 
     entry = {"thumbnail": {"file_path": "thumbnails128x128/00000/00007.png", "file_url": file_url}}
     with pytest.raises(UntrustedURLError, match="FFHQ metadata 7"):
@@ -326,8 +328,8 @@ def test_a_file_url_from_the_metadata_must_be_http(file_url: str) -> None:
 
 
 def test_the_metadata_file_size_caps_each_file_download() -> None:
-    from dlfp.data import acquire
     from dlfp.params import FFHQSource
+    from dlfp.stages import acquire
 
     spec = {"file_path": "thumbnails128x128/00000/00007.png", "file_url": "https://host/x.png", "file_size": 1234}
     assert acquire._ffhq_file({"thumbnail": spec}, 7, FFHQSource()).max_bytes == 1234
@@ -336,7 +338,7 @@ def test_the_metadata_file_size_caps_each_file_download() -> None:
 
 
 def test_a_drive_confirmation_link_to_another_host_is_not_followed(server, tmp_path: Path) -> None:
-    from dlfp.data import download as dl
+    from dlfp.io import download as dl
 
     server.serve("/uc", _confirm_page("http://evil.invalid/download"), content_type="text/html")
     with pytest.raises(dl.UntrustedURLError, match="evil.invalid"):
@@ -425,7 +427,7 @@ def test_csv_cells_that_would_be_formulas_are_neutralised_and_numbers_stay_numbe
 def test_a_hostile_file_name_and_licence_reach_the_manifest_neutralised(tmp_path: Path) -> None:
     import csv
 
-    from dlfp.data import acquire
+    from dlfp.stages import acquire
 
     folder = tmp_path / "in"
     folder.mkdir()

@@ -16,13 +16,18 @@ import pytest
 import torch
 import yaml
 
-from dlfp.data import degrade, shards
-from dlfp.data.acquire import ffhq_id_from_name
-from dlfp.data.shards import SplitLeakError, iter_samples, pair_presets, read_index, split_records
+from dlfp.ffhq import ffhq_id_from_name
 from dlfp.io.atomic import write_json_atomic
 from dlfp.io.images import encode_png, load_rgb
 from dlfp.io.receipt import read_receipt
 from dlfp.params import parse_params
+from dlfp.shards import format as shard_format
+from dlfp.shards.format import SplitLeakError, pair_presets, split_records
+from dlfp.shards.local import iter_samples, read_index
+from dlfp.stages import degrade
+from dlfp.stages import shard as shard_stage
+from dlfp.stages import train as train_stage
+from dlfp.stages import train_prior as train_prior_stage
 from dlfp.train import data as train_data
 from dlfp.train import gfpgan, prior
 
@@ -64,9 +69,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict:
         lines.append(json.dumps({"id": path.stem, "source": path.name, "licence": "test"}))
     (aligned / "meta.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     params = _params()
-    shards.run(params, aligned, root / "shards")
+    shard_stage.run(params, aligned, root / "shards")
     degrade.run(params, root / "shards", root / "pairs")
-    prior.run(params, root / "shards", root / "prior")
+    train_prior_stage.run(params, root / "shards", root / "prior")
 
     decoded: list[str] = []
     original = train_data.make_sample
@@ -77,7 +82,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train_data, "make_sample", recording)
-        gfpgan.run(params, root / "shards", root / "prior" / prior.PRIOR_FILE, root / "pairs", root / "gfpgan")
+        train_stage.run(params, root / "shards", root / "prior" / prior.PRIOR_FILE, root / "pairs", root / "gfpgan")
     shard_index = read_index(root / "shards")
     ids = {split: {s["__key__"] for s in iter_samples(root / "shards", split_records(shard_index, split))}
            for split in ("train", "val", "test")}
@@ -143,6 +148,6 @@ def test_the_hash_split_gives_val_enough_shared_faces() -> None:
     for path in FACES.iterdir():
         if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
             meta = {"id": path.stem, "ffhq_id": ffhq_id_from_name(path.stem)}
-            counts[shards.assign_split(meta, "hash", fractions, params.shard.ffhq_val_ids)] += 1
+            counts[shard_format.assign_split(meta, "hash", fractions, params.shard.ffhq_val_ids)] += 1
     assert counts["val"] >= MIN_SHARED_VAL_FACES, counts
     assert counts["test"] >= 300, counts  # the test set did not shrink to feed val

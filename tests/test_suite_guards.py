@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
 import pytest
 
-from dlfp.models import identity as idm
+from dlfp.models import weights_cache as idm
 
 
 @pytest.mark.parametrize("value", ["true", "1", "True", "yes"])

@@ -22,11 +22,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from dlfp.data.degrade import degrade, sample_seed
-from dlfp.data.shards import ShardSetWriter, json_bytes
+from dlfp.degradation import degrade, sample_seed
 from dlfp.io.atomic import write_json_atomic
 from dlfp.io.images import encode_png
 from dlfp.params import DegradationParams, parse_params
+from dlfp.shards.format import ShardSetWriter, json_bytes
 from dlfp.stages import train as train_stage
 from dlfp.stages import train_prior as prior_stage
 from dlfp.train import gfpgan, prior, prior_metrics
@@ -102,7 +102,7 @@ def prior_file(data: dict[str, Path]) -> Path:
 
 
 def _raw_samples(data: dict[str, Path]) -> list[tuple[bytes, dict]]:
-    from dlfp.data.shards import iter_samples
+    from dlfp.shards.local import iter_samples
 
     records = train_records(data["shards"])
     return [(s["gt.png"], json.loads(s["json"])) for s in iter_samples(data["shards"], records)]

@@ -20,62 +20,62 @@ def _stage(name: str) -> Callable[[Params, argparse.Namespace], object]:
 
     def call(params: Params, args: argparse.Namespace) -> object:
         if name == "acquire":
-            from dlfp.data import acquire
+            from dlfp.stages import acquire
 
             return acquire.run(params, out_dir=args.out)
         if name == "align":
-            from dlfp.data import align
+            from dlfp.stages import align
 
             return align.run(params, in_dir=args.inp, out_dir=args.out)
         if name == "shard":
-            from dlfp.data import shards
+            from dlfp.stages import shard
 
-            return shards.run(params, in_dir=args.inp, out_dir=args.out)
+            return shard.run(params, in_dir=args.inp, out_dir=args.out)
         if name == "degrade":
-            from dlfp.data import degrade
+            from dlfp.stages import degrade
 
             return degrade.run(params, shards_dir=args.inp, out_dir=args.out)
         if name == "train_prior":
-            from dlfp.train import prior
+            from dlfp.stages import train_prior
 
-            return prior.run(params, shards_dir=args.inp, out_dir=args.out)
+            return train_prior.run(params, shards_dir=args.inp, out_dir=args.out)
         if name == "train":
-            from dlfp.train import gfpgan
+            from dlfp.stages import train
 
-            return gfpgan.run(params, shards_dir=args.inp, prior_path=args.prior, pairs_dir=args.pairs,
-                              out_dir=args.out)
+            return train.run(params, shards_dir=args.inp, prior_path=args.prior, pairs_dir=args.pairs,
+                             out_dir=args.out)
         if name == "restore":
-            from dlfp.restore import testset
+            from dlfp.stages import restore
 
-            return testset.run(params, pairs_dir=args.inp or RESTORE_STAGE_IN, out_dir=args.out or RESTORE_STAGE_OUT)
+            return restore.run(params, pairs_dir=args.inp or RESTORE_STAGE_IN, out_dir=args.out or RESTORE_STAGE_OUT)
         if name == "evaluate":
-            from dlfp.evaluate import stage
+            from dlfp.stages import evaluate
 
-            return stage.run(params, pairs_dir=args.inp, restored_dir=args.restored, out_dir=args.out,
-                             metrics_path=args.metrics)
+            return evaluate.run(params, pairs_dir=args.inp, restored_dir=args.restored, out_dir=args.out,
+                                metrics_path=args.metrics)
         if name == "bias":
-            from dlfp.bias import stage as bias_stage
+            from dlfp.stages import bias as bias_stage
 
             labels = args.labels if args.labels is not None else params.bias.labels
             return bias_stage.run(params, shards_dir=args.shards, pairs_dir=args.pairs, restored_dir=args.restored,
                                   evaluation_dir=args.evaluation, out_dir=args.out, summary_path=args.summary,
                                   labels_path=Path(labels) if labels is not None else None)
         if name == "report":
-            from dlfp.report import build
+            from dlfp.stages import report
 
-            return build.run(params, data_dir=args.data, out_dir=args.out, models_dir=args.models)
+            return report.run(params, data_dir=args.data, out_dir=args.out, models_dir=args.models)
         raise AssertionError(name)
 
     return call
 
 
 RESTORE_STAGE_IN, RESTORE_STAGE_OUT = Path("data/pairs"), Path("data/restored")
-# Literal copies of dlfp.restore.photos' defaults (kept out of the import so `dlfp --help` stays light);
+# Literal copies of dlfp.photos.pipeline's defaults (kept out of the import so `dlfp --help` stays light);
 # tests/test_restore_photos.py checks they agree.
 PHOTOS_DEFAULT_WEIGHTS, PHOTOS_DEFAULT_MIN_FACE, PHOTOS_DEFAULT_MAX_PIXELS = "models/gfpgan/gfpgan.pth", 24, 64_000_000
 PHOTOS_DEFAULT_TOO_LARGE_RATIO = 1.5
 PHOTOS_DEFAULT_QUALITY = 95  # dlfp.io.images.DEFAULT_QUALITY
-PHOTOS_OFFICIAL_NAMES = ("gfpgan-v1.3", "gfpgan-v1.4")  # dlfp.restore.official_weights.OFFICIAL_NAMES
+PHOTOS_OFFICIAL_NAMES = ("gfpgan-v1.3", "gfpgan-v1.4")  # dlfp.photos.official_weights.OFFICIAL_NAMES
 
 
 def _add_restore(sp: argparse.ArgumentParser) -> None:
@@ -133,19 +133,19 @@ def _restore_usage_error(args: argparse.Namespace) -> str | None:
 
 def _restore_photos(args: argparse.Namespace) -> int:
     """`dlfp restore INPUT... -o OUTDIR`: 0 all photos succeeded, 1 some failed (or no weights), 2 usage."""
-    from dlfp.restore import photos
+    from dlfp.photos import inputs, pipeline
 
     try:
-        summary = photos.run_photos(
+        summary = pipeline.run_photos(
             args.inputs, args.output, weights=args.weights, upscale=args.upscale,
             only_center_face=args.only_center_face, detector=args.detector, device=args.device,
             overwrite=args.overwrite, min_face_size=args.min_face_size, max_pixels=args.max_pixels,
             batch_size=args.batch_size, too_large_ratio=args.too_large_ratio, force=args.force, ext=args.ext,
             quality=args.quality)
-    except photos.PhotosUsageError as error:
+    except inputs.PhotosUsageError as error:
         print(f"dlfp restore: usage error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except photos.WeightsNotFoundError as error:
+    except pipeline.WeightsNotFoundError as error:
         print(f"dlfp restore: error: {error}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
@@ -155,7 +155,7 @@ def _restore_photos(args: argparse.Namespace) -> int:
         log.debug("restore failed", exc_info=True)
         print(f"dlfp restore: error: {error}", file=sys.stderr)
         return EXIT_FAILED
-    return photos.exit_code(summary)
+    return pipeline.exit_code(summary)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -178,7 +178,7 @@ class DegradationParams(_Section):
     reference_size: int | None = Field(
         default=None, ge=16,
         description="face side (px) the ranges were defined at: blur sigma, blur kernel radius and downscale "
-                    "factor are scaled to the GT's side (dlfp.data.degrade.size_scale); null: used as given")
+                    "factor are scaled to the GT's side (dlfp.degradation.size_scale); null: used as given")
 
     @model_validator(mode="after")
     def _ranges_ordered(self) -> DegradationParams:

@@ -3,7 +3,7 @@
 
 The reference is GFP-GAN's FaceRestoreHelper (align_warp_face, paste_faces_to_input_image), made pixel-centre
 exact: coordinates are pixel-centre based ((0, 0) is the centre of the top-left pixel), as dlib's landmarks.
-The template itself (its 5 points at 512 px) is defined beside the landmarks (dlfp.data.landmarks, which the
+The template itself (its 5 points at 512 px) is defined beside the landmarks (dlfp.faces.landmarks, which the
 align stage shares); the align stage's own FFHQ quad warp is separate (issue 15 wave 2 may merge the two).
 
 A library: imports numpy, OpenCV and the template points only; never photos/, a stage, train/ or report/.
@@ -16,7 +16,7 @@ import math
 import cv2
 import numpy as np
 
-from dlfp.data.landmarks import LandmarkError, template_5_points
+from dlfp.faces.landmarks import LandmarkError, template_5_points
 
 # Warping and blending (the reference's FaceRestoreHelper.paste_faces_to_input_image, pixel-centre exact).
 ANTIALIAS_BELOW_SCALE = 0.5       # a warp shrinking more than 2x first area-downsamples its source

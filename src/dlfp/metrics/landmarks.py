@@ -3,7 +3,7 @@
 dlib HOG detection + 68 points on the restored face resized to a fixed frame; the detection must overlap the GT
 landmarks' box; mean point error over the 68 points, normalised by the GT's outer-eye-corner distance (points 36
 and 45, the 300-W "inter-ocular" distance). A face that is not found is a failure, counted. May import cv2,
-numpy and dlfp.data.landmarks (the face landmarker).
+numpy and dlfp.faces.landmarks (the face landmarker).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class LandmarkScorer:
     """68 points found on the restored face vs the GT's stored landmarks (both in GT pixels)."""
 
     def __init__(self, frame: int = 256, upsample: int = DETECT_UPSAMPLE) -> None:
-        from dlfp.data.landmarks import FaceLandmarker
+        from dlfp.faces.landmarks import FaceLandmarker
 
         self.frame = frame
         self.landmarker = FaceLandmarker("hog", upsample=upsample, cnn_fallback=False)

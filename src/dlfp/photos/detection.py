@@ -1,7 +1,7 @@
 """Own photos: finding the faces to restore. dlib detection (searched at a reduced size in large photos), the
 68 landmarks, their plausibility check, the template's 5 points, and why each skipped face was skipped.
 
-A library: imports the landmark code (dlfp.data.landmarks) only.
+A library: imports the landmark code (dlfp.faces.landmarks) only.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from dlfp.data.landmarks import (
+from dlfp.faces.landmarks import (
     CNN_FALLBACK_MAX_SIDE,
     Detector,
     FaceBox,

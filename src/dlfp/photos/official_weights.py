@@ -1,7 +1,7 @@
 """The official GFP-GAN release weights by name (`--weights gfpgan-v1.4`): fetched once into $DLFP_CACHE/weights.
 
 The file comes from the official GitHub release URL (or `$DLFP_WEIGHTS_URL/<file name>`, a mirror or a test
-server) through the acquire stage's download code (`dlfp.data.download`: `.part` file resumed with HTTP Range,
+server) through the acquire stage's download code (`dlfp.io.download`: `.part` file resumed with HTTP Range,
 retries with backoff, progress bar, atomic rename). A short probe first makes an offline machine fail at once
 with the URL to fetch by hand and the folder to put the file in. The file is then checked structurally against
 the release layout (GFPGANv1Clean at 512 px, num_style_feat 512, channel_multiplier 2, narrow 1: the keys and
@@ -67,7 +67,7 @@ def is_official_name(weights: object) -> bool:
 
 def weights_folder() -> Path:
     """$DLFP_CACHE/weights (else ~/.cache/dlfp/weights), where the identity weights live too."""
-    from dlfp.models.identity import cache_dir
+    from dlfp.models.weights_cache import cache_dir
 
     return cache_dir() / "weights"
 
@@ -100,7 +100,7 @@ def check_release_layout(path: Path) -> None:
 
 def fetch(name: str, *, progress: bool = True) -> OfficialWeights:
     """The named release file in the cache: downloaded when absent, checked, hashed."""
-    from dlfp.data.download import DownloadError, download, probe_size
+    from dlfp.io.download import DownloadError, download, probe_size
     from dlfp.models.checkpoints import CheckpointMismatchError
 
     file_name = OFFICIAL_NAMES[name]

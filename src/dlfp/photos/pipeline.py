@@ -63,7 +63,6 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from dlfp.data.landmarks import Detector, FaceLandmarker, LandmarkError
 from dlfp.faces.geometry import (
     attach_alpha,
     crop_face,
@@ -73,6 +72,7 @@ from dlfp.faces.geometry import (
     resample,
     similarity_to_template,
 )
+from dlfp.faces.landmarks import Detector, FaceLandmarker, LandmarkError
 from dlfp.io.atomic import open_lock_file, write_bytes_atomic, write_text_atomic
 from dlfp.io.images import DEFAULT_QUALITY, ImageRejected, encode_image
 from dlfp.photos import provenance

@@ -24,8 +24,8 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 from dlfp.report import Page, PageContext, register
-from dlfp.report.data_page import contained
 from dlfp.report.plots import data_uri
+from dlfp.report.readers import contained
 
 BIAS_FOLDER = "bias"
 BIAS_JSON = "bias.json"

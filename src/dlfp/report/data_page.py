@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dlfp.data.shards import TEST_SPLIT, VAL_SPLIT
 from dlfp.report import Page, PageContext, register
 from dlfp.report.plots import decode_thumbnail, draw_annotations, flatten_scalars, histogram_grid, image_uri
 from dlfp.report.readers import (
@@ -29,15 +28,7 @@ from dlfp.report.readers import (
     safe_image_path,
     split_presets,
 )
-
-# SHIM names (issue 15 wave 2 removes them): evaluation_page and bias_page still import these from here;
-# StageInputs, contained, iter_tar_samples and split_presets above are imported for them too.
-_read_json = read_json
-
-
-def _receipt_view(inputs: StageInputs) -> dict | None:
-    return receipt_view(inputs.receipt)
-
+from dlfp.shards.format import TEST_SPLIT, VAL_SPLIT
 
 # Stage -> artifact folder under the data folder (the CLI defaults).
 STAGE_FOLDERS = {"acquire": "raw", "align": "aligned", "shard": "shards", "degrade": "pairs"}

@@ -25,16 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dlfp.data.shards import TEST_SPLIT
 from dlfp.io.atomic import staged_output
 from dlfp.report import Page, PageContext, register
-from dlfp.report.data_page import (
-    StageInputs,
-    _read_json,
-    _receipt_view,
-    contained,
-    split_presets,
-)
 from dlfp.report.evaluation_tables import (
     ARROWS,
     NOT_COMPUTED,
@@ -49,6 +41,8 @@ from dlfp.report.evaluation_tables import (
     preset_table,
 )
 from dlfp.report.plots import distance_histogram
+from dlfp.report.readers import contained, read_json, receipt_view, split_presets
+from dlfp.shards.format import TEST_SPLIT
 
 ASSETS_DIR = "evaluation"  # under the reports folder: gallery and worst-case images
 IMAGES_DIR = "images"  # under the evaluate stage's output: the same images
@@ -135,24 +129,24 @@ def read_inputs(ctx: PageContext) -> Inputs:
     inputs = Inputs(ctx.data_dir / "pairs", ctx.data_dir / "restored", ctx.data_dir / "evaluation",
                     ctx.out_dir / "metrics.json")
     errors = inputs.errors
-    pairs = _read_json(inputs.pairs_dir / "index.json", errors)
+    pairs = read_json(inputs.pairs_dir / "index.json", errors)
     inputs.pairs_index = pairs if isinstance(pairs, Mapping) else None
-    restored = _read_json(inputs.restored_dir / "index.json", errors)
+    restored = read_json(inputs.restored_dir / "index.json", errors)
     inputs.restored_index = restored if isinstance(restored, Mapping) else None
-    summary = _read_json(inputs.evaluation_dir / "summary.json", errors)
+    summary = read_json(inputs.evaluation_dir / "summary.json", errors)
     if isinstance(summary, Mapping) and isinstance(summary.get("results"), Mapping):
         inputs.summary, inputs.results_source = summary, str(inputs.evaluation_dir / "summary.json")
     else:
-        metrics = _read_json(inputs.metrics_path, errors)  # {preset: {restorer: ...}, "accuracy": ...}
+        metrics = read_json(inputs.metrics_path, errors)  # {preset: {restorer: ...}, "accuracy": ...}
         if isinstance(metrics, Mapping):
             results = {key: value for key, value in metrics.items() if key not in METRICS_JSON_EXTRAS}
             inputs.summary = {"results": results, "accuracy": metrics.get("accuracy")}
             inputs.results_source = str(inputs.metrics_path)
     inputs.per_image = read_per_image(inputs.evaluation_dir / "per_image.csv", errors)
-    receipt = _read_json(inputs.evaluation_dir / "receipt.json", errors)
+    receipt = read_json(inputs.evaluation_dir / "receipt.json", errors)
     inputs.receipt = receipt if isinstance(receipt, dict) else None
     for name, attribute in (("gallery.json", "gallery"), ("worst_cases.json", "worst"), ("timing.json", "timing")):
-        document = _read_json(inputs.evaluation_dir / name, errors)
+        document = read_json(inputs.evaluation_dir / name, errors)
         setattr(inputs, attribute, document if isinstance(document, Mapping) else None)
     return inputs
 
@@ -381,8 +375,7 @@ def render(ctx: PageContext) -> str:
     with staged_output(ctx.out_dir / ASSETS_DIR) as assets:
         presets = gallery(inputs, assets)
         worst = worst_cases(inputs, assets)
-    receipt = _receipt_view(StageInputs("evaluate", inputs.evaluation_dir, str(inputs.evaluation_dir), True,
-                                        inputs.receipt))
+    receipt = receipt_view(inputs.receipt)
     return ctx.render(
         "evaluation.html", current=PAGE.filename, title=PAGE.title,
         errors=inputs.errors, labels={"degrade": str(inputs.pairs_dir), "restore": str(inputs.restored_dir),

@@ -136,7 +136,7 @@ def receipt_view(receipt: Mapping | None) -> dict | None:
 
 
 def split_presets(index: object, split: str) -> Mapping | None:
-    """Tolerant read of one split's presets in a pairs index (dlfp.data.shards.pair_presets raises instead)."""
+    """Tolerant read of one split's presets in a pairs index (dlfp.shards.format.pair_presets raises instead)."""
     splits = index.get("splits") if isinstance(index, Mapping) else None
     entry = splits.get(split) if isinstance(splits, Mapping) else None
     presets = entry.get("presets") if isinstance(entry, Mapping) else None

@@ -33,13 +33,14 @@ from dlfp.bias import faces as face_tones
 from dlfp.bias.analysis import EVAL_METRICS, STATUS_OK, Analysis
 from dlfp.bias.faces import NOT_MEASURED, FaceTone
 from dlfp.bias.labels import read_labels
-from dlfp.data.shards import TEST_SPLIT, iter_samples, pair_presets, read_index, split_records
 from dlfp.io.atomic import staged_output, write_json_atomic
 from dlfp.io.hashing import file_digest
 from dlfp.io.images import decode_png_bytes
 from dlfp.io.receipt import write_receipt
 from dlfp.io.tables import write_frame_csv
 from dlfp.params import BiasParams, Params
+from dlfp.shards.format import TEST_SPLIT, pair_presets, split_records
+from dlfp.shards.local import iter_samples, read_index
 
 PER_IMAGE_NAME = "per_image.csv"
 EVAL_SUMMARY_NAME = "summary.json"

@@ -9,7 +9,7 @@ torch build). A restorer that cannot run (gfpgan without its weights file) is re
 {"restorer", "status": "not run", "reason"} in the index and the receipt; the others still run.
 
 A stage: it reads the pairs, calls the restorer library (dlfp.restorers) and writes its outputs; nothing imports it
-but cli.py (and the old path dlfp.restore.testset, a shim until issue 15 wave 2).
+but cli.py.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dlfp.data import streams
-from dlfp.data.shards import TEST_SPLIT, ShardSetWriter, iter_samples, json_bytes, pair_presets, read_index
 from dlfp.io.atomic import staged_output, write_csv_atomic, write_json_atomic
 from dlfp.io.images import decode_png_bytes, encode_png
 from dlfp.io.receipt import write_receipt
 from dlfp.params import Params
 from dlfp.restorers import Restorer, RestorerUnavailable, build_restorer, timed
+from dlfp.shards import streamed as streams
+from dlfp.shards.format import TEST_SPLIT, ShardSetWriter, json_bytes, pair_presets
+from dlfp.shards.local import iter_samples, read_index
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from dlfp.data import streams
-from dlfp.data.shards import VAL_SPLIT
 from dlfp.io.hashing import file_digest
 from dlfp.io.receipt import write_receipt
 from dlfp.params import Params
 from dlfp.report.model_card import CARD_NAME, CardSources, write_card
+from dlfp.shards import streamed as streams
+from dlfp.shards.format import VAL_SPLIT
 from dlfp.train.engine.distributed import is_main_process
 from dlfp.train.engine.run import run_training
 from dlfp.train.gfpgan import MODEL_FILE, GFPGANTraining

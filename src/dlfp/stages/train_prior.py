@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dlfp.data import streams
 from dlfp.io.hashing import file_digest
 from dlfp.io.receipt import write_receipt
 from dlfp.params import Params
+from dlfp.shards import streamed as streams
 from dlfp.train.engine.distributed import is_main_process
 from dlfp.train.engine.run import run_training, training_folder
 from dlfp.train.prior import PRIOR_FILE, PriorTraining, convert_official

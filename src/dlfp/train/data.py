@@ -11,7 +11,7 @@ sample order derives from (seed, epoch) alone: shard order, then a seeded shuffl
   rank stops at the smallest rank's count; with fewer shards, every rank reads all shards and keeps the
   samples at positions r, r + W, ... (N // W each).
 The shards may be a local folder or a streamed location (an http(s) URL, a `pipe:` command, a brace range:
-dlfp.data.streams); both give the same samples in the same order.
+dlfp.shards.streamed); both give the same samples in the same order.
 """
 
 from __future__ import annotations
@@ -28,13 +28,14 @@ import webdataset as wds
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from dlfp.data import streams
-from dlfp.data.degrade import degrade, sample_seed
-from dlfp.data.landmarks import COMPONENTS, mirror_component_boxes
-from dlfp.data.shards import TRAIN_SPLIT, read_index, require_split, split_records, verify_shards
+from dlfp.degradation import degrade, sample_seed
+from dlfp.faces.landmarks import COMPONENTS, mirror_component_boxes
 from dlfp.io.hashing import derive_seed
 from dlfp.io.images import decode_png_bytes
 from dlfp.params import DegradationParams
+from dlfp.shards import streamed as streams
+from dlfp.shards.format import TRAIN_SPLIT, require_split, split_records
+from dlfp.shards.local import read_index, verify_shards
 
 FLIP_PROB = 0.5  # random horizontal flip of the GT (gfpgan-spec section 3)
 FLIP_NAMESPACE = "flip"

@@ -23,8 +23,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dlfp.data import streams
-from dlfp.data.shards import VAL_SPLIT, iter_samples, pair_presets, read_index, require_split
 from dlfp.io.atomic import write_json_atomic
 from dlfp.io.hashing import file_digest
 from dlfp.io.images import decode_png_bytes
@@ -35,10 +33,13 @@ from dlfp.losses.perceptual import DlibFeatures, PerceptualLoss, feature_losses,
 from dlfp.losses.pixel import l1_loss, pyramid_loss
 from dlfp.models.checkpoints import save_official
 from dlfp.models.components import FacialComponentDiscriminator
+from dlfp.models.dlib_resnet import MATCH_THRESHOLD, load_dlib_resnet
 from dlfp.models.gfpgan import GFPGANv1Clean
-from dlfp.models.identity import MATCH_THRESHOLD, load_dlib_resnet
 from dlfp.models.stylegan2 import StyleGAN2Discriminator
 from dlfp.params import Params, TrainParams
+from dlfp.shards import streamed as streams
+from dlfp.shards.format import VAL_SPLIT, pair_presets, require_split
+from dlfp.shards.local import iter_samples, read_index
 from dlfp.train.data import SampleRecipe, resize_for_model, to_tensor
 from dlfp.train.engine.checkpoint import check_resume_config, flatten_params, result_params
 from dlfp.train.engine.distributed import DistInfo, average_gradients, broadcast_module
@@ -432,11 +433,3 @@ class GFPGANTraining(TrainingJob):
 
     def summary(self) -> dict:
         return {"validation": self.last_validation, "validation_ids": self.val_ids}
-
-
-def run(params: Params, shards_dir: Path, prior_path: Path, pairs_dir: Path, out_dir: Path, *,
-        stop_after: int | None = None) -> dict:
-    """SHIM (issue 15 wave 2 removes it): the old entry point of the stage, now dlfp.stages.train.run."""
-    from dlfp.stages.train import run as run_stage
-
-    return run_stage(params, shards_dir, prior_path, pairs_dir, out_dir, stop_after=stop_after)

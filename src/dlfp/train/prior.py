@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dlfp.data import streams
 from dlfp.io.atomic import atomic_path, write_json_atomic
 from dlfp.io.hashing import derive_seed
 from dlfp.losses.gan import (
@@ -32,6 +31,7 @@ from dlfp.losses.gan import (
 )
 from dlfp.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2GeneratorClean
 from dlfp.params import Params, TrainPriorParams
+from dlfp.shards import streamed as streams
 from dlfp.train.data import SampleRecipe, ShardStream
 from dlfp.train.engine.checkpoint import check_resume_config, result_params
 from dlfp.train.engine.distributed import DistInfo, average_gradients, broadcast_module
@@ -301,10 +301,3 @@ class PriorTraining(TrainingJob):
 
     def save(self, trainer: PriorTrainer, work: Path) -> None:
         save_prior(work / PRIOR_FILE, trainer.ema.model, trainer.config)
-
-
-def run(params: Params, shards_dir: Path, out_dir: Path, *, stop_after: int | None = None) -> dict:
-    """SHIM (issue 15 wave 2 removes it): the old entry point of the stage, now dlfp.stages.train_prior.run."""
-    from dlfp.stages.train_prior import run as run_stage
-
-    return run_stage(params, shards_dir, out_dir, stop_after=stop_after)

@@ -1,6 +1,6 @@
 """Does the prior draw faces? Two measurements on a fixed set of prior samples, each beside its real-face level.
 
-- Face-detection rate: dlib's HOG frontal-face detector (the align stage's detector, dlfp.data.landmarks) on the
+- Face-detection rate: dlib's HOG frontal-face detector (the align stage's detector, dlfp.faces.landmarks) on the
   samples upscaled to EVAL_FRAME px (a 64 px face is below HOG's 80 px window), with a Wilson 95% interval. The
   reference is the same detector on real train faces downscaled to the prior's resolution and upscaled the same
   way. HOG measures a face-like layout (brow/eye/nose/mouth gradients), not realism.
@@ -73,8 +73,10 @@ class FaceMeasure:
     """HOG detection rate and descriptor FD of uint8 images at the prior's resolution, against real train faces."""
 
     def __init__(self, real: np.ndarray, frame: int = EVAL_FRAME) -> None:
-        from dlfp.data.landmarks import FaceLandmarker
-        from dlfp.evaluate.metrics import DETECT_UPSAMPLE, IdentityScorer, frechet_distance
+        from dlfp.faces.landmarks import FaceLandmarker
+        from dlfp.metrics.frechet import frechet_distance
+        from dlfp.metrics.identity import IdentityScorer
+        from dlfp.metrics.landmarks import DETECT_UPSAMPLE
 
         started = time.monotonic()
         self.frame = frame
@@ -93,7 +95,7 @@ class FaceMeasure:
 
     @staticmethod
     def _wilson(successes: int, trials: int) -> tuple[float, float]:
-        from dlfp.evaluate.metrics import wilson_interval
+        from dlfp.metrics.identity import wilson_interval
 
         return wilson_interval(successes, trials, CONFIDENCE)
 
@@ -103,7 +105,7 @@ class FaceMeasure:
 
     def measure(self, step: int, images: np.ndarray) -> dict:
         """One prior_metrics.csv row for uint8 samples (N, S, S, 3)."""
-        from dlfp.evaluate.metrics import frechet_distance
+        from dlfp.metrics.frechet import frechet_distance
 
         framed = upscale(images, self.frame)
         found = self.detected(framed)

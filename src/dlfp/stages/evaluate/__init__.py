@@ -35,14 +35,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from dlfp.data import streams
-from dlfp.data.shards import TEST_SPLIT, pair_presets, read_index
 from dlfp.io.atomic import staged_output, write_csv_atomic, write_json_atomic
 from dlfp.io.receipt import write_receipt
 from dlfp.metrics.identity import Calibration, IdentityScorer
 from dlfp.metrics.iqa import COLOUR_SPACES, build_pyiqa_metrics, fid_between
 from dlfp.metrics.landmarks import LandmarkScorer
 from dlfp.params import Params
+from dlfp.shards import streamed as streams
+from dlfp.shards.format import TEST_SPLIT, pair_presets
+from dlfp.shards.local import read_index
 from dlfp.stages.evaluate.page_assets import CAPTION_KEYS, write_page_assets
 from dlfp.stages.evaluate.scoring import (
     COLUMNS,

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dlfp.data.shards import iter_samples
 from dlfp.io.atomic import write_bytes_atomic, write_json_atomic
 from dlfp.io.images import decode_png_bytes, encode_image
+from dlfp.shards.local import iter_samples
 
 GALLERY_NAME = "gallery.json"
 WORST_CASES_NAME = "worst_cases.json"

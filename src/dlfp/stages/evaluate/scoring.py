@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dlfp.data.shards import TEST_SPLIT, iter_samples, pair_presets
 from dlfp.io.images import decode_png_bytes, encode_png
 from dlfp.metrics.identity import IdentityScorer, identity_label, identity_scores
 from dlfp.metrics.iqa import PAIR_METRICS, MetricInfo, no_reference_scores, pair_scores, to_unit_tensor
 from dlfp.metrics.landmarks import LandmarkScorer
+from dlfp.shards.format import TEST_SPLIT, pair_presets
+from dlfp.shards.local import iter_samples
 
 INDEX_NAME = "index.json"
 PER_IMAGE_NAME = "per_image.csv"
