@@ -252,6 +252,7 @@ def test_the_whole_source_is_read_with_its_lazy_imports(modules: dict[str, Modul
     assert {"dlfp.stages.acquire", "dlfp.stages.restore", "dlfp.stages.report"} <= modules[CLI].imports
     assert "dlfp.stages.evaluate.scoring" in modules["dlfp.stages.evaluate"].imports  # `from a.b import c` -> a.b.c
     assert len([name for name in modules if name.startswith("dlfp.photos.")]) >= 7
+    assert {"dlfp.faces.geometry", "dlfp.restorers", "dlfp.html", "dlfp.degradation", "dlfp.ffhq"} <= set(modules)
     assert {"dlfp.report.data_page", "dlfp.report.training_page", "dlfp.report.model_page"} <= set(modules)
 
 

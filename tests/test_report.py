@@ -338,17 +338,6 @@ def test_a_page_module_registers_itself_without_edits_elsewhere(tmp_path: Path,
     assert 'href="zz.html#report">Extra</a>' in (tmp_path / "reports" / "index.html").read_text(encoding="utf-8")
 
 
-def test_pages_import_no_other_page_module() -> None:
-    """Helpers shared by pages live in readers.py and plots.py, not in another page's module."""
-    folder = Path(report_pkg.__file__).parent
-    pages = {path.stem for path in folder.glob("*_page.py")}
-    assert {"data_page", "training_page", "model_page"} <= pages
-    for page in sorted(pages):
-        source = (folder / f"{page}.py").read_text(encoding="utf-8")
-        imported = set(re.findall(r"^\s*from dlfp\.report\.(\w+) import", source, flags=re.MULTILINE))
-        assert not imported & pages, f"{page} imports page module(s) {sorted(imported & pages)}"
-
-
 def test_cli_report(tmp_path: Path) -> None:
     from dlfp.cli import main
 

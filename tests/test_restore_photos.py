@@ -6,7 +6,6 @@ cases are generated from one small real photo in tmp_path; real photos are read 
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import importlib.metadata
 import io
@@ -365,31 +364,6 @@ def test_cli_defaults_match_the_module():
     assert (args.ext, args.quality) == ("auto", images.DEFAULT_QUALITY)
     assert cli.PHOTOS_OFFICIAL_NAMES == tuple(official_weights.OFFICIAL_NAMES)
 
-
-LIBRARY_FILES = ("faces/geometry.py", "restorers.py", "html.py")  # relative to src/dlfp, with photos/
-FORBIDDEN_IMPORTS = ("dlfp.stages", "dlfp.train", "dlfp.report", "dlfp.restore")
-
-
-def _imported_modules(path: Path) -> set[str]:
-    """Every module a file imports, at the top or inside a function (lazy imports count too)."""
-    modules = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            modules.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            modules.add(node.module)
-            modules.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return modules
-
-
-def test_photos_and_restorers_import_no_stage_train_or_report():
-    """Libraries below the stages: own photos and the restorers never reach into a stage, train/ or report/."""
-    root = REPO / "src" / "dlfp"
-    files = [root / name for name in LIBRARY_FILES if name.endswith(".py")] + sorted((root / "photos").rglob("*.py"))
-    assert len(files) >= 11  # photos/ (8 modules) and the three single files
-    bad = {f"{path.relative_to(root)}: {module}" for path in files for module in _imported_modules(path)
-           if any(module == name or module.startswith(f"{name}.") for name in FORBIDDEN_IMPORTS)}
-    assert not bad
 
 # ------------------------------------------------------------------------------------------- geometry
 def test_crop_then_paste_back_reproduces_the_face():

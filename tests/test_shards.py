@@ -147,38 +147,3 @@ def test_keys_with_dots_are_refused(tmp_path: Path) -> None:
 def test_missing_input_names_the_stage_to_run(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="run `dlfp align` first"):
         shard_stage.run(_params(), tmp_path / "nothing", tmp_path / "out")
-
-
-def _dlfp_imports(module: Path) -> set[str]:
-    """The dlfp modules a source file imports, at any depth of the file (lazy imports included)."""
-    import ast
-
-    names = set()
-    for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dlfp"):
-            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
-        elif isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names if alias.name.startswith("dlfp")}
-    return names
-
-
-def test_shard_modules_import_each_other_one_way_only() -> None:
-    """format <- streamed <- local, never back: the old dlfp.data.shards and dlfp.data.streams imported each other."""
-    package = REPO / "src" / "dlfp" / "shards"
-    siblings = {name: {imported for imported in _dlfp_imports(package / f"{name}.py")
-                       if imported.startswith("dlfp.shards.")}
-                for name in ("format", "streamed", "local")}
-    assert siblings["format"] == set()
-    assert {name.split(".")[2] for name in siblings["streamed"]} == {"format"}
-    assert {name.split(".")[2] for name in siblings["local"]} <= {"format", "streamed"}
-
-
-def test_data_libraries_never_import_stages() -> None:
-    """Stages call libraries, never the other way round (dlfp.data holds only the shims of issue 15)."""
-    src = REPO / "src" / "dlfp"
-    libraries = [*(src / "shards").glob("*.py"), *(src / "faces").glob("*.py"), src / "degradation.py",
-                 src / "ffhq.py", src / "io" / "download.py"]
-    offenders = {str(path.relative_to(src)): sorted(name for name in _dlfp_imports(path)
-                                                    if name.startswith("dlfp.stages"))
-                 for path in libraries}
-    assert {path: names for path, names in offenders.items() if names} == {}
