@@ -84,7 +84,8 @@ def _module_name(root: Path, path: Path) -> str:
 
 
 def _imported_names(tree: ast.Module, name: str, is_package: bool) -> list[str]:
-    """Every module name an import statement could mean (`from a import b`: a.b and a), relative ones resolved."""
+    """Every module name an import statement names (`from a import b`: a.b, which is a when b is no module), with
+    relative imports resolved."""
     names = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -94,7 +95,7 @@ def _imported_names(tree: ast.Module, name: str, is_package: bool) -> list[str]:
             if node.level:
                 package = name.split(".") if is_package else name.split(".")[:-1]
                 base = ".".join(package[:len(package) - node.level + 1] + ([base] if base else []))
-            names += [f"{base}.{alias.name}" for alias in node.names] + [base]
+            names += [f"{base}.{alias.name}" for alias in node.names]
     return names
 
 
@@ -365,3 +366,11 @@ def test_a_long_module_whose_docstring_says_why_passes(planted_copy) -> None:
         1), encoding="utf-8")
     assert [name for name in unexplained_long_modules(parse_package(root.parent))
             if name.startswith("dlfp.html:")] == []
+
+
+def test_from_the_root_package_import_a_module_is_that_module(planted_copy) -> None:
+    """`from dlfp import inference` imports dlfp.inference (allowed for restorers), not the root package itself."""
+    planted = planted_copy("restorers.py", LAZY.format("from dlfp import inference, train"))
+    assert {"dlfp.inference", "dlfp.train"} <= planted["dlfp.restorers"].imports
+    assert [violation.split(" (")[0] for violation in forbidden_imports(planted)] == [
+        "dlfp.restorers imports dlfp.train"]
