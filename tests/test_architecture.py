@@ -307,22 +307,23 @@ def test_stage_modules_stay_short(modules: dict[str, Module]) -> None:
 # ------------------------------------------------------------------------------- each rule sees a planted violation
 LAZY = "\n\ndef _planted() -> None:\n    {}\n"  # a violation inside a function: lazy imports count
 PLANTS = {
-    # rule: (file under dlfp/, text appended to it, a fragment of the violation the rule must report)
+    # rule: (file under dlfp/, text appended to it, fragments that one violation the rule reports must all hold)
     "stage_importers": ("shards/format.py", LAZY.format("from dlfp.stages import shard"),
-                        "dlfp.shards.format imports dlfp.stages.shard"),
+                        ("dlfp.shards.format imports dlfp.stages.shard",)),
     "cross_stage_imports": ("stages/bias.py", "\nfrom dlfp.stages.evaluate import scoring\n",
-                            "dlfp.stages.bias imports dlfp.stages.evaluate.scoring"),
+                            ("dlfp.stages.bias imports dlfp.stages.evaluate.scoring",)),
     "forbidden_imports": ("photos/summary.py", LAZY.format("import dlfp.train.engine.ema"),
-                          "dlfp.photos.summary imports dlfp.train.engine.ema"),
+                          ("dlfp.photos.summary imports dlfp.train.engine.ema",)),
     "page_imports": ("report/data_page.py", LAZY.format("from . import training_page"),
-                     "dlfp.report.data_page imports page dlfp.report.training_page"),
-    "unit_cycles": ("io/hashing.py", LAZY.format("from dlfp.shards.format import TEST_SPLIT"), "io -> shards -> io"),
+                     ("dlfp.report.data_page imports page dlfp.report.training_page",)),
+    "unit_cycles": ("io/hashing.py", LAZY.format("from dlfp.shards.format import TEST_SPLIT"),
+                    ("io -> ", "shards -> ")),
     "module_cycles": ("shards/format.py", LAZY.format("from dlfp.shards.local import iter_samples"),
-                      "dlfp.shards.format -> dlfp.shards.local"),
+                      ("dlfp.shards.format -> ", "dlfp.shards.local -> ")),
     "sibling_order": ("shards/streamed.py", LAZY.format("from dlfp.shards import local"),
-                      "dlfp.shards.streamed imports dlfp.shards.local"),
-    "long_modules": ("html.py", "# padding\n" * LONG_MODULE_LINES, "dlfp.html: 475 lines"),
-    "long_stage_modules": ("stages/shard.py", "# padding\n" * STAGE_MODULE_LINES, "dlfp.stages.shard: 331 lines"),
+                      ("dlfp.shards.streamed imports dlfp.shards.local",)),
+    "long_modules": ("html.py", "# padding\n" * LONG_MODULE_LINES, ("dlfp.html: ", "docstring does not say why")),
+    "long_stage_modules": ("stages/shard.py", "# padding\n" * STAGE_MODULE_LINES, ("dlfp.stages.shard: ",)),
 }
 
 
@@ -342,7 +343,7 @@ def planted_copy(tmp_path: Path) -> Callable[[str, str], dict[str, Module]]:
 def test_each_rule_sees_a_planted_violation(rule: str, planted_copy) -> None:
     relative, text, expected = PLANTS[rule]
     violations = RULES[rule](planted_copy(relative, text))
-    assert any(expected in violation for violation in violations), violations
+    assert any(all(fragment in violation for fragment in expected) for violation in violations), violations
 
 
 def test_a_new_unit_must_be_added_to_the_table(planted_copy) -> None:
@@ -361,9 +362,8 @@ def test_a_long_module_whose_docstring_says_why_passes(planted_copy) -> None:
     padded = planted_copy("html.py", "# padding\n" * LONG_MODULE_LINES)
     assert [name for name in unexplained_long_modules(padded) if name.startswith("dlfp.html:")]
     root = padded["dlfp.html"].path
-    root.write_text(root.read_text(encoding="utf-8").replace(
-        '"""The jinja2 environment', f'"""One module of 475 {LONG_MODULE_MARKER} a test.\n\nThe jinja2 environment',
-        1), encoding="utf-8")
+    root.write_text(root.read_text(encoding="utf-8").replace('"""', f'"""Many {LONG_MODULE_MARKER} a test.\n\n', 1),
+                    encoding="utf-8")
     assert [name for name in unexplained_long_modules(parse_package(root.parent))
             if name.startswith("dlfp.html:")] == []
 
