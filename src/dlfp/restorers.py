@@ -20,7 +20,6 @@ dlfp.io and dlfp.models, never a stage, train/ or photos/.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,8 +27,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 DOWN_INTERPOLATION = cv2.INTER_AREA
 UP_INTERPOLATION = cv2.INTER_CUBIC

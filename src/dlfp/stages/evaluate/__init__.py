@@ -27,7 +27,6 @@ writes the page's images; the metrics themselves live in dlfp.metrics. Nothing b
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import time
 from pathlib import Path
@@ -67,8 +66,6 @@ from dlfp.stages.evaluate.summary import (
     identification,
     metric_settings,
 )
-
-log = logging.getLogger(__name__)
 
 
 def run(params: Params, pairs_dir: Path, restored_dir: Path, out_dir: Path, metrics_path: Path) -> dict:
