@@ -33,12 +33,12 @@ import torch
 from dlfp.degradation import degrade
 from dlfp.faces.landmarks import COMPONENTS
 from dlfp.io.atomic import write_json_atomic, write_text_atomic
-from dlfp.io.images import decode_image_bytes
+from dlfp.io.images import decode_image_bytes, resize_for_model
 from dlfp.losses.identity import load_identity_embedder
 from dlfp.losses.perceptual import select_feature_network
 from dlfp.models.stylegan2 import StyleGAN2GeneratorClean
 from dlfp.params import LossWeights, Params, load_params
-from dlfp.train.data import resize_for_model, to_tensor
+from dlfp.train.data import to_tensor
 from dlfp.train.engine.distributed import DistInfo
 from dlfp.train.gfpgan import GFPGANTrainer
 from dlfp.train.prior import prior_config

@@ -17,6 +17,7 @@ from dlfp.io.images import (
     decode_image,
     decode_image_bytes,
     decode_png_bytes,
+    encode_jpeg,
     encode_png,
 )
 
@@ -268,6 +269,32 @@ def test_encode_png_is_deterministic_and_lossless() -> None:
 def test_encode_png_refuses_wrong_shapes() -> None:
     with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
         encode_png(np.zeros((4, 4), np.uint8))
+
+
+@pytest.mark.parametrize(("encoder", "quality"), [("pillow", 90), ("pillow", 88), ("opencv", 88)])
+def test_encode_jpeg_gives_each_callers_former_bytes(encoder: str, quality: int) -> None:
+    """The one JPEG encoder writes what the copies it replaced wrote: Pillow's save (evaluation page assets,
+    training grids, data-page thumbnails) or OpenCV's imencode (bias gallery), at the caller's quality."""
+    import cv2
+
+    pixels = _gradient(48, 40)
+    if encoder == "pillow":
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+        former = buffer.getvalue()
+    else:
+        ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        assert ok
+        former = encoded.tobytes()
+    assert encode_jpeg(pixels, quality, encoder=encoder) == former
+    assert np.abs(decode_png_bytes(former).astype(int) - pixels).mean() < 4  # a JPEG of the same pixels
+
+
+def test_encode_jpeg_refuses_unknown_encoder_and_alpha() -> None:
+    with pytest.raises(ValueError, match="unknown JPEG encoder 'gif'"):
+        encode_jpeg(_gradient(8, 8), 90, encoder="gif")
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
+        encode_jpeg(np.zeros((8, 8, 4), np.uint8), 90)
 
 
 @prereq.needs((FACES / "aligned_hq").is_dir(), "shared faces not present")

@@ -279,6 +279,33 @@ def test_save_then_load_gives_identical_outputs(tmp_path):
         assert torch.equal(loaded(x, randomize_noise=False)[0], source(x, randomize_noise=False)[0])
 
 
+def test_checkpoint_writers_give_the_same_bytes_for_the_same_tensors(tmp_path):
+    """torch.save given a path names the zip's root folder after the (random) temporary file: every writer of
+    .pth files must give byte-identical files for identical tensors, still loadable with weights_only=True."""
+    from dlfp.train.engine.checkpoint import LAST_CHECKPOINT, load_checkpoint, save_checkpoint
+    from dlfp.train.engine.distributed import DistInfo
+    from dlfp.train.prior import load_prior, save_prior
+
+    torch.manual_seed(11)
+    prior = StyleGAN2GeneratorClean(64, num_style_feat=16, num_mlp=1, channel_multiplier=1, narrow=0.0625)
+    config = {"out_size": 64, "num_style_feat": 16}
+    runs = [tmp_path / "first", tmp_path / "second"]
+    for run in runs:
+        save_official(prior, run / "gfpgan.pth")
+        save_prior(run / "prior.pth", prior, config)
+        torch.manual_seed(12)  # the same RNG state for both resume checkpoints
+        save_checkpoint(run / "work", {"g": prior.state_dict()}, 3, {"epoch": 1}, DistInfo())
+    names = ["gfpgan.pth", "prior.pth", f"work/checkpoints/{LAST_CHECKPOINT}", "work/checkpoints/rng-rank0.pth"]
+    for name in names:
+        assert (runs[0] / name).read_bytes() == (runs[1] / name).read_bytes(), name
+    expected = prior.state_dict()
+    for state in (read_state_dict(runs[0] / "gfpgan.pth"), load_prior(runs[0] / "prior.pth")[0],
+                  load_checkpoint(runs[0] / "work", DistInfo())["state"]["g"]):
+        assert set(state) == set(expected)
+        assert all(torch.equal(state[key], expected[key]) for key in expected)
+    assert load_prior(runs[0] / "prior.pth")[1] == config
+
+
 def test_params_key_fallback_and_bare_state_dict(tmp_path):
     model = tiny_gfpgan(seed=9)
     torch.save({"params": model.state_dict()}, tmp_path / "params.pth")

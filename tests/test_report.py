@@ -297,6 +297,30 @@ def test_tar_reader_reports_damaged_tars_as_tar_errors(tmp_path: Path) -> None:
         list(readers.iter_tar_samples(repeated, lambda: True))
 
 
+def test_tar_reader_refuses_an_oversized_member_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member whose header claims more than the cap is an error naming it, raised before any of it is read."""
+    monkeypatch.setattr(readers, "MAX_MEMBER_BYTES", 1024)
+    extracted: list[str] = []
+    extractfile = tarfile.TarFile.extractfile
+
+    def recording_extractfile(self: tarfile.TarFile, member: tarfile.TarInfo | str) -> object:
+        extracted.append(member if isinstance(member, str) else member.name)
+        return extractfile(self, member)
+
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", recording_extractfile)
+    oversized = tmp_path / "oversized.tar"
+    with tarfile.open(oversized, "w") as tar:
+        add_member(tar, "k000.json", b"{}")
+        add_member(tar, "k000.gt.png", b"x" * 1024)  # at the cap: read
+        add_member(tar, "k001.json", b"{}")
+        add_member(tar, "k001.gt.png", b"x" * 1025)
+    samples = readers.iter_tar_samples(oversized, lambda: True)
+    assert next(samples) == ("k000", {"json": b"{}", "gt.png": b"x" * 1024})
+    with pytest.raises(tarfile.TarError, match=r"^member k001\.gt\.png claims 1025 bytes, over the 1024-byte limit"):
+        list(samples)
+    assert extracted == ["k000.json", "k000.gt.png", "k001.json"]
+
+
 def test_registered_page_joins_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(report_pkg, "_REGISTRY", dict(report_pkg._REGISTRY))
     def render(ctx: report_pkg.PageContext) -> str:

@@ -40,9 +40,9 @@ import cv2
 import numpy as np
 
 from dlfp.io.hashing import derive_seed
+from dlfp.io.images import MAX_8BIT
 from dlfp.params import DegradationParams
 
-MAX_8BIT = 255.0
 BORDER = cv2.BORDER_REFLECT_101  # cv2.filter2D's default, as in the reference
 INTERPOLATION = cv2.INTER_LINEAR
 # Kernel taps below this fraction of the kernel sum are dropped before filtering. They change no output

@@ -20,7 +20,6 @@ dlfp.io and dlfp.models, never a stage, train/ or photos/.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,9 +28,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-log = logging.getLogger(__name__)
-
-MAX_8BIT = 255.0
 DOWN_INTERPOLATION = cv2.INTER_AREA
 UP_INTERPOLATION = cv2.INTER_CUBIC
 ARCH_KEYS = ("out_size", "num_style_feat", "channel_multiplier", "num_mlp", "narrow", "different_w", "sft_half",
@@ -154,21 +150,14 @@ def training_losses(weights: Path) -> dict | str:
         raise ValueError(f"{path}: unreadable loss record beside {weights.name}: {error}") from None
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def gfpgan_restorer(weights: Path | str, arch: Mapping[str, object] | None = None, batch_size: int = 4,
                     device: str = "auto") -> Restorer:
     """GFPGANv1Clean in deterministic mode; RestorerUnavailable when the weights file is missing."""
     import torch
     import torch.nn.functional as F
 
-    from dlfp.io.images import resize_for_model
+    from dlfp.devices import resolve_device
+    from dlfp.io.images import MAX_8BIT, resize_for_model
     from dlfp.models.checkpoints import WeightsMissingError, check_state_dict, read_state_dict
     from dlfp.models.gfpgan import GFPGANv1Clean
 
@@ -185,7 +174,7 @@ def gfpgan_restorer(weights: Path | str, arch: Mapping[str, object] | None = Non
     check_state_dict(model, state, str(weights))
     model.load_state_dict(state, strict=True)
     del state
-    device = _device(device)
+    device = str(resolve_device(device))  # a str: the receipt records it
     model.requires_grad_(False).eval().to(device)
     model.fixed_noise = True  # deterministic: the checkpoint's stored noise maps, not fresh noise
     out_size = int(config["out_size"])

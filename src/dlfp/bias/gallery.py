@@ -17,6 +17,7 @@ import numpy as np
 
 from dlfp.bias.faces import FaceTone
 from dlfp.io.atomic import write_bytes_atomic
+from dlfp.io.images import encode_jpeg
 
 THUMB_PX = 96
 JPEG_QUALITY = 88
@@ -25,14 +26,6 @@ CONTOUR_COLOUR = (0, 255, 0)
 
 def thumb(image: np.ndarray) -> np.ndarray:
     return cv2.resize(image, (THUMB_PX, THUMB_PX), interpolation=cv2.INTER_AREA)
-
-
-def jpeg(image_rgb: np.ndarray) -> bytes:
-    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR),
-                               [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:
-        raise RuntimeError("JPEG encoding failed")
-    return encoded.tobytes()
 
 
 def with_mask_outline(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -72,14 +65,14 @@ def save_images(staging: Path, worst: Mapping[tuple[str, str, str], list[WorstCa
     for number, ((preset, restorer, group), candidates) in enumerate(sorted(worst.items())):
         for rank, candidate in enumerate(sorted(candidates, reverse=True)):
             relative = f"worst/{number:04d}-{rank:02d}.jpg"
-            write_bytes_atomic(staging / relative, jpeg(candidate.strip))
+            write_bytes_atomic(staging / relative, encode_jpeg(candidate.strip, JPEG_QUALITY, encoder="opencv"))
             worst_entries.append({"preset": preset, "restorer": restorer, "group": group, "rank": rank,
                                   "id": candidate.sample_id, "d_ita": candidate.d_ita, "file": relative})
     example_entries = []
     order = {group: position for position, group in enumerate(group_info["skin_tone"])}
     for number, (sample_id, image) in enumerate(examples_source.items()):
         relative = f"examples/{number:04d}.jpg"
-        write_bytes_atomic(staging / relative, jpeg(image))
+        write_bytes_atomic(staging / relative, encode_jpeg(image, JPEG_QUALITY, encoder="opencv"))
         face = faces[sample_id]
         example_entries.append({"id": sample_id, "band": face.band, "band_plain": face.band_plain,
                                 "ita": face.measured.ita_deg if face.measured else None,

@@ -34,8 +34,6 @@ import numpy as np
 from scipy.cluster.vq import kmeans2
 from skimage.color import deltaE_ciede2000, lab2rgb, rgb2lab
 
-from dlfp.bias.mask import eye_mask, skin_mask
-
 # ------------------------------------------------------------------------------------ tone measurement
 TRIM_LOW_PERCENTILE = 5.0       # L* below this percentile of the mask: shadows, pores, stray hair
 TRIM_HIGH_PERCENTILE = 95.0     # L* above: specular highlights
@@ -295,14 +293,6 @@ def measure_tone(image_rgb_uint8: np.ndarray, mask: np.ndarray, correction: Corr
     return replay_tone(image_rgb_uint8, mask, tone_recipe(image_rgb_uint8, mask, correction, eyes, seed))
 
 
-def measure_face(image_rgb_uint8: np.ndarray, landmarks68: np.ndarray,
-                 correction: Correction = DEFAULT_CORRECTION) -> ToneMeasurement:
-    """Convenience: mask + eye mask from the landmarks, then measure_tone (the grouping measurement)."""
-    shape = np.asarray(image_rgb_uint8).shape[:2]
-    return measure_tone(image_rgb_uint8, skin_mask(landmarks68, shape), correction,
-                        eyes=eye_mask(landmarks68, shape))
-
-
 # ------------------------------------------------------------------------------------------ groups
 def ita_band(ita: float, no_colour: bool = False) -> str:
     """One of the six ITA bands (BAND_ORDER, light to dark), or "no colour".
@@ -377,9 +367,3 @@ def tone_shift(gt_rgb_uint8: np.ndarray, restored_rgb_uint8: np.ndarray, gt_mask
         delta_e=float(np.median(per_pixel)), delta_e_of_medians=float(deltaE_ciede2000(*medians)),
         gt=gt, restored=restored,
     )
-
-
-def lab_to_rgb_uint8(lab: tuple[float, float, float]) -> np.ndarray:
-    """One Lab colour as an sRGB uint8 triple (for synthetic test faces and swatches in reports)."""
-    rgb = lab2rgb(np.asarray(lab, dtype=np.float64).reshape(1, 1, 3)).reshape(3)
-    return np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)

@@ -84,20 +84,6 @@ def _by_group(values: Sequence[float] | np.ndarray, groups: Sequence[Hashable]) 
     return {g: _clean(v.to_numpy()) for g, v in frame.groupby("group", sort=False)["value"]}
 
 
-def group_summary(values: Sequence[float] | np.ndarray, groups: Sequence[Hashable],
-                  n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-                  order: Sequence[Hashable] | None = None) -> pd.DataFrame:
-    """Per group: n, mean and median with bootstrap 95% CIs (one row per group, in `order` when given)."""
-    rows = []
-    for group, x in _ordered(_by_group(values, groups), order):
-        mean = bootstrap_ci(x, "mean", n_resamples, seed=seed)
-        median = bootstrap_ci(x, "median", n_resamples, seed=seed)
-        rows.append({"group": group, "n": len(x), "mean": mean.estimate, "mean_low": mean.low,
-                     "mean_high": mean.high, "median": median.estimate, "median_low": median.low,
-                     "median_high": median.high})
-    return pd.DataFrame(rows).set_index("group")
-
-
 def _ordered(by_group: dict[Hashable, np.ndarray],
              order: Sequence[Hashable] | None) -> list[tuple[Hashable, np.ndarray]]:
     if order is None:

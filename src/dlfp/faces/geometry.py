@@ -17,13 +17,13 @@ import cv2
 import numpy as np
 
 from dlfp.faces.landmarks import LandmarkError, template_5_points
+from dlfp.io.images import MAX_8BIT
 
 # Warping and blending (the reference's FaceRestoreHelper.paste_faces_to_input_image, pixel-centre exact).
 ANTIALIAS_BELOW_SCALE = 0.5       # a warp shrinking more than 2x first area-downsamples its source
 ROI_MARGIN = 2                    # px around a face's footprint (linear interpolation reads 1 px beyond)
 EDGE_FRACTION = 1 / 20            # feather width = sqrt(face area in output px) / 20, as the reference
 EROSION_EDGES = 2                 # the mask is eroded by 2 feather widths, then blurred over 2 widths
-MAX_8BIT = 255.0
 
 
 def similarity_to_template(points5: np.ndarray, out_size: int) -> np.ndarray:

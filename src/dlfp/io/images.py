@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageFile, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 100_000_000
+MAX_8BIT = 255.0  # the top of the 8-bit range, as a float for scaling uint8 pixels to [0, 1] or [-1, 1]
 # The only formats Pillow may open: what acquire and `dlfp restore` accept. Never EPS/PS (Pillow hands those to
 # Ghostscript), nor any other plugin Pillow happens to have.
 DECODE_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
@@ -369,12 +370,34 @@ def encode_image(pixels: np.ndarray, ext: str, *, quality: int = DEFAULT_QUALITY
     return buffer.getvalue()
 
 
+JPEG_ENCODERS = ("pillow", "opencv")
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int, *, encoder: str = "pillow") -> bytes:
+    """RGB uint8 (H, W, 3) as JPEG bytes at `quality`: the one JPEG encoder of the pages' images.
+
+    `encoder` keeps each caller's bytes as they were: the bias gallery has always encoded with OpenCV, the other
+    pages with Pillow (encode_image). Both use libjpeg-turbo's defaults (4:2:0, no Huffman optimisation) and gave
+    the same bytes on the machines measured, but that is not promised across builds, so the choice is kept."""
+    if encoder not in JPEG_ENCODERS:
+        raise ValueError(f"unknown JPEG encoder {encoder!r} (one of {', '.join(JPEG_ENCODERS)})")
+    array = np.asarray(rgb)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"encode_jpeg expects (H, W, 3) uint8, got {array.shape} {array.dtype}")
+    if encoder == "pillow":
+        return encode_image(array, "jpg", quality=quality)
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(array, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return encoded.tobytes()
+
+
 # ---------------------------------------------------------------------------------------- resampling
 def resize_for_model(image: np.ndarray, size: int) -> np.ndarray:
     """uint8 (H, W, 3) -> (size, size, 3): area averaging when shrinking (no aliasing), bilinear when growing.
 
     The resampling a model's inputs get, in training and at restoration alike (dlfp.restorers), so both see the
-    same pixels. (train/data.py still holds its own copy until issue 15 wave 2 points it here.)"""
+    same pixels."""
     if image.shape[0] == size and image.shape[1] == size:
         return image
     interpolation = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR

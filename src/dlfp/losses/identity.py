@@ -6,13 +6,9 @@ The published recipe uses ArcFace ResNet18 on grey 128 px faces; dl-fp defaults 
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-log = logging.getLogger(__name__)
 
 IDENTITY_CHOICES = ("dlib", "arcface", "off")
 

@@ -92,10 +92,19 @@ def load_into(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
+def save_torch(obj: object, path: str | Path) -> Path:
+    """torch.save, atomic and byte-reproducible: the same tensors and values give the same file bytes.
+
+    Given a path, torch.save names the zip archive's root folder after the file, here atomic_path's random
+    temporary name, so every save differed. Given an open file it writes the fixed name "archive" (as for an
+    in-memory buffer) and still streams to disk, without a second copy of the checkpoint in memory."""
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as stream:
+        torch.save(obj, stream)
+    return path
+
+
 def save_official(model: nn.Module, path: str | Path, key: str = "params_ema") -> Path:
     """Write `{key: state_dict}` atomically, loadable by load_into and by the official GFPGAN code."""
-    path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({key: state}, tmp)
-    return path
+    return save_torch({key: state}, path)

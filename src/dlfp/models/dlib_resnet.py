@@ -14,7 +14,6 @@ metrics: `dlfp.metrics.identity`. May import torch, dlfp.io, dlfp.faces.chips an
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -28,8 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dlfp.faces.chips import CHIP_SIZE, chip_to_image_from_landmarks, crop_ffhq_to_chip, warp_to_chip
-from dlfp.io.atomic import write_bytes_atomic, write_json_atomic
+from dlfp.io.atomic import write_json_atomic
 from dlfp.io.hashing import file_digest
+from dlfp.models.checkpoints import save_torch
 from dlfp.models.dlib_files import FACE_RECOGNITION_RESNET, dlib_model_path
 from dlfp.models.dlib_resnet_dat import DlibNet, LayerRecord, read_dlib_net
 from dlfp.models.weights_cache import cache_dir
@@ -299,9 +299,7 @@ def convert_dlib_resnet(dat_path: Path | None = None, cache: Path | None = None)
             return ConvertedWeights(weights, source, source_sha, recorded["sha256"], False)
         log.info("identity weight cache %s is stale or damaged; converting %s again", weights, source)
     state = dlib_state_dict(read_dlib_net(source))
-    buffer = io.BytesIO()  # saved via memory: torch.save names the archive after the file, which is random
-    torch.save(state, buffer)
-    write_bytes_atomic(weights, buffer.getvalue())
+    save_torch(state, weights)
     digest = file_digest(weights)
     write_json_atomic(manifest, {
         "format": CACHE_FORMAT, "source": str(source), "source_sha256": source_sha, "sha256": digest,

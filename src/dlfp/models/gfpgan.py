@@ -212,10 +212,3 @@ def release_model(**overrides: object) -> GFPGANv1Clean:
     )
     config.update(overrides)
     return GFPGANv1Clean(**config)  # type: ignore[arg-type]
-
-
-@torch.no_grad()
-def restore(model: GFPGANv1Clean, image: Tensor) -> Tensor:
-    """Convenience: (B, 3, S, S) in [-1, 1] -> restored image clamped to [-1, 1], no pyramid."""
-    out, _ = model(image, return_rgb=False)
-    return out.clamp_(-1, 1)

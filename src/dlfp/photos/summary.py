@@ -18,7 +18,6 @@ STATUS_TOO_SMALL = "face too small"
 STATUS_NO_USABLE_FACE = "no usable face"
 STATUS_RESOLUTION_TOO_LOW = "model resolution too low"
 STATUS_FAILED = "failed"
-SUCCESS_STATUSES = (STATUS_OK, STATUS_NO_FACE, STATUS_TOO_SMALL, STATUS_NO_USABLE_FACE, STATUS_RESOLUTION_TOO_LOW)
 
 SUMMARY_JSON, SUMMARY_CSV = "summary.json", "summary.csv"
 SUMMARY_COLUMNS = ("input", "output", "faces_found", "faces_restored", "faces_skipped_small",

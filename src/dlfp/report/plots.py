@@ -19,6 +19,8 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
+from dlfp.io.images import encode_jpeg
+
 # Component boxes get fixed colours so a reader can learn them once.
 BOX_COLOURS = {"left_eye": (0, 200, 255), "right_eye": (255, 200, 0), "mouth": (255, 60, 200)}
 LANDMARK_COLOUR = (60, 255, 60)
@@ -42,10 +44,9 @@ def figure_uri(figure: Figure) -> str:
 
 def image_uri(image: Image.Image, fmt: str = "PNG") -> str:
     """PNG for degraded images (no extra artefacts); JPEG for plain thumbnails (small pages)."""
-    buffer = io.BytesIO()
     if fmt == "JPEG":
-        image.convert("RGB").save(buffer, format="JPEG", quality=88)
-        return data_uri(buffer.getvalue(), "image/jpeg")
+        return data_uri(encode_jpeg(np.asarray(image.convert("RGB")), 88), "image/jpeg")
+    buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)
     return data_uri(buffer.getvalue(), "image/png")
 

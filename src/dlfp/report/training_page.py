@@ -14,7 +14,6 @@ whose files are damaged, is reported on the page; the page itself always renders
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from dlfp.io.atomic import staged_output
+from dlfp.io.images import encode_jpeg
 from dlfp.io.receipt import read_receipt
 from dlfp.report import Page, PageContext, register
 from dlfp.report.plots import Reference, Series, decode_thumbnail, line_panels, moving_average
@@ -364,9 +364,7 @@ def copy_grids(spec: TrainingStage, samples_dir: Path, assets: Path) -> tuple[li
         image, scale = decoded
         if scale < 1.0:
             name = f"{spec.asset_prefix}-step-{step:06d}.jpg"
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=GRID_JPEG_QUALITY)
-            payload = buffer.getvalue()
+            payload = encode_jpeg(np.asarray(image), GRID_JPEG_QUALITY)
         else:
             name = f"{spec.asset_prefix}-step-{step:06d}.png"
         (assets / name).write_bytes(payload)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 import re
 import shlex
 import tarfile
@@ -44,10 +43,7 @@ from dlfp.shards.format import (
     check_shard_path,
 )
 
-log = logging.getLogger(__name__)
-
 PIPE_PREFIX = "pipe:"
-SHARD_SUFFIX = ".tar"
 INDEX_SEARCH_DEPTH = 2  # the shard's own folder, then the one above it (<root>/<split>/<shard>.tar)
 READ_CHUNK = 1 << 20
 _URL_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]+://", re.IGNORECASE)

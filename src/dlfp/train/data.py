@@ -21,7 +21,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import webdataset as wds
@@ -31,7 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from dlfp.degradation import degrade, sample_seed
 from dlfp.faces.landmarks import COMPONENTS, mirror_component_boxes
 from dlfp.io.hashing import derive_seed
-from dlfp.io.images import decode_png_bytes
+from dlfp.io.images import decode_png_bytes, resize_for_model
 from dlfp.params import DegradationParams
 from dlfp.shards import streamed as streams
 from dlfp.shards.format import TRAIN_SPLIT, require_split, split_records
@@ -50,16 +49,6 @@ class SampleRecipe:
     out_size: int
     preset: DegradationParams | None = None  # None: GT only (the prior needs no LQ)
     flip_prob: float = FLIP_PROB
-
-
-def resize_for_model(image: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (H, W, 3) -> (size, size, 3): area averaging when shrinking (no aliasing), bilinear when growing.
-
-    Used for training inputs and for validation pairs alike, so both see the same resampling."""
-    if image.shape[0] == size and image.shape[1] == size:
-        return image
-    interpolation = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
-    return cv2.resize(image, (size, size), interpolation=interpolation)
 
 
 def to_tensor(image: np.ndarray) -> Tensor:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from dlfp.io.atomic import write_json_atomic
 from dlfp.io.hashing import file_digest
-from dlfp.io.images import decode_png_bytes
+from dlfp.io.images import decode_png_bytes, resize_for_model
 from dlfp.losses.component import COMPONENTS, component_style_loss, crop_components, crop_sizes
 from dlfp.losses.gan import discriminator_loss, generator_loss, lazy_betas, lazy_r1_loss, r1_penalty
 from dlfp.losses.identity import IdentityEmbedder, identity_loss, load_identity_embedder
@@ -40,7 +40,7 @@ from dlfp.params import Params, TrainParams
 from dlfp.shards import streamed as streams
 from dlfp.shards.format import VAL_SPLIT, pair_presets, require_split
 from dlfp.shards.local import iter_samples, read_index
-from dlfp.train.data import SampleRecipe, resize_for_model, to_tensor
+from dlfp.train.data import SampleRecipe, to_tensor
 from dlfp.train.engine.checkpoint import check_resume_config, flatten_params, result_params
 from dlfp.train.engine.distributed import DistInfo, average_gradients, broadcast_module
 from dlfp.train.engine.ema import EMA, ema_decay

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dlfp.io.atomic import atomic_path, write_json_atomic
+from dlfp.io.atomic import write_json_atomic
 from dlfp.io.hashing import derive_seed
 from dlfp.losses.gan import (
     discriminator_loss,
@@ -29,6 +29,7 @@ from dlfp.losses.gan import (
     lazy_r1_loss,
     r1_penalty,
 )
+from dlfp.models.checkpoints import save_torch
 from dlfp.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2GeneratorClean
 from dlfp.params import Params, TrainPriorParams
 from dlfp.shards import streamed as streams
@@ -84,8 +85,7 @@ def load_prior(path: Path | str) -> tuple[dict[str, Tensor], dict]:
 
 def save_prior(path: Path, generator: torch.nn.Module, config: dict) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"params_ema": state, "config": config}, tmp)
+    save_torch({"params_ema": state, "config": config}, path)
 
 
 def mixed_latents(generator: StyleGAN2GeneratorClean, batch: int, mixing_prob: float,

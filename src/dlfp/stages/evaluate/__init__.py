@@ -27,7 +27,6 @@ writes the page's images; the metrics themselves live in dlfp.metrics. Nothing b
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from dlfp.devices import resolve_device
 from dlfp.io.atomic import staged_output, write_csv_atomic, write_json_atomic
 from dlfp.io.receipt import write_receipt
 from dlfp.metrics.identity import Calibration, IdentityScorer
@@ -67,14 +67,6 @@ from dlfp.stages.evaluate.summary import (
     metric_settings,
 )
 
-log = logging.getLogger(__name__)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
 
 def run(params: Params, pairs_dir: Path, restored_dir: Path, out_dir: Path, metrics_path: Path) -> dict:
     """Score every restored test face; write per_image.csv, summary.json, receipt and metrics.json."""
@@ -84,7 +76,7 @@ def run(params: Params, pairs_dir: Path, restored_dir: Path, out_dir: Path, metr
     restored_index = read_index(restored_dir)
     sources, not_run = list_sources(pairs_dir, pairs_index, restored_dir, restored_index)
     torch.set_num_threads(params.evaluate.threads)
-    device = _device(params.evaluate.device)
+    device = resolve_device(params.evaluate.device)
     scorers = Scorers(pyiqa=build_pyiqa_metrics(device, params.evaluate.ssim_backend),
                       identity=IdentityScorer(device, params.evaluate.batch_size),
                       landmarks=LandmarkScorer(params.evaluate.landmark_frame), device=device)

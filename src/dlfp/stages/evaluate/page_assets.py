@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from dlfp.io.atomic import write_bytes_atomic, write_json_atomic
-from dlfp.io.images import decode_png_bytes, encode_image
+from dlfp.io.images import decode_png_bytes, encode_jpeg
 from dlfp.shards.local import iter_samples
 
 GALLERY_NAME = "gallery.json"
@@ -51,7 +51,7 @@ def thumbnail_jpeg(png: bytes, side: int, source: str) -> bytes:
     if scale < 1.0:
         image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
                              Image.Resampling.LANCZOS)
-    return encode_image(np.asarray(image), "jpg", quality=JPEG_QUALITY)
+    return encode_jpeg(np.asarray(image), JPEG_QUALITY)
 
 
 def read_members(folder: Path, records: list[dict], member: str, wanted: set[str] | None = None,

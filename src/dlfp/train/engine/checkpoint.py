@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from dlfp.io.atomic import PARTIAL_SUFFIX, atomic_path, output_lock, recover_swap, swap_into_place
+from dlfp.io.atomic import PARTIAL_SUFFIX, output_lock, recover_swap, swap_into_place
+from dlfp.models.checkpoints import save_torch
 from dlfp.train.engine.distributed import DistInfo
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,7 @@ def save_checkpoint(work_dir: Path, state: dict, step: int, data_state: dict, in
     run's provenance: see training_provenance)."""
     path = checkpoint_path(work_dir)
     rng_path = _rng_path(work_dir, info.rank)
-    with atomic_path(rng_path) as tmp:
-        torch.save({"step": step, "rng": capture_rng()}, tmp)
+    save_torch({"step": step, "rng": capture_rng()}, rng_path)
     if info.distributed:
         dist.barrier()
     if info.is_main:
@@ -137,8 +137,7 @@ def save_checkpoint(work_dir: Path, state: dict, step: int, data_state: dict, in
                    "world_size": info.world_size}
         if provenance is not None:
             payload["provenance"] = provenance
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
+        save_torch(payload, path)
     if info.distributed:
         dist.barrier()
     return path
