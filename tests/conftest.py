@@ -25,6 +25,7 @@ def load_helper(filename: str):
 load_helper("_browser.py")
 load_helper("_tars.py")
 prereq = load_helper("_prereq.py")
+faces = load_helper("_faces.py")  # after _prereq.py, which it imports
 
 CACHE_ENV = "DLFP_CACHE"  # dlfp.models.weights_cache.CACHE_ENV (not imported here: conftest stays light)
 
@@ -43,6 +44,19 @@ def private_dlfp_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(CACHE_ENV, str(folder))
         yield folder
+
+
+@pytest.fixture(scope="session")
+def mini_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """tests/_faces.py's shared mini project (aligned, shards, pairs, restored), built once per session.
+
+    Shared by every test that asks for it, so it must stay as built: a test copies what it changes. Checked at the
+    end of the session (a changed file fails the run's teardown).
+    """
+    root = faces.build_mini_project(tmp_path_factory.mktemp("mini_project"))
+    built = faces.snapshot(root)
+    yield root
+    assert faces.snapshot(root) == built, f"a test changed the shared mini project {root}: copy what you change"
 
 
 @pytest.fixture

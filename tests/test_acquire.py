@@ -15,6 +15,7 @@ from pathlib import Path
 import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
 import numpy as np
 import pytest
+from _dlfp_test_faces import FACES  # tests/_faces.py, registered by conftest.py
 from PIL import Image
 
 from dlfp.cli import main
@@ -23,9 +24,6 @@ from dlfp.io.download import DownloadError, DriveQuotaError
 from dlfp.params import load_params, parse_params
 from dlfp.stages import acquire
 from dlfp.stages.acquire.local import assign_ids
-
-FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
-
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -384,15 +382,15 @@ def test_parquet_rows_of_a_declared_variant_are_checked_against_the_metadata_pix
 def _linked_faces(tmp_path: Path, number: int) -> Path:
     folder = tmp_path / "faces"
     folder.mkdir()
-    names = sorted(path.name for path in (FACES / "aligned_hq").iterdir())
+    names = sorted(path.name for path in FACES.iterdir())
     small_non_ffhq = [name for name in names if name.startswith("celeb256_")][:2]  # 256 px PNGs, not FFHQ
     picks = small_non_ffhq + [name for name in names if name.startswith("ffhq256_")][: number - 2]
     for name in picks:
-        (folder / name).symlink_to(FACES / "aligned_hq" / name)
+        (folder / name).symlink_to(FACES / name)
     return folder
 
 
-@prereq.needs((FACES / "aligned_hq").is_dir(), "shared faces not present")
+@prereq.needs(FACES.is_dir(), "shared faces not present")
 def test_real_faces_via_cli_and_workers_do_not_change_bytes(tmp_path: Path) -> None:
     folder = _linked_faces(tmp_path, 20)
     params_file = tmp_path / "params.yaml"
@@ -417,7 +415,7 @@ ROWS_PER_GROUP = 2
 
 def _real_faces(number: int) -> list[tuple[int, bytes]]:
     """(FFHQ id, original JPEG bytes) of the first real FFHQ faces in ../shared/faces."""
-    files = sorted((FACES / "aligned_hq").glob("ffhq256_0*.jpg"))[:number]
+    files = sorted(FACES.glob("ffhq256_0*.jpg"))[:number]
     return [(int(path.stem[-5:]), path.read_bytes()) for path in files]
 
 
@@ -474,7 +472,7 @@ def _asked_bytes(server, path: str, size: int) -> list[tuple[int, int]]:
     return spans
 
 
-needs_faces = pytest.mark.skipif(not (FACES / "aligned_hq").is_dir(), reason="shared faces not present")
+needs_faces = pytest.mark.skipif(not FACES.is_dir(), reason="shared faces not present")
 
 
 @needs_faces

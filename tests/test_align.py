@@ -11,6 +11,7 @@ import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.p
 import cv2
 import numpy as np
 import pytest
+from _dlfp_test_faces import FACES, SHARED_FACES, WILD  # tests/_faces.py, registered by conftest.py
 
 from dlfp.faces import alignment
 from dlfp.faces.landmarks import (
@@ -29,7 +30,6 @@ from dlfp.io.images import encode_png, load_rgb
 from dlfp.params import Params, parse_params
 from dlfp.stages import align
 
-FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
 SIZE = 256
 
 # Real aligned faces of every kind in aligned_hq: FFHQ 256 JPEG and PNG, FFHQ 1024, GFP-GAN's 512, other sets.
@@ -45,7 +45,7 @@ WILD_TINY = "mtcnn_office1.jpg"           # one 37 px face
 ROTATED_FACE = "ffhq1024_00001.png"
 ROTATION_DEG = 15.0
 
-pytestmark = prereq.needs(FACES.is_dir(), f"{FACES} (shared face images) not present")
+pytestmark = prereq.needs(SHARED_FACES.is_dir(), f"{SHARED_FACES} (shared face images) not present")
 
 
 def make_params(**align_params: object) -> Params:
@@ -101,7 +101,7 @@ def landmarker() -> FaceLandmarker:
 @pytest.fixture(scope="module")
 def aligned_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     raw = tmp_path_factory.mktemp("aligned") / "raw"
-    images = {Path(name).stem: load_rgb(FACES / "aligned_hq" / name) for name in ALIGNED_FILES}
+    images = {Path(name).stem: load_rgb(FACES / name) for name in ALIGNED_FILES}
     ffhq_ids = {stem: int(stem.split("_")[1]) for stem in images if stem.startswith("ffhq")}
     write_raw(raw, images, ffhq_ids)
     out = raw.parent / "aligned"
@@ -112,10 +112,10 @@ def aligned_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 @pytest.fixture(scope="module")
 def wild_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     images = {
-        "wild_single": load_rgb(FACES / "wild" / WILD_SINGLE),
-        "rotated": rotated_paste(load_rgb(FACES / "aligned_hq" / ROTATED_FACE), ROTATION_DEG),
-        "several": load_rgb(FACES / "wild" / WILD_SEVERAL),
-        "tiny": load_rgb(FACES / "wild" / WILD_TINY),
+        "wild_single": load_rgb(WILD / WILD_SINGLE),
+        "rotated": rotated_paste(load_rgb(FACES / ROTATED_FACE), ROTATION_DEG),
+        "several": load_rgb(WILD / WILD_SEVERAL),
+        "tiny": load_rgb(WILD / WILD_TINY),
         "blank": np.full((200, 240, 3), 128, dtype=np.uint8),
     }
     rejects = [{"id": "broken", "source": "shared/faces", "reason": "truncated or corrupt"}]
@@ -239,7 +239,7 @@ def test_select_face_ignores_small_background_faces() -> None:
 
 def test_shrink_path_matches_the_direct_alignment(landmarker: FaceLandmarker) -> None:
     """A 4x larger copy goes through the shrink step and must give the same face at the same place."""
-    photo = rotated_paste(load_rgb(FACES / "aligned_hq" / ROTATED_FACE), ROTATION_DEG)
+    photo = rotated_paste(load_rgb(FACES / ROTATED_FACE), ROTATION_DEG)
     boxes = landmarker.detect(photo)
     points = landmarker.landmarks(photo, boxes[0])
     quad = ffhq_quad(points)
@@ -351,14 +351,14 @@ def test_missing_manifest_is_a_clear_error(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_cnn_detector_passes_aligned_faces_through(tmp_path: Path) -> None:
     names = ALIGNED_FILES[:3]
-    raw = write_raw(tmp_path / "raw", {Path(n).stem: load_rgb(FACES / "aligned_hq" / n) for n in names})
+    raw = write_raw(tmp_path / "raw", {Path(n).stem: load_rgb(FACES / n) for n in names})
     summary = align.run(make_params(detector="cnn"), raw, tmp_path / "out", workers=1)
     assert summary["passthrough"] == len(names)
 
 
 def test_faces_lists_every_large_face_with_its_template_points(landmarker: FaceLandmarker) -> None:
     """What `dlfp restore` reuses on own photos: all faces of a group photo, each with 5 template points."""
-    photo = load_rgb(FACES / "wild" / WILD_SEVERAL)
+    photo = load_rgb(WILD / WILD_SEVERAL)
     faces = landmarker.faces(photo, min_face_size=48)
     assert len(faces) == 3
     for box, points in faces:
@@ -372,7 +372,7 @@ HOG_MISS = "ffhq256_00112.jpg"  # a real aligned FFHQ face that dlib's HOG detec
 
 
 def test_cnn_fallback_finds_faces_hog_misses(landmarker: FaceLandmarker) -> None:
-    rgb = load_rgb(FACES / "aligned_hq" / HOG_MISS)
+    rgb = load_rgb(FACES / HOG_MISS)
     assert landmarker.detect(rgb) == []
     with pytest.raises(alignment.FaceRejected) as rejected:
         alignment.align_image(rgb, landmarker, size=SIZE, min_face_size=48, tolerance=0.12)

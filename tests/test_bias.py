@@ -6,19 +6,18 @@ Synthetic inputs with known answers; one real face from ../shared/faces for the 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
 import cv2
 import numpy as np
 import pytest
+from _dlfp_test_faces import FACES  # tests/_faces.py, registered by conftest.py
 from skimage.color import deltaE_ciede2000, lab2rgb, rgb2lab
 
 from dlfp.bias import mask as face_mask
 from dlfp.bias import skin, stats
 
-FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
-REAL_FACE = FACES / "aligned_hq" / "ffhq256_00001.jpg"
+REAL_FACE = FACES / "ffhq256_00001.jpg"
 SIZE = 256
 SKIN_LAB = (62.0, 12.0, 18.0)          # a medium skin tone: ITA about 33 deg ("intermediate")
 SCLERA_LAB = (88.0, *skin.SCLERA_REFERENCE_AB)   # typical eye whites: not neutral

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from _dlfp_test_faces import FACES  # tests/_faces.py, registered by conftest.py
 from skimage.color import lab2rgb, rgb2lab
 
 from dlfp.bias import analysis as bias_analysis
@@ -28,7 +29,6 @@ from dlfp.io.images import load_rgb
 from dlfp.params import parse_params
 
 REPO = Path(__file__).resolve().parents[1]
-FACES = Path(__file__).resolve().parents[2] / "shared" / "faces" / "aligned_hq"
 FACE_COUNT = 120
 SIZE = 128
 PRESET = "planted"

@@ -19,34 +19,27 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import _dlfp_test_browser as browser  # tests/_browser.py, registered by conftest.py
+import _dlfp_test_faces as faces  # tests/_faces.py, registered by conftest.py
 import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
 import cv2
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 from skimage.color import lab2rgb, rgb2lab
 
 from dlfp.bias import faces as bias_faces
 from dlfp.bias import labels as bias_labels
 from dlfp.bias import skin, stats
-from dlfp.faces.landmarks import FaceLandmarker
 from dlfp.io.atomic import write_csv_atomic, write_json_atomic
-from dlfp.io.images import decode_png_bytes, encode_png, load_rgb
-from dlfp.params import parse_params
+from dlfp.io.images import decode_png_bytes, encode_png
 from dlfp.report import PageContext, make_env
 from dlfp.shards import format as shard_format
 from dlfp.shards.format import ShardSetWriter, json_bytes, pair_presets
 from dlfp.shards.local import iter_samples, read_index
 from dlfp.stages import bias as bias_stage
-from dlfp.stages import degrade
 from dlfp.stages import report as report_stage
-from dlfp.stages import restore as restore_stage
-from dlfp.stages import shard as shard_stage
 from dlfp.stages.evaluate.scoring import COLUMNS
 
-REPO = Path(__file__).resolve().parents[1]
-FACES = Path(__file__).resolve().parents[2] / "shared" / "faces" / "aligned_hq"
 SIZE = 128
 FACE_COUNT = 12
 PRESET = "mild"
@@ -93,13 +86,11 @@ def _roles(paths: list[Path]) -> dict[int, str]:
 
 
 def _params(**bias: object):
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["shard"].update(split="hash", fractions={"train": 0.3, "val": 0.0, "test": 0.7}, samples_per_shard=4)
-    raw["degrade"].update(workers=1, presets={PRESET: raw["degrade"]["presets"][PRESET]})
-    raw["restore"].update(restorers=["identity", "bicubic"], device="cpu", threads=1)
-    raw["evaluate"].update(device="cpu", threads=1, batch_size=8, headline_preset=PRESET, headline_restorer="bicubic")
-    raw["bias"].update({"min_group_size": 4, "resamples": 200, "worst_cases": 20, "examples": 20, **bias})
-    return parse_params(raw)
+    return faces.stage_params(
+        (PRESET,), {"train": 0.3, "val": 0.0, "test": 0.7}, 4,
+        restore=dict(restorers=["identity", "bicubic"], device="cpu", threads=1),
+        evaluate=dict(device="cpu", threads=1, batch_size=8, headline_preset=PRESET, headline_restorer="bicubic"),
+        bias={"min_group_size": 4, "resamples": 200, "worst_cases": 20, "examples": 20, **bias})
 
 
 # --------------------------------------------------------------------------------- known answers
@@ -232,36 +223,19 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Three test faces have roles (_roles): one id holds <script>, one GT is greyscale (no colour), and the
     "lighter" restorer greys one (colour lost).
     """
-    paths = sorted(FACES.glob("ffhq256_*.jpg"))[:FACE_COUNT]
-    if len(paths) < FACE_COUNT:
-        prereq.missing(f"no faces in {FACES}")
+    paths = faces.face_paths(FACE_COUNT)
     root = tmp_path_factory.mktemp("bias_stage")
-    aligned = root / "aligned"
-    (aligned / "images").mkdir(parents=True)
-    landmarker = FaceLandmarker("hog", upsample=1)
-    lines, label_rows = [], []
     roles = _roles(paths)
-    for number, path in enumerate(paths):
-        full = load_rgb(path)
-        boxes = landmarker.detect(full)
-        assert boxes, f"{path.name}: no face"
-        points = (landmarker.landmarks(full, boxes[0]) + 0.5) * SIZE / full.shape[1] - 0.5
-        sample_id = roles[number]
-        ffhq_id = int(path.stem.split("_")[1])
-        image = cv2.resize(full, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
-        if sample_id == GREY_ID:
-            image = grey(image)
-        (aligned / "images" / f"{sample_id}.png").write_bytes(encode_png(image))
-        lines.append(json.dumps({"id": sample_id, "source": path.name, "licence": "test", "ffhq_id": ffhq_id,
-                                 "landmarks": points.round(3).tolist()}))
+    ids = [roles[number] for number in range(len(paths))]
+    ffhq_ids = [int(path.stem.split("_")[1]) for path in paths]
+    label_rows = []
+    for number, (path, sample_id, ffhq_id) in enumerate(zip(paths, ids, ffhq_ids, strict=True)):
         gender = HOSTILE_GENDER if sample_id == HOSTILE_ID else ("female" if number % 2 else "male")
         label_rows.append([path.name, f"{ffhq_id:05d}", gender, str(10.0 + 5 * number)])
-    (aligned / "meta.jsonl").write_text("\n".join(lines) + "\n")
     write_csv_atomic(root / "labels.csv", ["file", "ffhq_id", "gender", "age"], label_rows)
-    params = _params()
-    shard_stage.run(params, aligned, root / "shards")
-    degrade.run(params, root / "shards", root / "pairs")
-    restore_stage.run(params, root / "pairs", root / "restored")
+    faces.build(root, _params(), paths, SIZE, restore=True, ids=ids, landmarks=True,
+                extra_meta=[{"ffhq_id": ffhq_id} for ffhq_id in ffhq_ids],
+                edit=lambda sample_id, image: grey(image) if sample_id == GREY_ID else image)
     _fake_restored(root / "pairs", root / "restored")
     _evaluation(root)
     return root

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from _dlfp_test_faces import FACES  # tests/_faces.py, registered by conftest.py
 
 from dlfp import degradation as dg
 from dlfp.io.hashing import file_digest
@@ -26,7 +27,6 @@ from dlfp.stages import degrade as degrade_stage
 from dlfp.stages import shard as shard_stage
 
 REPO = Path(__file__).resolve().parents[1]
-FACES = Path(__file__).resolve().parents[2] / "shared" / "faces" / "aligned_hq"
 SMALL = 64
 DRAWS = 400  # samples for the distribution checks; tolerances below are about 4 standard errors
 PAPER = DegradationParams()

@@ -8,47 +8,34 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
+import _dlfp_test_faces as faces  # tests/_faces.py, registered by conftest.py
 import cv2
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
-from dlfp.faces.landmarks import FaceLandmarker
 from dlfp.io.atomic import write_json_atomic
 from dlfp.io.images import decode_png_bytes, encode_png, load_rgb
 from dlfp.metrics import frechet, iqa
 from dlfp.metrics import identity as idm
 from dlfp.metrics import landmarks as lm
-from dlfp.params import parse_params
 from dlfp.shards.format import ShardSetWriter, json_bytes, pair_presets
 from dlfp.shards.local import iter_samples, read_index
-from dlfp.stages import degrade
 from dlfp.stages import evaluate as stage
-from dlfp.stages import restore as restore_stage
-from dlfp.stages import shard as shard_stage
 from dlfp.stages.evaluate import page_assets, scoring
 from dlfp.stages.evaluate.summary import circularity
 
-REPO = Path(__file__).resolve().parents[1]
-FACES = Path(__file__).resolve().parents[2] / "shared" / "faces" / "aligned_hq"
-SIZE = 128
-FACE_COUNT = 5
-PRESETS = ("mild", "severe")
+SIZE = faces.MINI_SIZE
+FACE_COUNT = faces.MINI_COUNT
+PRESETS = faces.MINI_PRESETS
 
 
 def _params(tmp: Path, report: dict | None = None, **evaluate: object):
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["report"].update(report or {})
-    raw["shard"].update(split="hash", fractions={"train": 0.0, "val": 0.0, "test": 1.0}, samples_per_shard=3)
-    raw["degrade"]["workers"] = 1
-    raw["degrade"]["presets"] = {name: raw["degrade"]["presets"][name] for name in PRESETS}
-    raw["restore"].update(restorers=["identity", "bicubic", "gfpgan"], weights=str(tmp / "absent.pth"),
-                          device="cpu", threads=1)
-    raw["evaluate"].update(device="cpu", threads=1, batch_size=4, headline_preset="mild", **evaluate)
-    return parse_params(raw)
+    """The shared mini project's parameters (restorers from params.yaml), evaluated on the CPU."""
+    return faces.mini_params(report=report or {},
+                             restore=dict(weights=str(tmp / "absent.pth"), device="cpu", threads=1),
+                             evaluate=dict(device="cpu", threads=1, batch_size=4, headline_preset="mild", **evaluate))
 
 
 @pytest.fixture(scope="module")
@@ -62,34 +49,11 @@ def _no_pyiqa_weights(monkeypatch: pytest.MonkeyPatch, empty_torch_home: Path) -
     monkeypatch.setenv("TORCH_HOME", str(empty_torch_home))
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Real FFHQ faces at 128 px with dlib landmarks, through the real shard, degrade and restore stages."""
-    paths = sorted(FACES.glob("ffhq256_*.jpg"))[:FACE_COUNT]
-    if len(paths) < FACE_COUNT:
-        prereq.missing(f"no faces in {FACES}")
-    root = tmp_path_factory.mktemp("evaluate_stage")
-    aligned = root / "aligned"
-    (aligned / "images").mkdir(parents=True)
-    landmarker = FaceLandmarker("hog", upsample=1)
-    lines = []
-    for number, path in enumerate(paths):
-        full = load_rgb(path)
-        boxes = landmarker.detect(full)
-        assert boxes, f"{path.name}: no face"
-        scale = SIZE / full.shape[1]
-        points = (landmarker.landmarks(full, boxes[0]) + 0.5) * scale - 0.5
-        sample_id = f"face_{number:03d}"
-        image = cv2.resize(full, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
-        (aligned / "images" / f"{sample_id}.png").write_bytes(encode_png(image))
-        lines.append(json.dumps({"id": sample_id, "source": path.name, "licence": "test",
-                                 "landmarks": points.round(3).tolist()}))
-    (aligned / "meta.jsonl").write_text("\n".join(lines) + "\n")
-    params = _params(root)
-    shard_stage.run(params, aligned, root / "shards")
-    degrade.run(params, root / "shards", root / "pairs")
-    restore_stage.run(params, root / "pairs", root / "restored")
-    return root
+@pytest.fixture
+def project(mini_project: Path) -> Path:
+    """The shared mini project (conftest.py): real FFHQ faces at 128 px with dlib landmarks, through the real shard,
+    degrade and restore stages."""
+    return mini_project
 
 
 def _fake_restored(pairs_dir: Path, out: Path, makers: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]],
@@ -127,10 +91,7 @@ def test_psnr_of_identical_images_is_the_documented_cap_and_ssim_is_one() -> Non
 
 
 def test_fast_ssim_equals_pyiqa_ssim() -> None:
-    paths = sorted(FACES.glob("ffhq256_*.jpg"))[:3]
-    if not paths:
-        prereq.missing(f"no faces in {FACES}")
-    gts = [cv2.resize(load_rgb(p), (96, 96), interpolation=cv2.INTER_AREA) for p in paths]
+    gts = [faces.resized(load_rgb(p), 96) for p in faces.face_paths(3)]
     rng = np.random.default_rng(0)
     noisy = [np.clip(cv2.GaussianBlur(g, (7, 7), 2).astype(int) + rng.integers(-20, 21, g.shape), 0, 255)
              .astype(np.uint8) for g in gts]

@@ -24,11 +24,11 @@ import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.p
 import pytest
 import torch
 import yaml
+from _dlfp_test_faces import FACES  # tests/_faces.py, registered by conftest.py
 
 from dlfp.io.hashing import file_digest
 
 REPO = Path(__file__).resolve().parents[1]
-FACES = REPO.parent / "shared" / "faces" / "aligned_hq"
 BIN = Path(sys.executable).parent
 KILL_FACES = 120  # enough that writing the shards takes long enough to be caught half-way
 STAGE_FACES = 16  # 6 test faces -> 24 pairs: degrade runs ~2 s, long enough to be caught half-way

@@ -10,6 +10,7 @@ import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.p
 import numpy as np
 import pytest
 import torch
+from _dlfp_test_faces import FACES, WILD  # tests/_faces.py, registered by conftest.py
 from PIL import Image
 
 from dlfp.faces import chips as chip_frame
@@ -20,7 +21,6 @@ from dlfp.models.dlib_resnet_dat import DlibFormatError, parse_dlib_net, read_dl
 
 dlib = pytest.importorskip("dlib")
 
-FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
 ARCFACE_MANIFEST = Path(__file__).resolve().parents[2] / "shared" / "reference" / "state_dicts" / \
     "arcface_resnet18.json"
 MAX_ABS_DIFF = 1e-6  # per element; measured max 4.8e-7 to 5.4e-7 on the 334 faces (threads, batch size)
@@ -37,7 +37,7 @@ def _load_rgb(path: Path) -> np.ndarray:
 def collect_faces(n_aligned: int, wild_max_side: int | None) -> list[dict]:
     """Faces as the brief's reference procedure makes them: HOG + shape_predictor_5 + get_face_chip."""
     faces = []
-    aligned = sorted((FACES / "aligned_hq").glob("ffhq256_*.jpg"))
+    aligned = sorted(FACES.glob("ffhq256_*.jpg"))
     for path in aligned:
         if sum(f["source"] == "aligned" for f in faces) >= n_aligned:
             break
@@ -45,7 +45,7 @@ def collect_faces(n_aligned: int, wild_max_side: int | None) -> list[dict]:
         for chip, points, _ in chip_frame.dlib_face_chips(image, upsample=1):
             faces.append({"source": "aligned", "name": path.name, "chip": chip, "points": points,
                           "image": image})
-    for path in sorted((FACES / "wild").iterdir()):
+    for path in sorted(WILD.iterdir()):
         if path.suffix.lower() not in {".jpg", ".jpeg", ".png"}:
             continue
         image = _load_rgb(path)
@@ -223,7 +223,7 @@ def test_ffhq_frame_matches_dlib_alignment(model, aligned_faces):
 
 def test_ffhq_constants_reproduce(aligned_faces):
     """Re-measure the stored FFHQ chip frame on a subset of aligned_hq."""
-    measured = chip_frame.derive_ffhq_chip_frame(FACES / "aligned_hq", limit=40)
+    measured = chip_frame.derive_ffhq_chip_frame(FACES, limit=40)
     assert measured["count"] >= 30
     assert measured["center_x"] == pytest.approx(chip_frame.FFHQ_CHIP_CENTER[0], abs=0.01)
     assert measured["center_y"] == pytest.approx(chip_frame.FFHQ_CHIP_CENTER[1], abs=0.01)
@@ -289,7 +289,7 @@ def test_same_person_closer_than_different_people(cache):
     """FFHQ 00000 at 1024, 512 and 256 px is one person; the other FFHQ ids are different people."""
     names = ["ffhq1024_00000.png", "gfpgan_testgt512_00000000.png", "ffhq256_00000.jpg", "ffhq256_00001.jpg",
              "ffhq256_00002.jpg"]
-    paths = [FACES / "aligned_hq" / n for n in names]
+    paths = [FACES / n for n in names]
     if not all(p.is_file() for p in paths):
         prereq.missing("expected aligned_hq files missing")
     chips = [chip_frame.dlib_face_chips(_load_rgb(p), upsample=0 if "1024" in p.name else 1)[0][0] for p in paths]

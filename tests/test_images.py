@@ -10,6 +10,7 @@ from pathlib import Path
 import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
 import numpy as np
 import pytest
+from _dlfp_test_faces import FACES  # tests/_faces.py, registered by conftest.py
 from PIL import Image
 
 from dlfp.io.images import (
@@ -20,8 +21,6 @@ from dlfp.io.images import (
     encode_jpeg,
     encode_png,
 )
-
-FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -297,8 +296,8 @@ def test_encode_jpeg_refuses_unknown_encoder_and_alpha() -> None:
         encode_jpeg(np.zeros((8, 8, 4), np.uint8), 90)
 
 
-@prereq.needs((FACES / "aligned_hq").is_dir(), "shared faces not present")
+@prereq.needs(FACES.is_dir(), "shared faces not present")
 def test_real_faces_decode() -> None:
-    for path in sorted((FACES / "aligned_hq").glob("ffhq256_0000*.jpg"))[:3]:
+    for path in sorted(FACES.glob("ffhq256_0000*.jpg"))[:3]:
         decoded = decode_image(path)
         _assert_rgb8(decoded.rgb, 256, 256)

@@ -10,12 +10,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from _dlfp_test_faces import FACES  # tests/_faces.py, registered by conftest.py
 
 from dlfp import inference
 from dlfp.io.images import load_rgb
 from dlfp.models.gfpgan import GFPGANv1Clean
 
-FACES = Path(__file__).resolve().parents[2] / "shared" / "faces" / "aligned_hq"
 SIZE = 64
 TINY = dict(out_size=SIZE, num_style_feat=64, channel_multiplier=1, num_mlp=2, narrow=0.25)
 TOLERANCE = 1e-4  # max abs, on [-1, 1] images

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _dlfp_test_faces import FACES  # tests/_faces.py, registered by conftest.py
 
 from dlfp.io.hashing import file_digest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_FACES = REPO.parent / "shared" / "faces" / "aligned_hq"
 BIN = Path(sys.executable).parent
 IMAGE_COUNT = 24
 WIRING = ("dvc.yaml", "Snakefile", "workflow", "profiles", "src")
@@ -28,7 +28,7 @@ def _scratch_project(root: Path, image_count: int) -> Path:
     for name in WIRING:
         (root / name).symlink_to(REPO / name)
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["data"].update(folder=str(SHARED_FACES), count=image_count)
+    raw["data"].update(folder=str(FACES), count=image_count)
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     return root
 

@@ -13,13 +13,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from _dlfp_test_faces import FACES  # tests/_faces.py, registered by conftest.py
 from pydantic import ValidationError
 
 from dlfp.io.images import load_rgb
 from dlfp.params import TrainPriorParams
 from dlfp.train.prior_metrics import COLUMNS, FaceMeasure, MetricsLog, eval_latents
 
-FACES = Path(__file__).resolve().parents[2] / "shared" / "faces" / "aligned_hq"
 FACE_FILES = sorted(FACES.glob("ffhq*.jpg"))
 SIZE = 64  # the demo prior's resolution
 REAL, HELD_OUT = 96, 48

@@ -19,28 +19,24 @@ from pathlib import Path
 from types import ModuleType
 
 import _dlfp_test_browser as browser  # tests/_browser.py, registered by conftest.py
+import _dlfp_test_faces as faces  # tests/_faces.py, registered by conftest.py
 import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
-import cv2
 import pytest
 import torch
 from markupsafe import escape as html_escape
 
-from dlfp.io.images import encode_png, load_rgb
 from dlfp.params import Params, parse_params
 from dlfp.report import evaluation_tables, training_page
 from dlfp.shards.format import hash_split
-from dlfp.stages import degrade
 from dlfp.stages import evaluate as evaluate_stage
 from dlfp.stages import report as report_stage
 from dlfp.stages import restore as restore_stage
-from dlfp.stages import shard as shard_stage
 from dlfp.stages import train as train_stage
 from dlfp.stages import train_prior as train_prior_stage
 from dlfp.stages.evaluate import page_assets
 from dlfp.train import gfpgan, prior
 
 TESTS = Path(__file__).resolve().parent
-FACES = TESTS.parents[1] / "shared" / "faces" / "aligned_hq"
 SIZE = 64
 FACE_COUNT = 20
 PRESETS = ("moderate", "paper")
@@ -93,21 +89,6 @@ def hostile_test_id() -> str:
     raise AssertionError("no test-split variant of the hostile id")
 
 
-def write_aligned(folder: Path) -> None:
-    """FACE_COUNT real faces at 64 px as an align-stage output (no landmarks: landmark metrics are 'not computed')."""
-    paths = sorted(FACES.glob("*.png"))[:FACE_COUNT]
-    if len(paths) < FACE_COUNT:
-        prereq.missing(f"fewer than {FACE_COUNT} faces in {FACES}")
-    (folder / "images").mkdir(parents=True)
-    lines = []
-    for number, path in enumerate(paths):
-        sample_id = hostile_test_id() if number == 0 else f"face_{number:03d}"
-        image = cv2.resize(load_rgb(path), (SIZE, SIZE), interpolation=cv2.INTER_AREA)
-        (folder / "images" / f"{sample_id}.png").write_bytes(encode_png(image))
-        lines.append(json.dumps({"id": sample_id, "source": path.name, "licence": "test"}))
-    (folder / "meta.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
 @pytest.fixture(scope="module")
 def torch_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """No pyiqa or VGG weights: LPIPS, NIQE and FID must come out 'not computed' with the file named."""
@@ -124,9 +105,9 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, torch_home: Path) -> dict
     root = tmp_path_factory.mktemp("pages") / SCRIPT  # a folder name with a <script> tag in every path
     data, models, reports = root / "data", root / "models", root / "reports"
     params = make_params(root, models / "gfpgan" / gfpgan.MODEL_FILE)
-    write_aligned(data / "aligned")
-    shard_stage.run(params, data / "aligned", data / "shards")
-    degrade.run(params, data / "shards", data / "pairs")
+    # FACE_COUNT real faces, no landmarks (landmark metrics are 'not computed'), the first one with the hostile id
+    ids = [hostile_test_id()] + [f"face_{number:03d}" for number in range(1, FACE_COUNT)]
+    faces.build(data, params, faces.face_paths(FACE_COUNT, "*.png"), SIZE, ids=ids)
     train_prior_stage.run(params, data / "shards", models / "prior")
     train_stage.run(params, data / "shards", models / "prior" / prior.PRIOR_FILE, data / "pairs", models / "gfpgan")
     restore_stage.run(params, data / "pairs", data / "restored")

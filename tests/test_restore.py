@@ -5,62 +5,38 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
+import _dlfp_test_faces as faces  # tests/_faces.py, registered by conftest.py
 import _dlfp_test_tars as tars  # tests/_tars.py, registered by conftest.py
 import cv2
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from dlfp import restorers
 from dlfp.io.hashing import file_digest
-from dlfp.io.images import decode_png_bytes, encode_png, load_rgb
+from dlfp.io.images import decode_png_bytes
 from dlfp.models.checkpoints import save_official
 from dlfp.models.gfpgan import GFPGANv1Clean
-from dlfp.params import parse_params
-from dlfp.stages import degrade
 from dlfp.stages import restore as restore_stage
-from dlfp.stages import shard as shard_stage
 
-REPO = Path(__file__).resolve().parents[1]
-FACES = Path(__file__).resolve().parents[2] / "shared" / "faces" / "aligned_hq"
-SIZE = 96  # GT side; the tiny model below runs at 64 and is resized in and out
-FACE_COUNT = 5
+SIZE = faces.MINI_SIZE  # GT side; the tiny model below runs at 64 and is resized in and out
+FACE_COUNT = faces.MINI_COUNT
 TINY = dict(out_size=64, num_style_feat=64, channel_multiplier=1, num_mlp=2, narrow=0.25)
-PRESETS = ("mild", "severe")
+PRESETS = faces.MINI_PRESETS
 
 
-def _params(tmp: Path, weights: Path | None = None, restorer_list: tuple[str, ...] = ("identity", "bicubic", "gfpgan")):
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["shard"].update(split="hash", fractions={"train": 0.0, "val": 0.0, "test": 1.0}, samples_per_shard=3)
-    raw["degrade"]["workers"] = 1
-    raw["degrade"]["presets"] = {name: raw["degrade"]["presets"][name] for name in PRESETS}
-    raw["restore"].update(restorers=list(restorer_list), weights=str(weights or tmp / "no-such-weights.pth"),
-                          batch_size=2, device="cpu", threads=1)
-    return parse_params(raw)
+def _params(tmp: Path, weights: Path | None = None, restorer_list: tuple[str, ...] | None = None):
+    """The shared mini project's parameters; the restorers of params.yaml unless `restorer_list` is given."""
+    restore = dict(weights=str(weights or tmp / "no-such-weights.pth"), batch_size=2, device="cpu", threads=1)
+    if restorer_list is not None:
+        restore["restorers"] = list(restorer_list)
+    return faces.mini_params(restore=restore)
 
 
-@pytest.fixture(scope="module")
-def pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A handful of real FFHQ faces at 96 px through the real shard and degrade stages."""
-    paths = sorted(FACES.glob("ffhq256_*.jpg"))[:FACE_COUNT]
-    if len(paths) < FACE_COUNT:
-        prereq.missing(f"no faces in {FACES}")
-    root = tmp_path_factory.mktemp("restore_stage")
-    aligned = root / "aligned"
-    (aligned / "images").mkdir(parents=True)
-    lines = []
-    for number, path in enumerate(paths):
-        sample_id = f"face_{number:03d}"
-        image = cv2.resize(load_rgb(path), (SIZE, SIZE), interpolation=cv2.INTER_AREA)
-        (aligned / "images" / f"{sample_id}.png").write_bytes(encode_png(image))
-        lines.append(json.dumps({"id": sample_id, "source": path.name, "licence": "test"}))
-    (aligned / "meta.jsonl").write_text("\n".join(lines) + "\n")
-    params = _params(root)
-    shard_stage.run(params, aligned, root / "shards")
-    degrade.run(params, root / "shards", root / "pairs")
-    return root / "pairs"
+@pytest.fixture
+def pairs_dir(mini_project: Path) -> Path:
+    """The shared mini project's pairs (conftest.py): real FFHQ faces through the real shard and degrade stages."""
+    return mini_project / "pairs"
 
 
 def _restored(out: Path, restorer: str, preset: str) -> dict[str, dict[str, bytes]]:

@@ -25,6 +25,7 @@ import dlib
 import numpy as np
 import pytest
 import torch
+from _dlfp_test_faces import WILD  # tests/_faces.py, registered by conftest.py
 from PIL import Image, ImageCms
 
 from dlfp import cli
@@ -48,7 +49,6 @@ from dlfp.photos.summary import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-WILD = REPO.parent / "shared" / "faces" / "wild"
 MANIFEST_512 = REPO.parent / "shared" / "reference" / "state_dicts" / "gfpganv1clean_512.json"
 PARAMS = ["--params", str(REPO / "params.yaml")]
 TINY = dict(out_size=64, num_style_feat=64, channel_multiplier=1, num_mlp=2, narrow=0.125)

@@ -17,6 +17,7 @@ from pathlib import Path
 import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
 import pytest
 import yaml
+from _dlfp_test_faces import FACES  # tests/_faces.py, registered by conftest.py
 
 from dlfp.io.atomic import write_json_atomic
 from dlfp.io.hashing import file_digest
@@ -25,7 +26,6 @@ from dlfp.shards.format import ShardCorruptError, ShardSetWriter, json_bytes, sp
 from dlfp.shards.local import iter_samples, read_index
 
 REPO = Path(__file__).resolve().parents[1]
-FACES = REPO.parent / "shared" / "faces" / "aligned_hq"
 BIN = Path(sys.executable).parent
 TRAIN_FACES, PAIR_FACES, PER_SHARD = 8, 4, 3
 SIZE = 64

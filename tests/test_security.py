@@ -13,6 +13,7 @@ import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.p
 import numpy as np
 import pytest
 import yaml
+from _dlfp_test_faces import WILD  # tests/_faces.py, registered by conftest.py
 
 from dlfp.io.atomic import write_json_atomic
 from dlfp.io.images import encode_png
@@ -207,7 +208,7 @@ def test_checkpoints_are_fsynced_before_they_are_renamed_into_place(tmp_path: Pa
 
 
 # ------------------------------------------------------------------------------------------ 3. dlfp restore
-WILD_PHOTO = REPO.parent / "shared" / "faces" / "wild" / "dfdnet_test1.jpg"
+WILD_PHOTO = WILD / "dfdnet_test1.jpg"
 
 
 @pytest.fixture(scope="module")

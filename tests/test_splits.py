@@ -7,32 +7,27 @@ compared with the test pairs. Pointing validation back at the test pairs makes t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+import _dlfp_test_faces as faces  # tests/_faces.py, registered by conftest.py
 import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
-import cv2
 import pytest
 import torch
 import yaml
 
 from dlfp.ffhq import ffhq_id_from_name
 from dlfp.io.atomic import write_json_atomic
-from dlfp.io.images import encode_png, load_rgb
 from dlfp.io.receipt import read_receipt
 from dlfp.params import parse_params
 from dlfp.shards import format as shard_format
 from dlfp.shards.format import SplitLeakError, pair_presets, split_records
 from dlfp.shards.local import iter_samples, read_index
-from dlfp.stages import degrade
-from dlfp.stages import shard as shard_stage
 from dlfp.stages import train as train_stage
 from dlfp.stages import train_prior as train_prior_stage
 from dlfp.train import data as train_data
 from dlfp.train import gfpgan, prior
 
 REPO = Path(__file__).resolve().parents[1]
-FACES = REPO.parent / "shared" / "faces" / "aligned_hq"
 SIZE = 64
 FACE_COUNT = 16
 FRACTIONS = {"train": 0.5, "val": 0.2, "test": 0.3}
@@ -55,22 +50,11 @@ def _params():
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Real faces through shard -> degrade -> train_prior -> train, recording every id training decodes."""
-    paths = sorted(FACES.glob("*.png"))[:FACE_COUNT]
-    if len(paths) < FACE_COUNT:
-        prereq.missing(f"fewer than {FACE_COUNT} faces in {FACES}")
+    paths = faces.face_paths(FACE_COUNT, "*.png")
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("splits")
-    aligned = root / "aligned"
-    (aligned / "images").mkdir(parents=True)
-    lines = []
-    for path in paths:
-        image = cv2.resize(load_rgb(path), (SIZE, SIZE), interpolation=cv2.INTER_AREA)
-        (aligned / "images" / f"{path.stem}.png").write_bytes(encode_png(image))
-        lines.append(json.dumps({"id": path.stem, "source": path.name, "licence": "test"}))
-    (aligned / "meta.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     params = _params()
-    shard_stage.run(params, aligned, root / "shards")
-    degrade.run(params, root / "shards", root / "pairs")
+    faces.build(root, params, paths, SIZE, ids=[path.stem for path in paths])
     train_prior_stage.run(params, root / "shards", root / "prior")
 
     decoded: list[str] = []
@@ -141,11 +125,11 @@ def test_training_stream_refuses_test_shards_listed_as_train(project: dict, tmp_
 
 def test_the_hash_split_gives_val_enough_shared_faces() -> None:
     """params.yaml's fractions on the 1,140 shared faces: val must hold enough faces to tune on."""
-    prereq.require(FACES.is_dir(), f"{FACES} is missing")
+    prereq.require(faces.FACES.is_dir(), f"{faces.FACES} is missing")
     params = parse_params(yaml.safe_load((REPO / "params.yaml").read_text()))
     fractions = params.shard.fractions.model_dump()
     counts = {"train": 0, "val": 0, "test": 0}
-    for path in FACES.iterdir():
+    for path in faces.FACES.iterdir():
         if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
             meta = {"id": path.stem, "ffhq_id": ffhq_id_from_name(path.stem)}
             counts[shard_format.assign_split(meta, "hash", fractions, params.shard.ffhq_val_ids)] += 1
