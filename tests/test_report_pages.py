@@ -331,7 +331,6 @@ def test_metrics_tables_equal_the_evaluation_output(pipeline: dict[str, Path]) -
     assert lpips.startswith("not computed: LPIPS_v0.1_alex") and lpips not in cell_texts(html)
     notes = re.findall(r'<p class="missing">(LPIPS: n/c in the tables below[^<]*)</p>', html)
     assert len(notes) == 1 and str(html_escape(lpips)) in notes[0]
-    assert html.count("LPIPS_v0.1_alex-") == 1 + len(PRESETS) * 3  # the note, and each cell's hover title
     assert "no stored GT landmarks" in html
     # comparability: one footnote for the paper's table, none per row
     assert html.count("roughly only, differs in test set") == 1 and html.count("Not comparable: ") == 1
