@@ -331,8 +331,9 @@ def severity_panels(panels: Sequence[tuple[str, Mapping[str, Sequence[Point | No
                 values = np.array([p.value if p is not None else math.nan for p in points], float)
                 low = np.array([p.low if p is not None else math.nan for p in points], float)
                 high = np.array([p.high if p is not None else math.nan for p in points], float)
-                errors = np.vstack([np.where(np.isfinite(low), values - low, 0.0),
-                                    np.where(np.isfinite(high), high - values, 0.0)])
+                # clipped at 0: a mean outside its interval (inputs that disagree) still draws
+                errors = np.vstack([np.where(np.isfinite(low), np.maximum(values - low, 0.0), 0.0),
+                                    np.where(np.isfinite(high), np.maximum(high - values, 0.0), 0.0)])
                 ax.errorbar(x + shift, values, yerr=errors, color=restorer_colour(restorer), marker="o", ms=3,
                             linewidth=1.3, capsize=2, label=restorer[:24])
             ax.set_xticks(x, [preset[:12] for preset in presets])
