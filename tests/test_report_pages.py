@@ -433,22 +433,23 @@ def test_no_page_overflows_at_any_width_and_the_headline_is_on_the_first_screen(
     screen. The first screens are kept as screenshots in tmp_path."""
     pages = sorted(pipeline["reports"].glob("*.html"))
     assert {"index.html", "evaluation.html", "training.html", "bias.html"} <= {path.name for path in pages}
-    overflowing = {}
+    overflowing, counts, first_screen = {}, {}, {}
     for path in pages:
         for label, size in browser.LAYOUT_SCREENS.items():
             probe = "at-a-glance-table" if path.name == "evaluation.html" else None
             layout = browser.measure_layout(path, size, tmp_path / "profile", probe)
             assert layout["width"] == size[0], layout
+            counts[f"{path.name} at {label}"] = len(layout["overflowing"])
             if layout["overflowing"]:
                 overflowing[f"{path.name} at {label}"] = layout["overflowing"][:5]
             if probe:
-                assert layout["firstScreenTop"] is not None and 0 <= layout["firstScreenTop"] < layout["height"], \
-                    (label, layout["firstScreenTop"])
+                first_screen[label] = layout["firstScreenTop"], layout["height"]
             shot = tmp_path / f"{path.stem}-{label}.png"
             browser.first_screen_shot(path, size, shot, tmp_path / "profile")
             with Image.open(shot) as image:
                 assert image.size == size
-    assert not overflowing, overflowing
+    assert not overflowing, (counts, overflowing)
+    assert all(top is not None and 0 <= top < height for top, height in first_screen.values()), first_screen
     assert not list(pipeline["reports"].glob(".*.html"))  # the probes are gone
 
 
