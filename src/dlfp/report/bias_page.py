@@ -24,15 +24,14 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 from dlfp.report import Page, PageContext, register
-from dlfp.report.plots import data_uri
+from dlfp.report.plots import CHART_RC, LINE_COLOURS, data_uri, restorer_colour
 from dlfp.report.readers import contained
 
 BIAS_FOLDER = "bias"
 BIAS_JSON = "bias.json"
 MAX_IMAGE_BYTES = 4 << 20            # a worst-case strip is ~10 kB; anything far larger is not ours
 PLOT_DPI = 80
-RC = {"text.parse_math": False, "svg.hashsalt": "dlfp", "font.size": 8}
-RESTORER_COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2")
+RC = CHART_RC
 MAIN_GROUPING = "skin_tone"
 TONE_CATEGORIES = ("very light", "light", "intermediate", "tan", "brown", "dark", "no colour", "not measured")
 GROUPING_TITLES = {"skin_tone": "skin tone (ITA band)", "lightness": "lightness (L*)", "hue": "hue angle (h*)",
@@ -129,7 +128,7 @@ def composition_plot(rows: Sequence[Mapping], bands: Sequence[str]) -> str | Non
                 share = {r["group"]: r["share"] or 0.0 for r in rows if r["split"] == split
                          and r["grouping"] == grouping}
                 ax.bar(np.arange(len(bands)) + number * width, [share.get(b, 0.0) for b in bands], width,
-                       label=split, color=RESTORER_COLOURS[number % len(RESTORER_COLOURS)])
+                       label=split, color=LINE_COLOURS[number % len(LINE_COLOURS)])
             ax.set_xticks(np.arange(len(bands)) + 0.4 - width / 2, [_short(b, 14) for b in bands], rotation=25)
             ax.set_title(title)
         axes[0].set_ylabel("share of the split")
@@ -150,7 +149,8 @@ def forest_plot(rows: Sequence[Mapping], metric: str, restorers: Sequence[str],
         figure.subplots_adjust(left=0.38, right=0.97, bottom=0.5 / height + 0.02, top=1 - 0.35 / height)
         ax = figure.subplots()
         offsets = np.linspace(-0.25, 0.25, len(restorers)) if len(restorers) > 1 else [0.0]
-        for colour, restorer, offset in zip(RESTORER_COLOURS, restorers, offsets, strict=False):
+        for restorer, offset in zip(restorers, offsets, strict=False):
+            colour = restorer_colour(restorer)
             ys, xs, lows, highs = [], [], [], []
             for position, (grouping, group) in enumerate(order):
                 row = chosen.get((grouping, group, restorer))
@@ -182,7 +182,8 @@ def shift_plot(scatter: Mapping[str, Sequence], binned: Sequence[Mapping], resto
         figure = Figure(figsize=(3.4 * len(shown), 3.2), dpi=PLOT_DPI)
         figure.subplots_adjust(left=0.08, right=0.99, bottom=0.16, top=0.88, wspace=0.25)
         axes = np.atleast_1d(figure.subplots(1, len(shown), sharey=True))
-        for ax, restorer, colour in zip(axes, shown, RESTORER_COLOURS, strict=False):
+        for ax, restorer in zip(axes, shown, strict=False):
+            colour = restorer_colour(restorer)
             points = np.asarray(scatter[restorer], dtype=np.float64)
             ax.scatter(points[:, 0], points[:, 1], s=6, alpha=0.5, color=colour)
             bins = [b for b in binned if b["restorer"] == restorer and b["mean"] is not None]

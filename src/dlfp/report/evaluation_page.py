@@ -3,13 +3,16 @@
 Inputs, all stage outputs: data/evaluation (summary.json, per_image.csv, receipt.json, and what the evaluate
 stage writes for this page: gallery.json, worst_cases.json, timing.json and the JPEGs under images/;
 reports/metrics.json as a fallback for the results), data/restored (index.json with every restorer's status) and
-data/pairs (index.json: the presets' order). Sections: the headline accuracy (rank-1 identification with its CI,
-whether the scored model was trained with the scoring network, the verification match rates at dlib's 0.6 and at
-the calibrated threshold, and the calibration: FAR of 0.6 and a histogram of impostor distances with both
+data/pairs (index.json: presets params.yaml does not list). First screen, "at a glance": the headline accuracy
+(rank-1 identification with its CI, and whether the scored model was trained with the scoring network), one table
+preset x restorer with PSNR, SSIM and rank-1 and their 95% intervals (PSNR/SSIM: t-intervals over per_image.csv,
+model_card.mean_intervals), saying where a restorer falls below the LQ input, the paper's CelebA-Test rows beside
+preset `paper` only, and a chart of the three against severity (one line per restorer). Then the gallery with an
+LQ / restored / GT toggle (CSS only: the pages allow no scripts). The details follow, collapsed: the accuracy's
+definition, verification rates and calibration (FAR of 0.6, a histogram of impostor distances with both
 thresholds), rank-1 and match rates per preset and restorer, the restorers (with the reason for any that was not
-run), one metrics table per preset (every metric with its direction, the best value in bold, the paper's
-CelebA-Test number beside it and whether it is comparable at all: evaluation_tables.py), a gallery with an LQ /
-restored / GT toggle (CSS only: the pages allow no scripts), and the worst faces by identity distance.
+run), one metrics table per preset (evaluation_tables.py: a missing metric is said once, "n/c" in its cells), the
+worst faces by identity distance, the metric settings and the receipt.
 
 The gallery and worst-case JPEGs are copied from the evaluate stage's images/ to reports/evaluation/; the page
 decodes no image and reads no tar.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import shutil
 from collections.abc import Mapping
@@ -29,7 +33,10 @@ from dlfp.io.atomic import staged_output
 from dlfp.report import Page, PageContext, register
 from dlfp.report.evaluation_tables import (
     ARROWS,
+    METRICS,
     NOT_COMPUTED,
+    NOT_COMPUTED_CELL,
+    PAPER_PRESET,
     PAPER_SIZE,
     PAPER_TEST_COUNT,
     PAPER_TEST_SET,
@@ -37,10 +44,12 @@ from dlfp.report.evaluation_tables import (
     format_value,
     interval_text,
     is_number,
+    missing_notes,
     ordered,
     preset_table,
 )
-from dlfp.report.plots import distance_histogram
+from dlfp.report.model_card import mean_intervals
+from dlfp.report.plots import Point, distance_histogram, severity_panels
 from dlfp.report.readers import contained, read_json, receipt_view, split_presets
 from dlfp.shards.format import TEST_SPLIT
 
@@ -292,6 +301,106 @@ def _accuracy(summary: Mapping | None) -> dict | None:
             "match_at_far": _figure(as_mapping(accuracy.get("verification")), "identity_match_rate_at_far")}
 
 
+# ------------------------------------------------------------------------------------------- at a glance
+GLANCE_METRICS = ("psnr", "ssim", "rank1_accuracy")  # higher is better for all three
+GLANCE_DIGITS = {"psnr": 2, "ssim": 4, "rank1_accuracy": 3}
+SHORT_LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "rank1_accuracy": "rank-1"}
+
+
+@dataclass
+class GlanceCell:
+    text: str
+    worse: bool = False  # below the LQ input's mean
+
+
+@dataclass
+class GlanceRow:
+    preset: str
+    restorer: str
+    faces: str
+    cells: list[GlanceCell]
+    verdict: str  # against the LQ input, in words
+    worse: bool = False  # loses to the LQ input on at least one figure
+    paper: bool = False  # a row of the paper's own numbers
+
+
+def _glance_point(entry: Mapping, key: str, intervals: Mapping) -> Point | None:
+    value = entry.get(key)
+    if not is_number(value):
+        return None
+    low, high = entry.get(f"{key}_ci_low"), entry.get(f"{key}_ci_high")
+    if not (is_number(low) and is_number(high)):
+        low, high = intervals.get(key, (math.nan, math.nan))
+    return Point(float(value), float(low), float(high))
+
+
+def _glance_text(point: Point | None, key: str) -> str:
+    if point is None:
+        return NOT_COMPUTED_CELL
+    digits = GLANCE_DIGITS[key]
+    interval = f" [{point.low:.{digits}f}, {point.high:.{digits}f}]" if math.isfinite(point.low) else ""
+    return f"{point.value:.{digits}f}{interval}"
+
+
+def glance(results: Mapping, presets: list[str], restorer_order: list[str],
+           intervals: Mapping[tuple[str, str, str], tuple[float, float]]) -> tuple[list[GlanceRow], dict]:
+    """The at-a-glance rows (preset x restorer: PSNR, SSIM, rank-1 with 95% intervals, and the verdict against the
+    LQ input), the paper's Table 1 beside preset `paper` only, and the points of the severity chart."""
+    rows: list[GlanceRow] = []
+    points: dict[str, dict[str, list[Point | None]]] = {key: {} for key in GLANCE_METRICS}
+    for position, preset in enumerate(presets):
+        per_restorer = ordered(as_mapping(results.get(preset)), restorer_order)
+        lq = {key: _glance_point(as_mapping(per_restorer.get(LQ_RESTORER)), key, {}) for key in GLANCE_METRICS}
+        for restorer, entry in per_restorer.items():
+            entry = as_mapping(entry)
+            if entry.get("status") == "not run":
+                continue
+            own = {key: interval for (p, r, key), interval in intervals.items() if (p, r) == (preset, restorer)}
+            figures = {key: _glance_point(entry, key, own) for key in GLANCE_METRICS}
+            for key, point in figures.items():
+                points[key].setdefault(str(restorer), [None] * len(presets))[position] = point
+            if restorer == LQ_RESTORER:
+                rows.append(GlanceRow(preset, str(restorer), str(entry.get("count", "?")),
+                                      [GlanceCell(_glance_text(figures[key], key)) for key in GLANCE_METRICS],
+                                      "the LQ input itself (baseline)"))
+                continue
+            worse = [key for key in GLANCE_METRICS if figures[key] is not None and lq[key] is not None
+                     and figures[key].value < lq[key].value]
+            better = [key for key in GLANCE_METRICS if figures[key] is not None and lq[key] is not None
+                      and figures[key].value > lq[key].value]
+            if worse:
+                verdict = "below the LQ input on " + ", ".join(SHORT_LABELS[key] for key in worse)
+            elif better:
+                verdict = "above the LQ input on " + ", ".join(SHORT_LABELS[key] for key in better)
+            else:
+                verdict = "no LQ figures to compare with" if not any(lq.values()) else "level with the LQ input"
+            rows.append(GlanceRow(preset, str(restorer), str(entry.get("count", "?")),
+                                  [GlanceCell(_glance_text(figures[key], key), key in worse) for key in GLANCE_METRICS],
+                                  verdict, bool(worse)))
+        if preset == PAPER_PRESET:
+            specs = {spec.key: spec for spec in METRICS}
+            for label, attribute in (("GFP-GAN", "paper_gfpgan"), ("its input", "paper_input")):
+                values = [getattr(specs[key], attribute) if key in specs else None for key in GLANCE_METRICS]
+                rows.append(GlanceRow(preset, f"paper: {label}", f"{PAPER_TEST_COUNT:,}",
+                                      [GlanceCell(f"{value}" if value is not None else "—") for value in values],
+                                      f"{PAPER_TEST_SET}, {PAPER_SIZE} px (the paper's Table 1)", paper=True))
+    return rows, points
+
+
+def severity_order(configured: Mapping, indexed: object) -> list[str]:
+    """Presets from mild to severe as params.yaml lists them, the paper's own ranges last (not a severity level),
+    then any preset only the pairs index knows."""
+    names = [str(name) for name in configured if name != PAPER_PRESET]
+    names += [PAPER_PRESET] * (PAPER_PRESET in configured)
+    return names + [str(name) for name in as_mapping(indexed) if str(name) not in names]
+
+
+def glance_chart(points: Mapping[str, Mapping[str, list[Point | None]]], presets: list[str]) -> str | None:
+    labels = {spec.key: spec.label for spec in METRICS}
+    panels = [(labels[key].split(" [")[0], points[key]) for key in GLANCE_METRICS]
+    return severity_panels(panels, presets, "Restorers against severity (mean, 95% interval)")
+
+
 @dataclass
 class CalibrationView:
     preset: str
@@ -362,18 +471,23 @@ def render(ctx: PageContext) -> str:
     inputs = read_inputs(ctx)
     not_run = not_run_reasons(inputs)
     results = as_mapping(as_mapping(inputs.summary).get("results"))
-    # JSON is written with sorted keys: show presets in the pairs index's order, and the LQ baseline first, then
-    # the restorers in the configured order
-    preset_order = {str(name): i for i, name in enumerate(as_mapping(split_presets(inputs.pairs_index, TEST_SPLIT)))}
+    # JSON is written with sorted keys: show presets by severity, and the LQ baseline first, then the restorers in
+    # the configured order
+    preset_order = {name: i for i, name in enumerate(severity_order(ctx.params.degrade.presets,
+                                                                      split_presets(inputs.pairs_index, TEST_SPLIT)))}
     restorer_order = [LQ_RESTORER, *ctx.params.restore.restorers]
     if inputs.restored_index is not None:
         entries = ordered(as_mapping(inputs.restored_index.get("restorers")), restorer_order)
         inputs.restored_index = {**inputs.restored_index, "restorers": entries}
-    tables = [preset_table(str(preset), ordered(as_mapping(results[preset]), restorer_order), not_run,
+    presets = [str(preset) for preset in sorted(results, key=lambda name: preset_order.get(str(name),
+                                                                                          len(preset_order)))]
+    tables = [preset_table(preset, ordered(as_mapping(results[preset]), restorer_order), not_run,
                            ctx.params.data.size)
-              for preset in sorted(results, key=lambda name: preset_order.get(str(name), len(preset_order)))]
+              for preset in presets]
+    intervals = mean_intervals(inputs.evaluation_dir / "per_image.csv", []) if results else {}
+    glance_rows, glance_points = glance(results, presets, restorer_order, intervals)
     with staged_output(ctx.out_dir / ASSETS_DIR) as assets:
-        presets = gallery(inputs, assets)
+        shown = gallery(inputs, assets)
         worst = worst_cases(inputs, assets)
     receipt = receipt_view(inputs.receipt)
     return ctx.render(
@@ -386,7 +500,10 @@ def render(ctx: PageContext) -> str:
         accuracy_rows=accuracy_rows(results, preset_order, restorer_order),
         calibration=calibration_view(inputs.summary, inputs.per_image),
         restorers=restorer_views(inputs), not_run=not_run, tables=tables, arrows=ARROWS,
-        gallery=presets, max_views=max((len(f.views) for p in presets for f in p.faces), default=0),
+        gallery=shown, max_views=max((len(f.views) for p in shown for f in p.faces), default=0),
+        glance_rows=glance_rows, glance_chart=glance_chart(glance_points, presets) if glance_rows else None,
+        glance_labels=[SHORT_LABELS[key] for key in GLANCE_METRICS], missing_notes=missing_notes(tables),
+        lq_restorer=LQ_RESTORER, has_per_image=bool(inputs.per_image),
         worst=worst, worst_per_restorer=as_mapping(inputs.worst).get("per_restorer", "?"),
         settings=_settings(inputs.summary),
         receipt=receipt, paper_test_set=PAPER_TEST_SET, paper_count=PAPER_TEST_COUNT, paper_size=PAPER_SIZE,

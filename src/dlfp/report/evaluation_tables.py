@@ -1,8 +1,9 @@
 """The metrics tables of reports/evaluation.html: every metric per preset and restorer beside the paper's Table 1.
 
-Each row says the metric's direction, marks the best restorer, shows the 95% interval where the evaluate stage
-recorded one, and tells how far the paper's CelebA-Test number can be set beside ours. Reads only the mappings
-of the evaluate stage's summary.json; imports nothing from dlfp.
+Each row says the metric's direction, marks the best restorer and shows the 95% interval where the evaluate stage
+recorded one. A metric that was not computed shows a short "n/c" in its cells and its reason once (`notes`). The
+paper's CelebA-Test numbers stand only beside the `paper` preset, with one footnote per table on how far they can
+be set beside ours. Reads only the mappings of the evaluate stage's summary.json; imports nothing from dlfp.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 NOT_COMPUTED = "not computed"
+NOT_COMPUTED_CELL = "n/c"  # a cell's short form: the reason is said once, above the tables
 PAPER_SIZE = 512
 PAPER_PRESET = "paper"
 PAPER_TEST_COUNT = 3000
@@ -58,6 +60,7 @@ class Cell:
     exact: str = ""  # full-precision value for the title attribute
     kind: str = "num"  # num | missing | notrun | extra
     best: bool = False
+    reason: str = ""  # why a missing cell has no value (said once per metric on the page)
 
 
 @dataclass
@@ -66,7 +69,6 @@ class MetricRow:
     cells: list[Cell]
     paper_gfpgan: str | None
     paper_input: str | None
-    comparability: str | None
 
 
 @dataclass
@@ -76,6 +78,8 @@ class PresetTable:
     counts: list[str]
     rows: list[MetricRow]
     notes: list[str]
+    with_paper: bool = False  # the paper's columns are shown (preset `paper` only)
+    footnote: str = ""  # how far the paper's numbers compare with ours, once for the table
 
 
 def as_mapping(value: object) -> Mapping:
@@ -91,20 +95,16 @@ def is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def comparability(spec: MetricSpec, preset: str, size: int, count: str) -> str | None:
-    """How far the paper's number can be set beside ours, in words; None when the paper has no such number."""
-    if spec.paper_name is None:
-        return None
-    if spec.not_comparable:
-        return f"not comparable: {spec.not_comparable}"
+def paper_footnote(size: int, count: str) -> str:
+    """How far the paper's numbers in the `paper` preset's table can be set beside ours, said once for the table."""
     differences = [f"test set ({count} of our test faces vs {PAPER_TEST_SET})"]
     if size != PAPER_SIZE:
         differences.append(f"resolution ({size} px vs {PAPER_SIZE} px)")
-    if preset != PAPER_PRESET:
-        differences.append(f"degradation (preset {preset} vs the paper's ranges)")
-    if spec.key == "fid":
-        differences.append("reference set (our GT faces)")
-    return "roughly only, differs in " + ", ".join(differences)
+    fid = next(spec.label for spec in METRICS if spec.key == "fid")
+    apart = [f"{spec.label}: {spec.not_comparable}" for spec in METRICS if spec.not_comparable]
+    return (f"Paper columns: GFP-GAN and its input on {PAPER_TEST_SET} at {PAPER_SIZE} px (Table 1). Comparable "
+            f"roughly only, differs in {', '.join(differences)}; {fid} also in its reference set (our GT faces). "
+            f"Not comparable: {'; '.join(apart)}.")
 
 
 def ordered(per_restorer: Mapping, order: list[str]) -> dict:
@@ -123,6 +123,7 @@ def preset_table(preset: str, per_restorer: Mapping, not_run: Mapping[str, str],
     evaluated = [entry.get("count") for entry in entries if is_number(entry.get("count"))]
     count_text = str(max(evaluated)) if evaluated else "?"
     rows = []
+    with_paper = preset == PAPER_PRESET
     for spec in METRICS:
         cells = []
         for name, entry in zip(restorers, entries, strict=True):
@@ -137,17 +138,29 @@ def preset_table(preset: str, per_restorer: Mapping, not_run: Mapping[str, str],
                 cells[-1].text += interval_text(entry, spec.key)
                 if extra:
                     cells[-1].text += f" ({extra})"
-            elif isinstance(value, str):
-                cells.append(Cell(value, kind="missing"))
             else:
-                cells.append(Cell(f"{NOT_COMPUTED}: not in the evaluation output", kind="missing"))
+                reason = value if isinstance(value, str) else f"{NOT_COMPUTED}: not in the evaluation output"
+                cells.append(Cell(NOT_COMPUTED_CELL, kind="missing", reason=reason))
         _mark_best(cells, [entry.get(spec.key) for entry in entries], spec.direction)
         rows.append(MetricRow(spec, cells,
-                              format_value(spec.paper_gfpgan) if spec.paper_gfpgan is not None else None,
-                              format_value(spec.paper_input) if spec.paper_input is not None else None,
-                              comparability(spec, preset, size, count_text)))
+                              format_value(spec.paper_gfpgan) if with_paper and spec.paper_gfpgan is not None
+                              else None,
+                              format_value(spec.paper_input) if with_paper and spec.paper_input is not None
+                              else None))
     notes = [f"{name}: {reason}" for name, reason in not_run.items() if name in restorers]
-    return PresetTable(preset, restorers, counts, rows, notes)
+    return PresetTable(preset, restorers, counts, rows, notes, with_paper,
+                       paper_footnote(size, count_text) if with_paper else "")
+
+
+def missing_notes(tables: list[PresetTable]) -> list[tuple[str, list[str]]]:
+    """Each metric that is missing somewhere, once: (its label, the distinct reasons), in METRICS order."""
+    reasons: dict[str, dict[str, None]] = {}
+    for table in tables:
+        for row in table.rows:
+            for cell in row.cells:
+                if cell.kind == "missing":
+                    reasons.setdefault(row.spec.label, {})[cell.reason] = None
+    return [(spec.label, list(reasons[spec.label])) for spec in METRICS if spec.label in reasons]
 
 
 def interval_text(entry: Mapping, key: str) -> str:

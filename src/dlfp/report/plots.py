@@ -28,6 +28,22 @@ MAX_LIST_LENGTH = 8  # longer lists in logged parameters are arrays, not scalars
 Scalar = float | int | str | bool | None
 MAX_LINE_POINTS = 2000  # more points than this per curve are bucket-averaged
 LINE_COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2")
+# One chart style for every page: the same font, sizes and light grid; names are never read as TeX.
+CHART_RC = {"text.parse_math": False, "svg.hashsalt": "dlfp", "font.family": "DejaVu Sans", "font.size": 8,
+            "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7, "xtick.labelsize": 7,
+            "ytick.labelsize": 7, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
+            "grid.color": "#e8e8e8", "grid.linewidth": 0.6}
+# A fixed colour per restorer, the same in every chart (the LQ input is grey: it is the baseline). "identity" is
+# the LQ input's name before its rename to "lq".
+RESTORER_COLOURS = {"lq": "#8c8c8c", "identity": "#8c8c8c", "bicubic": "#f58518", "gfpgan": "#4c78a8"}
+OTHER_RESTORER_COLOURS = ("#54a24b", "#e45756", "#72b7b2", "#b279a2")
+
+
+def restorer_colour(name: str) -> str:
+    """The restorer's fixed colour; a restorer without one gets a stable colour from its name."""
+    if name in RESTORER_COLOURS:
+        return RESTORER_COLOURS[name]
+    return OTHER_RESTORER_COLOURS[sum(name.encode("utf-8")) % len(OTHER_RESTORER_COLOURS)]
 
 
 def data_uri(payload: bytes, mime: str) -> str:
@@ -166,7 +182,7 @@ def histogram_grid(samples: Sequence[Mapping[str, Scalar]], title: str, columns:
     if not names:
         return None
     # Names come from metadata: never let matplotlib read them as TeX.
-    with rc_context({"text.parse_math": False, "svg.hashsalt": "dlfp"}):
+    with rc_context(CHART_RC):
         figure, axes = _small_multiples(len(names), columns, panel=(3.0, 2.2), extra=0.5, margin=0.5, left=0.05,
                                         hspace=0.55, title=title[:80])
         for ax, name in zip(axes, names, strict=False):
@@ -225,7 +241,7 @@ def line_panels(panels: Sequence[tuple[str, Sequence[Series]]], title: str, colu
     if not drawable:
         return None
     columns = max(1, min(columns, len(drawable)))
-    with rc_context({"text.parse_math": False, "svg.hashsalt": "dlfp"}):
+    with rc_context(CHART_RC):
         figure, axes = _small_multiples(len(drawable), columns, panel=(4.0, 2.4), extra=0.6, margin=0.55, left=0.07,
                                         hspace=0.6, title=title[:100])
         for ax, (name, lines) in zip(axes, drawable, strict=False):
@@ -263,7 +279,7 @@ def distance_histogram(edges: Sequence[float], counts: Sequence[int], thresholds
     if len(edges_a) != len(counts_a) + 1 or counts_a.sum() <= 0 or not np.isfinite(edges_a).all():
         return None
     density = counts_a / counts_a.sum() / np.diff(edges_a)
-    with rc_context({"text.parse_math": False, "svg.hashsalt": "dlfp"}):
+    with rc_context(CHART_RC):
         figure = Figure(figsize=(6.0, 2.8), dpi=80)
         figure.subplots_adjust(left=0.09, right=0.98, bottom=0.17, top=0.88)
         ax = figure.add_subplot()
@@ -283,4 +299,45 @@ def distance_histogram(edges: Sequence[float], counts: Sequence[int], thresholds
         ax.set_ylabel("density", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6, loc="upper left")
+        return figure_uri(figure)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One mean with its 95% interval (low, high; NaN where there is none)."""
+
+    value: float
+    low: float = math.nan
+    high: float = math.nan
+
+
+def severity_panels(panels: Sequence[tuple[str, Mapping[str, Sequence[Point | None]]]], presets: Sequence[str],
+                    title: str) -> str | None:
+    """Side-by-side panels of a figure against the severity presets (x, in the given order), one line per restorer
+    in its fixed colour, with 95% interval bars; a missing point is a gap. None when nothing is drawable."""
+    drawable = [(name, lines) for name, lines in panels
+                if any(point is not None and math.isfinite(point.value)
+                       for points in lines.values() for point in points)]
+    if not drawable or not presets:
+        return None
+    with rc_context(CHART_RC):
+        figure = Figure(figsize=(3.6 * len(drawable), 2.8), dpi=100)
+        figure.subplots_adjust(left=0.06, right=0.99, bottom=0.12, top=0.8, wspace=0.25)
+        figure.suptitle(title[:100], fontsize=10)
+        axes = figure.subplots(1, len(drawable), squeeze=False).ravel()
+        x = np.arange(len(presets), dtype=float)
+        for ax, (name, lines) in zip(axes, drawable, strict=True):
+            for offset, (restorer, points) in enumerate(lines.items()):
+                shift = (offset - (len(lines) - 1) / 2) * 0.06  # interval bars side by side, not on top
+                values = np.array([p.value if p is not None else math.nan for p in points], float)
+                low = np.array([p.low if p is not None else math.nan for p in points], float)
+                high = np.array([p.high if p is not None else math.nan for p in points], float)
+                # clipped at 0: a mean outside its interval (inputs that disagree) still draws
+                errors = np.vstack([np.where(np.isfinite(low), np.maximum(values - low, 0.0), 0.0),
+                                    np.where(np.isfinite(high), np.maximum(high - values, 0.0), 0.0)])
+                ax.errorbar(x + shift, values, yerr=errors, color=restorer_colour(restorer), marker="o", ms=3,
+                            linewidth=1.3, capsize=2, label=restorer[:24])
+            ax.set_xticks(x, [preset[:12] for preset in presets])
+            ax.set_title(name[:40])
+        axes[0].legend(loc="best")
         return figure_uri(figure)
