@@ -11,7 +11,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-NOT_COMPUTED = "not computed"
+from dlfp.layout import NOT_COMPUTED
+
 PAPER_SIZE = 512
 PAPER_PRESET = "paper"
 PAPER_TEST_COUNT = 3000

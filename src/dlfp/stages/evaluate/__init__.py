@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from dlfp.io.atomic import staged_output, write_csv_atomic, write_json_atomic
 from dlfp.io.receipt import write_receipt
+from dlfp.layout import LQ_RESTORER, PER_IMAGE_NAME, STATUS_OK, SUMMARY_NAME
 from dlfp.metrics.identity import Calibration, IdentityScorer
 from dlfp.metrics.iqa import COLOUR_SPACES, build_pyiqa_metrics, fid_between
 from dlfp.metrics.landmarks import LandmarkScorer
@@ -47,10 +48,6 @@ from dlfp.shards.local import read_index
 from dlfp.stages.evaluate.page_assets import CAPTION_KEYS, write_page_assets
 from dlfp.stages.evaluate.scoring import (
     COLUMNS,
-    LQ_RESTORER,
-    PER_IMAGE_NAME,
-    STATUS_OK,
-    SUMMARY_NAME,
     Scorers,
     list_sources,
     round_figure,
