@@ -299,7 +299,7 @@ def test_metrics_tables_equal_the_evaluation_output(pipeline: dict[str, Path]) -
     for preset, table in tables:
         header = re.findall(r"<th>([^<]*)</th>", table)
         restorers = header[2:-3]
-        assert restorers == ["identity", "bicubic", "gfpgan"]  # the LQ baseline first, then restore's order
+        assert restorers == ["lq", "bicubic", "gfpgan"]  # the LQ baseline first, then restore's order
         assert set(restorers) == set(results[preset])
         for spec in evaluation_tables.METRICS:
             label = re.escape(html_escape(spec.label))
@@ -354,7 +354,7 @@ def test_headline_is_rank1_with_its_interval_calibration_and_circularity(pipelin
     # rank-1 per preset and restorer, with intervals, and the colour spaces of PSNR and SSIM
     table = html.split('<h3 id="accuracy-table">', 1)[1].split("</table>", 1)[0]
     for preset in PRESETS:
-        for restorer in ("identity", "bicubic", "gfpgan"):
+        for restorer in ("lq", "bicubic", "gfpgan"):
             entry = summary["results"][preset][restorer]
             expected = (f"{entry['rank1_accuracy']:.4f} [{entry['rank1_accuracy_ci_low']:.3f}, "
                         f"{entry['rank1_accuracy_ci_high']:.3f}]")
@@ -371,7 +371,7 @@ def test_gallery_and_worst_cases(pipeline: dict[str, Path]) -> None:
     assert html.count('<div class="compare">') == len(PRESETS) * 3
     assert html.count('type="radio"') == len(gallery) and "<script" not in html.lower()
     rows = list(csv.DictReader(open(pipeline["data"] / "evaluation" / "per_image.csv", newline="")))
-    for restorer in ("identity", "bicubic", "gfpgan"):
+    for restorer in ("lq", "bicubic", "gfpgan"):
         mine = sorted((r for r in rows if r["restorer"] == restorer), key=lambda r: -float(r["identity_distance"]))
         section = html.split(f"<h3>{restorer}</h3>", 1)[1].split("</table>", 1)[0]
         shown = re.findall(r"<td class=\"num\">(\d+\.\d{4})</td>", section)
@@ -457,7 +457,7 @@ def test_model_card_numbers_are_those_of_the_stage_outputs(pipeline: dict[str, P
         assert f"{accuracy['value']:.3f} [{accuracy['ci_low']:.3f}, {accuracy['ci_high']:.3f}]" in text
         assert f"Steps: {receipt['counts']['steps']};" in text
         for preset in PRESETS:
-            for restorer in ("identity", "bicubic", "gfpgan"):
+            for restorer in ("lq", "bicubic", "gfpgan"):
                 entry = metrics[preset][restorer]
                 assert (f"{entry['rank1_accuracy']:.3f} [{entry['rank1_accuracy_ci_low']:.3f}, "
                         f"{entry['rank1_accuracy_ci_high']:.3f}]") in text

@@ -31,7 +31,7 @@ TINY = dict(out_size=64, num_style_feat=64, channel_multiplier=1, num_mlp=2, nar
 PRESETS = ("mild", "severe")
 
 
-def _params(tmp: Path, weights: Path | None = None, restorer_list: tuple[str, ...] = ("identity", "bicubic", "gfpgan")):
+def _params(tmp: Path, weights: Path | None = None, restorer_list: tuple[str, ...] = ("lq", "bicubic", "gfpgan")):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["shard"].update(split="hash", fractions={"train": 0.0, "val": 0.0, "test": 1.0}, samples_per_shard=3)
     raw["degrade"]["workers"] = 1
@@ -116,13 +116,13 @@ def test_missing_weights_is_not_run_and_baselines_are_written_byte_identically(p
 
     for preset in PRESETS:
         pairs = _pairs(pairs_dir, preset)
-        identity, bicubic = _restored(first, "identity", preset), _restored(first, "bicubic", preset)
-        assert list(identity) == sorted(pairs) == list(bicubic)
-        assert index["restorers"]["identity"]["presets"][preset]["count"] == FACE_COUNT
+        lq_restored, bicubic = _restored(first, "lq", preset), _restored(first, "bicubic", preset)
+        assert list(lq_restored) == sorted(pairs) == list(bicubic)
+        assert index["restorers"]["lq"]["presets"][preset]["count"] == FACE_COUNT
         differs = 0
         for key, pair in pairs.items():
             lq = decode_png_bytes(pair["lq.png"])
-            assert np.array_equal(decode_png_bytes(identity[key]["restored.png"]), lq)
+            assert np.array_equal(decode_png_bytes(lq_restored[key]["restored.png"]), lq)
             meta = json.loads(pair["json"])
             bic = decode_png_bytes(bicubic[key]["restored.png"])
             assert np.array_equal(bic, restorers.restore_bicubic(lq, meta["degradation"]["lq_size"]))

@@ -54,7 +54,7 @@ GFPGAN_CHECKPOINT = f"{GFPGAN}/{GFPGAN_FILE}"
 RESTORED = f"{DATA_DIR}/{DATA_FOLDERS['restore']}"
 EVALUATION = f"{DATA_DIR}/{DATA_FOLDERS['evaluate']}"
 BIAS = f"{DATA_DIR}/{DATA_FOLDERS['bias']}"
-METRICS = f"{REPORTS_DIR}/{METRICS_JSON}"
+METRICS_SUMMARY = f"{REPORTS_DIR}/{METRICS_JSON}"
 BIAS_SUMMARY = f"{REPORTS_DIR}/{BIAS_JSON}"
 
 # Each stage's default output folder (the stage's `--out`).
@@ -80,4 +80,4 @@ STATUS_NOT_RUN = "not run"
 NOT_COMPUTED = "not computed"  # a figure that could not be computed; the reason follows after ": "
 
 # ---------------------------------------------------------------------------------------------- restorers
-LQ_RESTORER = "identity"  # the no-op baseline: the degraded input itself, scored as a restorer
+LQ_RESTORER = "lq"  # the no-op baseline: the degraded input itself, scored as a restorer

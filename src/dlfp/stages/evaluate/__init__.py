@@ -1,7 +1,7 @@
 """Stage `evaluate`: score every restored test face against its GT, per preset and restorer.
 
 Inputs: the pairs (GT, LQ, GT landmarks) and the restore stage's output. The LQ input itself is evaluated as
-restorer "identity" when the restore stage did not write it. Metrics and their settings: see dlfp.metrics.
+restorer "lq" when the restore stage did not write it. Metrics and their settings: see dlfp.metrics.
 
 Outputs: <out>/per_image.csv (one row per image x preset x restorer, every metric column, empty where not
 computed), <out>/summary.json (aggregates, metric settings, the calibration with its impostor histogram, the

@@ -1,6 +1,6 @@
 """The evaluate stage's per-image scoring: which (restorer, preset) sets to score, and every metric per image.
 
-The sources are the restore stage's tars, plus the pairs' own LQ as restorer "identity" when the restore stage
+The sources are the restore stage's tars, plus the pairs' own LQ as restorer "lq" when the restore stage
 did not write it; each is streamed beside its GT in id order and scored in batches of equal image size. Rows
 keep the restored descriptor ("embedding") for the set-level figures (summary.py). Imports dlfp.metrics, the
 shards reader and dlfp.io; nothing imports it but the stage.
