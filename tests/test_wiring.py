@@ -292,3 +292,11 @@ def test_layout_names_are_defined_once() -> None:
         for name, value in _module_constants(path):
             assert not (name in LAYOUT_NAMES and not (name == "STAGES" and path in own_stages)), (path, name)
             assert value not in LAYOUT_VALUES, (path, name, value)
+
+
+def test_report_outputs_are_the_registered_pages() -> None:
+    """The report's wired outputs (layout.py) are the files its pages write: every registered page and asset folder."""
+    from dlfp.report import evaluation_page, load_pages, training_page
+
+    assert {page.filename for page in load_pages()} == set(layout.REPORT_PAGES)
+    assert {evaluation_page.ASSETS_DIR, training_page.ASSETS_DIR} == set(layout.REPORT_ASSET_FOLDERS)

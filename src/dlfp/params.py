@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dlfp.layout import GFPGAN_CHECKPOINT
+
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 
 
@@ -242,7 +244,7 @@ class GFPGANArchParams(_Section):
 class RestoreParams(_Section):
     restorers: tuple[Literal["lq", "bicubic", "gfpgan"], ...] = Field(
         default=RESTORER_NAMES, description="restorers run on every preset's test pairs")
-    weights: str = Field(default="models/gfpgan/gfpgan.pth",
+    weights: str = Field(default=GFPGAN_CHECKPOINT,
                          description="GFPGANv1Clean checkpoint (dl-fp or official v1.3/v1.4); missing: 'not run'")
     arch: GFPGANArchParams = GFPGANArchParams()
     batch_size: int = Field(default=4, ge=1, le=1024)
