@@ -88,7 +88,7 @@ def _roles(paths: list[Path]) -> dict[int, str]:
 def _params(**bias: object):
     return faces.stage_params(
         (PRESET,), {"train": 0.3, "val": 0.0, "test": 0.7}, 4,
-        restore=dict(restorers=["identity", "bicubic"], device="cpu", threads=1),
+        restore=dict(restorers=["lq", "bicubic"], device="cpu", threads=1),
         evaluate=dict(device="cpu", threads=1, batch_size=8, headline_preset=PRESET, headline_restorer="bicubic"),
         bias={"min_group_size": 4, "resamples": 200, "worst_cases": 20, "examples": 20, **bias})
 
@@ -194,7 +194,7 @@ def _evaluation(root: Path) -> list[str]:
     pairs_index = read_index(root / "pairs")
     restored_index = read_index(root / "restored")
     rows, ids = [], []
-    for restorer in ("identity", "bicubic", "lighter"):
+    for restorer in ("lq", "bicubic", "lighter"):
         entry = restored_index["restorers"][restorer]["presets"][PRESET]
         restored = {s["__key__"]: s for s in iter_samples(root / "restored", entry["shards"])}
         test_pairs = pair_presets(pairs_index, "test")[PRESET]["shards"]
@@ -262,7 +262,7 @@ def test_stage_outputs_per_face_rows_and_known_shifts(project: Path, result: Pat
     per_face = _csv(result / "per_face.csv")
     test_ids = {s["__key__"] for s in iter_samples(project / "pairs", pair_presets(read_index(project / "pairs"),
                                                                                    "test")[PRESET]["shards"])}
-    assert len(per_face) == 3 * len(test_ids) and {r["restorer"] for r in per_face} == {"identity", "bicubic",
+    assert len(per_face) == 3 * len(test_ids) and {r["restorer"] for r in per_face} == {"lq", "bicubic",
                                                                                          "lighter"}
     # The hostile id lands in test (chosen so by _roles): its row is there, its label read as data.
     hostile = [r for r in per_face if r["id"] == HOSTILE_ID]
@@ -298,7 +298,7 @@ def test_stage_outputs_per_face_rows_and_known_shifts(project: Path, result: Pat
     assert sum(c["n"] for c in lost_rows if c["restorer"] == "lighter") == len(test_ids) - 1
     # the continuous dITA-vs-ITA view has neither the no-colour GT nor the colour-lost face
     assert {r: len(points) for r, points in document["scatter"][PRESET].items()} == {
-        "identity": len(test_ids) - 1, "bicubic": len(test_ids) - 1, "lighter": len(test_ids) - 2}
+        "lq": len(test_ids) - 1, "bicubic": len(test_ids) - 1, "lighter": len(test_ids) - 2}
     assert sum(b["n"] for b in document["binned"] if b["restorer"] == "lighter") == len(test_ids) - 2
     summary_lost = json.loads((project / "reports" / "bias.json").read_text())["results"][PRESET]["lighter"]
     assert sum(g["n_colour_lost"] for g in summary_lost["colour_lost_by_skin_tone"].values()) == 1
@@ -347,7 +347,7 @@ def test_stage_outputs_per_face_rows_and_known_shifts(project: Path, result: Pat
     assert "test" in splits
     assert all(Path(w["file"]).name[:4].isdigit() and (result / w["file"]).is_file() for w in document["worst"])
     summary = json.loads((project / "reports" / "bias.json").read_text())
-    assert summary["correction"] == "both" and set(summary["results"][PRESET]) == {"identity", "bicubic", "lighter"}
+    assert summary["correction"] == "both" and set(summary["results"][PRESET]) == {"lq", "bicubic", "lighter"}
     assert summary["results"][PRESET]["lighter"]["largest_gap"]["ssim"]["status"].startswith("not computed")
     assert json.loads((result / "receipt.json").read_text())["stage"] == "bias"
 

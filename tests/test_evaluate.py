@@ -227,14 +227,14 @@ def test_stage_writes_every_metric_with_reasons_and_reference_numbers(project: P
     summary = stage.run(params, project / "pairs", project / "restored", tmp_path / "evaluation", metrics_path)
     rows = _rows(tmp_path / "evaluation")
     assert [tuple(row) for row in rows[:1]] == [scoring.COLUMNS]
-    assert len(rows) == FACE_COUNT * len(PRESETS) * 2  # identity + bicubic (gfpgan not run)
-    assert {(r["preset"], r["restorer"]) for r in rows} == {(p, n) for p in PRESETS for n in ("identity", "bicubic")}
+    assert len(rows) == FACE_COUNT * len(PRESETS) * 2  # lq + bicubic (gfpgan not run)
+    assert {(r["preset"], r["restorer"]) for r in rows} == {(p, n) for p in PRESETS for n in ("lq", "bicubic")}
     assert all(r["lpips"] == "" and r["niqe"] == "" and r["psnr"] != "" for r in rows)
 
     # PSNR of the LQ input against a numpy reference (RGB, data range 1)
     pairs = {(preset, s["__key__"]): s for preset in PRESETS for s in iter_samples(
         project / "pairs", pair_presets(read_index(project / "pairs"), "test")[preset]["shards"])}
-    for row in (r for r in rows if r["restorer"] == "identity"):
+    for row in (r for r in rows if r["restorer"] == "lq"):
         sample = pairs[(row["preset"], row["id"])]
         lq = decode_png_bytes(sample["lq.png"]).astype(np.float64) / 255
         gt = decode_png_bytes(sample["gt.png"]).astype(np.float64) / 255
@@ -246,9 +246,9 @@ def test_stage_writes_every_metric_with_reasons_and_reference_numbers(project: P
     assert set(report) == {*PRESETS, "accuracy", "calibration", "colour_space"}
     assert report["colour_space"] == {"psnr": "RGB", "ssim": "Y of YIQ"}
     for preset in PRESETS:
-        assert set(report[preset]) == {"identity", "bicubic", "gfpgan"}
+        assert set(report[preset]) == {"lq", "bicubic", "gfpgan"}
         assert report[preset]["gfpgan"]["status"] == "not run" and "absent.pth" in report[preset]["gfpgan"]["reason"]
-        for name in ("identity", "bicubic"):
+        for name in ("lq", "bicubic"):
             entry = report[preset][name]
             for key in ("psnr", "ssim", "identity_match_rate", "identity_distance", "fd_dlib128"):
                 assert isinstance(entry[key], float), (preset, name, key)
@@ -320,7 +320,7 @@ def test_stage_writes_what_the_evaluation_page_shows(project: Path, tmp_path: Pa
                 assert face["id"] not in view["file"]  # names of positions only
 
     worst = json.loads((out / page_assets.WORST_CASES_NAME).read_text())
-    assert [entry["restorer"] for entry in worst["restorers"]] == ["identity", "bicubic"]
+    assert [entry["restorer"] for entry in worst["restorers"]] == ["lq", "bicubic"]
     for entry in worst["restorers"]:
         mine = sorted((r for r in rows.values() if r["restorer"] == entry["restorer"]),
                       key=lambda r: (-float(r["identity_distance"]), r["preset"], r["id"]))
@@ -328,7 +328,7 @@ def test_stage_writes_what_the_evaluation_page_shows(project: Path, tmp_path: Pa
             [(r["preset"], r["id"]) for r in mine[:page_assets.WORST_PER_RESTORER]]
         assert [c["identity_distance"] for c in entry["cases"]] == \
             [float(r["identity_distance"]) for r in mine[:page_assets.WORST_PER_RESTORER]]
-        labels = ["LQ input", "GT"] if entry["restorer"] == "identity" else ["LQ input", "bicubic", "GT"]
+        labels = ["LQ input", "GT"] if entry["restorer"] == "lq" else ["LQ input", "bicubic", "GT"]
         for case in entry["cases"]:
             assert [view["label"] for view in case["views"]] == labels
             for view in case["views"]:
@@ -341,7 +341,7 @@ def test_stage_writes_what_the_evaluation_page_shows(project: Path, tmp_path: Pa
             seconds.setdefault(row["restorer"], []).append(float(row["seconds"]))
     timing = json.loads((out / page_assets.TIMING_NAME).read_text())["seconds_per_image"]
     assert timing == pytest.approx({name: sum(values) / len(values) for name, values in seconds.items()})
-    assert set(timing) == {"identity", "bicubic"}
+    assert set(timing) == {"lq", "bicubic"}
 
 
 def test_gt_copies_score_perfectly_and_blank_faces_are_counted_failures(project: Path, tmp_path: Path) -> None:
@@ -352,7 +352,7 @@ def test_gt_copies_score_perfectly_and_blank_faces_are_counted_failures(project:
     stage.run(params, project / "pairs", restored, tmp_path / "evaluation", metrics_path)
     report = json.loads(metrics_path.read_text())
     for preset in PRESETS:
-        assert set(report[preset]) == {"identity", "gt", "blank"}  # the LQ is added as "identity"
+        assert set(report[preset]) == {"lq", "gt", "blank"}  # the LQ is added as "lq"
         perfect, blank = report[preset]["gt"], report[preset]["blank"]
         assert perfect["identity_match_rate"] == 1.0 and perfect["identity_distance"] == 0.0
         assert perfect["psnr"] == pytest.approx(iqa.PSNR_CAP_DB) and perfect["ssim"] == pytest.approx(1.0, abs=1e-6)
@@ -408,7 +408,7 @@ def test_training_with_the_scoring_network_is_said_next_to_the_accuracy(project:
         assert report[preset]["gfpgan"]["identity_metric_circularity"] == note
         assert report[preset]["arcface"]["identity_metric_circularity"].startswith("no: no dlib-network loss")
         assert report[preset]["official"]["identity_metric_circularity"] == unknown
-        assert report[preset]["identity"]["identity_metric_circularity"] == "no: not a trained model"
+        assert report[preset]["lq"]["identity_metric_circularity"] == "no: not a trained model"
 
 
 def test_circularity_verdicts_from_the_recorded_loss_networks(tmp_path: Path) -> None:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from markupsafe import escape
 
+from dlfp.layout import CARD_NAME
 from dlfp.params import parse_params
-from dlfp.report.model_card import CARD_NAME, CardSources, write_card
+from dlfp.report.model_card import CardSources, write_card
 from dlfp.stages import report as report_stage
 
 SCRIPT = "<script>alert(1)</script>"

@@ -286,7 +286,7 @@ def test_metrics_tables_equal_the_evaluation_output(pipeline: dict[str, Path]) -
         header = re.findall(r"<th>([^<]*)</th>", table)
         with_paper = preset == "paper"
         restorers = header[2:-2] if with_paper else header[2:]
-        assert restorers == ["identity", "bicubic", "gfpgan"]  # the LQ baseline first, then restore's order
+        assert restorers == ["lq", "bicubic", "gfpgan"]  # the LQ baseline first, then restore's order
         assert set(restorers) == set(results[preset])
         # the paper's CelebA-Test numbers stand beside preset `paper` only, labelled with their test set
         assert ("CelebA-Test" in table) == with_paper and ('class="footnote"' in after) == with_paper
@@ -347,7 +347,7 @@ def test_headline_is_rank1_with_its_interval_calibration_and_circularity(pipelin
     # rank-1 per preset and restorer, with intervals, and the colour spaces of PSNR and SSIM
     table = html.split('<h3 id="accuracy-table">', 1)[1].split("</table>", 1)[0]
     for preset in PRESETS:
-        for restorer in ("identity", "bicubic", "gfpgan"):
+        for restorer in ("lq", "bicubic", "gfpgan"):
             entry = summary["results"][preset][restorer]
             expected = (f"{entry['rank1_accuracy']:.4f} [{entry['rank1_accuracy_ci_low']:.3f}, "
                         f"{entry['rank1_accuracy_ci_high']:.3f}]")
@@ -374,9 +374,9 @@ def test_at_a_glance_table_chart_and_gallery_come_first(pipeline: dict[str, Path
     rows = [cell_texts(row) for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)[1:]]
     ours = [row for row in rows if not row[1].startswith("paper: ")]
     assert [(row[0], row[1]) for row in ours] == [(preset, restorer) for preset in ("moderate", "paper")
-                                                   for restorer in ("identity", "bicubic", "gfpgan")]
+                                                   for restorer in ("lq", "bicubic", "gfpgan")]
     for preset, restorer, face_count, psnr, ssim, rank1, verdict in ours:
-        entry, lq = results[preset][restorer], results[preset]["identity"]
+        entry, lq = results[preset][restorer], results[preset]["lq"]
         assert face_count == str(entry["count"])
         for text, key, digits in ((psnr, "psnr", 2), (ssim, "ssim", 4)):
             low, high = t_interval([float(row[key]) for row in per_image
@@ -386,7 +386,7 @@ def test_at_a_glance_table_chart_and_gallery_come_first(pipeline: dict[str, Path
                          f"{entry['rank1_accuracy_ci_high']:.3f}]")
         below = [label for key, label in (("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("rank1_accuracy", "rank-1"))
                  if entry[key] < lq[key]]
-        if restorer == "identity":
+        if restorer == "lq":
             assert verdict == "the LQ input itself (baseline)"
         elif below:  # a loss to the LQ input is said, not hidden
             assert verdict == "below the LQ input on " + ", ".join(below)
@@ -443,7 +443,7 @@ def test_gallery_and_worst_cases(pipeline: dict[str, Path]) -> None:
     assert html.count('<div class="compare">') == len(PRESETS) * 3
     assert html.count('type="radio"') == len(gallery) and "<script" not in html.lower()
     rows = list(csv.DictReader(open(pipeline["data"] / "evaluation" / "per_image.csv", newline="")))
-    for restorer in ("identity", "bicubic", "gfpgan"):
+    for restorer in ("lq", "bicubic", "gfpgan"):
         mine = sorted((r for r in rows if r["restorer"] == restorer), key=lambda r: -float(r["identity_distance"]))
         section = html.split(f"<h3>{restorer}</h3>", 1)[1].split("</table>", 1)[0]
         shown = re.findall(r"<td class=\"num\">(\d+\.\d{4})</td>", section)
@@ -529,7 +529,7 @@ def test_model_card_numbers_are_those_of_the_stage_outputs(pipeline: dict[str, P
         assert f"{accuracy['value']:.3f} [{accuracy['ci_low']:.3f}, {accuracy['ci_high']:.3f}]" in text
         assert f"Steps: {receipt['counts']['steps']};" in text
         for preset in PRESETS:
-            for restorer in ("identity", "bicubic", "gfpgan"):
+            for restorer in ("lq", "bicubic", "gfpgan"):
                 entry = metrics[preset][restorer]
                 assert (f"{entry['rank1_accuracy']:.3f} [{entry['rank1_accuracy_ci_low']:.3f}, "
                         f"{entry['rank1_accuracy_ci_high']:.3f}]") in text

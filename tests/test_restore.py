@@ -92,13 +92,13 @@ def test_missing_weights_is_not_run_and_baselines_are_written_byte_identically(p
 
     for preset in PRESETS:
         pairs = _pairs(pairs_dir, preset)
-        identity, bicubic = _restored(first, "identity", preset), _restored(first, "bicubic", preset)
-        assert list(identity) == sorted(pairs) == list(bicubic)
-        assert index["restorers"]["identity"]["presets"][preset]["count"] == FACE_COUNT
+        lq_restored, bicubic = _restored(first, "lq", preset), _restored(first, "bicubic", preset)
+        assert list(lq_restored) == sorted(pairs) == list(bicubic)
+        assert index["restorers"]["lq"]["presets"][preset]["count"] == FACE_COUNT
         differs = 0
         for key, pair in pairs.items():
             lq = decode_png_bytes(pair["lq.png"])
-            assert np.array_equal(decode_png_bytes(identity[key]["restored.png"]), lq)
+            assert np.array_equal(decode_png_bytes(lq_restored[key]["restored.png"]), lq)
             meta = json.loads(pair["json"])
             bic = decode_png_bytes(bicubic[key]["restored.png"])
             assert np.array_equal(bic, restorers.restore_bicubic(lq, meta["degradation"]["lq_size"]))

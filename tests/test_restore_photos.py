@@ -31,7 +31,6 @@ from PIL import Image, ImageCms
 from dlfp import cli
 from dlfp.faces import geometry
 from dlfp.faces.landmarks import template_5_points, template_points
-from dlfp.io import images
 from dlfp.io.images import load_rgb
 from dlfp.models.checkpoints import read_state_dict, save_official
 from dlfp.models.gfpgan import GFPGANv1Clean, release_model
@@ -349,20 +348,8 @@ def test_stage_form_is_unchanged(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(restore_stage, "run", lambda params, pairs_dir, out_dir: calls.append((pairs_dir, out_dir)))
     assert cli.main([*PARAMS, "restore", "--in", "data/pairs", "--out", "data/restored"]) == 0
-    assert cli.main([*PARAMS, "restore"]) == 0
     assert cli.main([*PARAMS, "restore", "--in", str(tmp_path), "--out", str(tmp_path / "r")]) == 0
-    assert calls == [(Path("data/pairs"), Path("data/restored"))] * 2 + [(tmp_path, tmp_path / "r")]
-
-
-def test_cli_defaults_match_the_module():
-    args = cli.build_parser().parse_args(["restore", "x.jpg", "-o", "out"])
-    assert args.weights is None and cli.PHOTOS_DEFAULT_WEIGHTS == str(pipeline.DEFAULT_WEIGHTS)
-    assert (args.min_face_size, args.max_pixels, args.batch_size, args.upscale, args.too_large_ratio) == (
-        pipeline.DEFAULT_MIN_FACE_SIZE, pipeline.DEFAULT_MAX_PIXELS, pipeline.DEFAULT_BATCH_SIZE,
-        pipeline.DEFAULT_UPSCALE, pipeline.DEFAULT_TOO_LARGE_RATIO)
-    assert args.force is False
-    assert (args.ext, args.quality) == ("auto", images.DEFAULT_QUALITY)
-    assert cli.PHOTOS_OFFICIAL_NAMES == tuple(official_weights.OFFICIAL_NAMES)
+    assert calls == [(Path("data/pairs"), Path("data/restored")), (tmp_path, tmp_path / "r")]
 
 
 # ------------------------------------------------------------------------------------------- geometry

@@ -1,4 +1,8 @@
-"""`dlfp`: one subcommand per pipeline stage. Parses arguments, loads params once, calls the stage's run()."""
+"""`dlfp`: one subcommand per pipeline stage. Parses arguments, loads params once, calls the stage's run().
+
+Argument parsing only: default paths come from dlfp.layout, the own-photos defaults from dlfp.photos.defaults
+(both torch-free, so `dlfp --help` stays fast); stage modules are imported when their subcommand runs.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from dlfp import layout
 from dlfp.params import DEFAULT_PARAMS_PATH, Params, ParamsError, load_params
+from dlfp.photos import defaults as photos
 
 log = logging.getLogger("dlfp")
 
@@ -47,7 +53,7 @@ def _stage(name: str) -> Callable[[Params, argparse.Namespace], object]:
         if name == "restore":
             from dlfp.stages import restore
 
-            return restore.run(params, pairs_dir=args.inp or RESTORE_STAGE_IN, out_dir=args.out or RESTORE_STAGE_OUT)
+            return restore.run(params, pairs_dir=args.inp, out_dir=args.out)
         if name == "evaluate":
             from dlfp.stages import evaluate
 
@@ -69,54 +75,47 @@ def _stage(name: str) -> Callable[[Params, argparse.Namespace], object]:
     return call
 
 
-RESTORE_STAGE_IN, RESTORE_STAGE_OUT = Path("data/pairs"), Path("data/restored")
-# Literal copies of dlfp.photos.pipeline's defaults (kept out of the import so `dlfp --help` stays light);
-# tests/test_restore_photos.py checks they agree.
-PHOTOS_DEFAULT_WEIGHTS, PHOTOS_DEFAULT_MIN_FACE, PHOTOS_DEFAULT_MAX_PIXELS = "models/gfpgan/gfpgan.pth", 24, 64_000_000
-PHOTOS_DEFAULT_TOO_LARGE_RATIO = 1.5
-PHOTOS_DEFAULT_QUALITY = 95  # dlfp.io.images.DEFAULT_QUALITY
-PHOTOS_OFFICIAL_NAMES = ("gfpgan-v1.3", "gfpgan-v1.4")  # dlfp.photos.official_weights.OFFICIAL_NAMES
-
-
 def _add_restore(sp: argparse.ArgumentParser) -> None:
-    """The own-photo form of `restore`, selected by positional INPUTs (the stage form keeps --in/--out)."""
-    sp.set_defaults(inp=None, out=None)  # None = not given, so the two forms cannot be mixed silently
-    sp.usage = ("dlfp restore [--in PAIRS] [--out RESTORED]\n"
+    """The own-photo form of `restore`, selected by positional INPUTs; the test-pair stage form needs --in/--out."""
+    sp.usage = ("dlfp restore --in PAIRS --out RESTORED\n"
                 "       dlfp restore INPUT [INPUT ...] -o OUTDIR [--weights PATH|gfpgan-v1.3|gfpgan-v1.4] [--upscale N]"
                 " [--only-center-face] [--force] [--device cpu|cuda] [--detector hog|cnn] [--overwrite] [...]")
     sp.epilog = ("Own photos, exit codes: 0 every photo succeeded ('no face', 'face too small' and 'model "
                  "resolution too low' are successes: the photo is copied through), 1 some photo failed or no "
                  "weights were found, 2 usage error "
                  "(including outputs that already exist without --overwrite).")
-    photos = sp.add_argument_group("own photos (dlfp restore INPUT... -o OUTDIR)")
-    photos.add_argument("inputs", nargs="*", type=Path, metavar="INPUT",
-                        help="photo files or folders (searched recursively)")
-    photos.add_argument("-o", "--output", type=Path, default=None, metavar="OUTDIR",
-                        help="output folder: restored/, faces/, summary.json, summary.csv, index.html")
-    photos.add_argument("--weights", default=None, metavar="PATH|NAME",
-                        help=f"GFP-GAN weights: a dl-fp checkpoint or the official GFPGANv1.3/1.4 file, or "
-                             f"{' / '.join(PHOTOS_OFFICIAL_NAMES)} to download the official release file once into "
-                             f"$DLFP_CACHE/weights (default {PHOTOS_DEFAULT_WEIGHTS}, the train stage's output)")
-    photos.add_argument("--upscale", type=int, default=1, metavar="N", help="output size = input size x N (default 1)")
-    photos.add_argument("--only-center-face", action="store_true", help="restore only the face nearest the centre")
-    photos.add_argument("--too-large-ratio", type=float, default=PHOTOS_DEFAULT_TOO_LARGE_RATIO, metavar="R",
-                        help=f"leave faces larger than R x the model's output size (in output px) as they are, with "
-                             f"status 'model resolution too low' (default {PHOTOS_DEFAULT_TOO_LARGE_RATIO})")
-    photos.add_argument("--force", action="store_true",
-                        help="restore too-large faces anyway (the model's output is upsampled: it loses detail)")
-    photos.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto")
-    photos.add_argument("--detector", choices=("hog", "cnn"), default="hog",
-                        help="dlib face detector: hog (default) or cnn (mmod, slower, finds more)")
-    photos.add_argument("--overwrite", action="store_true", help="replace outputs of an earlier run")
-    photos.add_argument("--min-face-size", type=int, default=PHOTOS_DEFAULT_MIN_FACE, metavar="PX",
-                        help=f"skip (and report) faces whose box is smaller (default {PHOTOS_DEFAULT_MIN_FACE})")
-    photos.add_argument("--max-pixels", type=int, default=PHOTOS_DEFAULT_MAX_PIXELS,
-                        help=f"refuse photos whose output would be larger (default {PHOTOS_DEFAULT_MAX_PIXELS})")
-    photos.add_argument("--batch-size", type=int, default=4, help="faces per network batch, across photos")
-    photos.add_argument("--ext", choices=("auto", "png", "jpg", "webp"), default="auto",
-                        help="restored photos' format: auto (default) keeps the input's (JPEG, PNG, WebP; others PNG)")
-    photos.add_argument("--quality", type=int, default=PHOTOS_DEFAULT_QUALITY, metavar="Q",
-                        help=f"JPEG/WebP quality 1..100 (default {PHOTOS_DEFAULT_QUALITY})")
+    sp.set_defaults(print_usage=sp.print_usage)  # main() shows the usage with a usage error
+    group = sp.add_argument_group("own photos (dlfp restore INPUT... -o OUTDIR)")
+    group.add_argument("inputs", nargs="*", type=Path, metavar="INPUT",
+                       help="photo files or folders (searched recursively)")
+    group.add_argument("-o", "--output", type=Path, default=None, metavar="OUTDIR",
+                       help="output folder: restored/, faces/, summary.json, summary.csv, index.html")
+    group.add_argument("--weights", default=None, metavar="PATH|NAME",
+                       help=f"GFP-GAN weights: a dl-fp checkpoint or the official GFPGANv1.3/1.4 file, or "
+                            f"{' / '.join(photos.OFFICIAL_NAMES)} to download the official release file once into "
+                            f"$DLFP_CACHE/weights (default {photos.DEFAULT_WEIGHTS}, the train stage's output)")
+    group.add_argument("--upscale", type=int, default=photos.DEFAULT_UPSCALE, metavar="N",
+                       help=f"output size = input size x N (default {photos.DEFAULT_UPSCALE})")
+    group.add_argument("--only-center-face", action="store_true", help="restore only the face nearest the centre")
+    group.add_argument("--too-large-ratio", type=float, default=photos.DEFAULT_TOO_LARGE_RATIO, metavar="R",
+                       help=f"leave faces larger than R x the model's output size (in output px) as they are, with "
+                            f"status 'model resolution too low' (default {photos.DEFAULT_TOO_LARGE_RATIO})")
+    group.add_argument("--force", action="store_true",
+                       help="restore too-large faces anyway (the model's output is upsampled: it loses detail)")
+    group.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto")
+    group.add_argument("--detector", choices=("hog", "cnn"), default="hog",
+                       help="dlib face detector: hog (default) or cnn (mmod, slower, finds more)")
+    group.add_argument("--overwrite", action="store_true", help="replace outputs of an earlier run")
+    group.add_argument("--min-face-size", type=int, default=photos.DEFAULT_MIN_FACE_SIZE, metavar="PX",
+                       help=f"skip (and report) faces whose box is smaller (default {photos.DEFAULT_MIN_FACE_SIZE})")
+    group.add_argument("--max-pixels", type=int, default=photos.DEFAULT_MAX_PIXELS,
+                       help=f"refuse photos whose output would be larger (default {photos.DEFAULT_MAX_PIXELS})")
+    group.add_argument("--batch-size", type=int, default=photos.DEFAULT_BATCH_SIZE,
+                       help=f"faces per network batch, across photos (default {photos.DEFAULT_BATCH_SIZE})")
+    group.add_argument("--ext", choices=("auto", "png", "jpg", "webp"), default="auto",
+                       help="restored photos' format: auto (default) keeps the input's (JPEG, PNG, WebP; others PNG)")
+    group.add_argument("--quality", type=int, default=photos.DEFAULT_QUALITY, metavar="Q",
+                       help=f"JPEG/WebP quality 1..100 (default {photos.DEFAULT_QUALITY})")
 
 
 def _restore_usage_error(args: argparse.Namespace) -> str | None:
@@ -128,6 +127,10 @@ def _restore_usage_error(args: argparse.Namespace) -> str | None:
             return "--in/--out belong to the test-pair stage form; with INPUT photos use only -o/--output OUTDIR"
     elif args.output is not None:
         return "-o/--output is for own photos: give the INPUT files or folders too (dlfp restore INPUT... -o OUTDIR)"
+    elif args.inp is None or args.out is None:
+        return ("the test-pair stage form needs both --in PAIRS and --out RESTORED "
+                f"(as dvc.yaml runs it: dlfp restore --in {layout.PAIRS} --out {layout.RESTORED}); "
+                "own photos: dlfp restore INPUT... -o OUTDIR")
     return None
 
 
@@ -164,49 +167,50 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
 
-    def stage(name: str, help_text: str, inp: str | None, out: str) -> argparse.ArgumentParser:
+    def stage(name: str, help_text: str, *, path_defaults: bool = True) -> argparse.ArgumentParser:
+        """The stage's subcommand: --in (when it has a main input) and --out, defaulting to dlfp.layout's paths
+        unless `path_defaults` is False (then both are required by main(), and None when not given)."""
         sp = sub.add_parser(name, help=help_text, description=help_text)
+        inp, out = layout.STAGE_IN.get(name), layout.STAGE_OUT[name]
         if inp is not None:
-            sp.add_argument("--in", dest="inp", type=Path, default=Path(inp), help=f"input folder (default {inp})")
-        sp.add_argument("--out", type=Path, default=Path(out), help=f"output folder (default {out})")
+            sp.add_argument("--in", dest="inp", type=Path, default=Path(inp) if path_defaults else None,
+                            help=f"input folder (default {inp})" if path_defaults else "input folder (required)")
+        sp.add_argument("--out", type=Path, default=Path(out) if path_defaults else None,
+                        help=f"output folder (default {out})" if path_defaults else "output folder (required)")
         sp.add_argument("--log", type=Path, default=None, help="also write the log to this file")
         sp.set_defaults(run=_stage(name))
         return sp
 
-    stage("acquire", "Get the face images (FFHQ download or a local folder/zip/tar): manifest + rejects.",
-          None, "data/raw")
-    stage("align", "Detect faces, 68 landmarks, FFHQ alignment and component boxes.", "data/raw", "data/aligned")
-    stage("shard", "Split and write WebDataset tars with an index.", "data/aligned", "data/shards")
-    stage("degrade", "Write fixed degraded/clean test pairs per severity preset.", "data/shards", "data/pairs")
-    stage("train_prior", "Train the StyleGAN2 facial prior (or convert official weights).", "data/shards",
-          "models/prior")
-    train = stage("train", "Train GFP-GAN on the frozen prior.", "data/shards", "models/gfpgan")
-    train.add_argument("--prior", type=Path, default=Path("models/prior/prior.pth"),
-                       help="the facial prior (default models/prior/prior.pth)")
-    train.add_argument("--pairs", type=Path, default=Path("data/pairs"),
-                       help="fixed test pairs for validation (default data/pairs)")
-    _add_restore(stage("restore", "Restore the fixed test pairs with every restorer (baselines and GFP-GAN), or "
-                       "your own photos: dlfp restore INPUT... -o OUTDIR.", str(RESTORE_STAGE_IN),
-                       str(RESTORE_STAGE_OUT)))
-    evaluate = stage("evaluate", "Score restored faces: PSNR/SSIM (pyiqa), identity, landmarks, FD-dlib128.",
-                     "data/pairs", "data/evaluation")
-    evaluate.add_argument("--restored", type=Path, default=Path("data/restored"),
-                          help="restored test pairs (default data/restored)")
-    evaluate.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"),
-                          help="summary for `dvc metrics show` (default reports/metrics.json)")
-    bias = stage("bias", "Skin tone, age and gender groups: per-group metrics with CIs, gaps, tone shift, flips.",
-                 None, "data/bias")
-    for flag, default, what in (("--shards", "data/shards", "clean shards (splits, landmarks)"),
-                                ("--pairs", "data/pairs", "fixed test pairs"),
-                                ("--restored", "data/restored", "restored test pairs"),
-                                ("--evaluation", "data/evaluation", "evaluate stage output"),
-                                ("--summary", "reports/bias.json", "compact summary for `dvc metrics show`")):
-        bias.add_argument(flag, type=Path, default=Path(default), help=f"{what} (default {default})")
+    def path_option(sp: argparse.ArgumentParser, flag: str, default: str, what: str) -> None:
+        sp.add_argument(flag, type=Path, default=Path(default), help=f"{what} (default {default})")
+
+    stage("acquire", "Get the face images (FFHQ download or a local folder/zip/tar): manifest + rejects.")
+    stage("align", "Detect faces, 68 landmarks, FFHQ alignment and component boxes.")
+    stage("shard", "Split and write WebDataset tars with an index.")
+    stage("degrade", "Write fixed degraded/clean test pairs per severity preset.")
+    stage("train_prior", "Train the StyleGAN2 facial prior (or convert official weights).")
+    train = stage("train", "Train GFP-GAN on the frozen prior.")
+    path_option(train, "--prior", layout.PRIOR_CHECKPOINT, "the facial prior")
+    path_option(train, "--pairs", layout.PAIRS, "fixed test pairs for validation")
+    # No path defaults: a bare `dlfp restore` is a usage error, not a silent run on data/pairs.
+    _add_restore(stage("restore", "Restore the fixed test pairs with every restorer (baselines and GFP-GAN): "
+                       f"dlfp restore --in {layout.PAIRS} --out {layout.RESTORED}; or your own photos: "
+                       "dlfp restore INPUT... -o OUTDIR.", path_defaults=False))
+    evaluate = stage("evaluate", "Score restored faces: PSNR/SSIM (pyiqa), identity, landmarks, FD-dlib128.")
+    path_option(evaluate, "--restored", layout.RESTORED, "restored test pairs")
+    path_option(evaluate, "--metrics", layout.METRICS_SUMMARY, "summary for `dvc metrics show`")
+    bias = stage("bias", "Skin tone, age and gender groups: per-group metrics with CIs, gaps, tone shift, flips.")
+    for flag, default, what in (("--shards", layout.SHARDS, "clean shards (splits, landmarks)"),
+                                ("--pairs", layout.PAIRS, "fixed test pairs"),
+                                ("--restored", layout.RESTORED, "restored test pairs"),
+                                ("--evaluation", layout.EVALUATION, "evaluate stage output"),
+                                ("--summary", layout.BIAS_SUMMARY, "compact summary for `dvc metrics show`")):
+        path_option(bias, flag, default, what)
     bias.add_argument("--labels", type=Path, default=None,
                       help="FFHQ attribute CSV (ffhq_id, gender, age); default: params bias.labels")
-    report = stage("report", "Build the static HTML reports.", None, "reports")
-    report.add_argument("--data", type=Path, default=Path("data"), help="data folder (default data)")
-    report.add_argument("--models", type=Path, default=Path("models"), help="models folder (default models)")
+    report = stage("report", "Build the static HTML reports.")
+    path_option(report, "--data", layout.DATA_DIR, "data folder")
+    path_option(report, "--models", layout.MODELS_DIR, "models folder")
     return parser
 
 
@@ -226,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "restore":  # own photos need no params.yaml; the stage form falls through
         problem = _restore_usage_error(args)
         if problem is not None:
+            args.print_usage(sys.stderr)
             print(f"dlfp restore: usage error: {problem}", file=sys.stderr)
             return EXIT_USAGE
         if args.inputs:

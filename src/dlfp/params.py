@@ -18,6 +18,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dlfp.layout import GFPGAN_CHECKPOINT
+
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 
 
@@ -227,7 +229,7 @@ class ReportParams(_Section):
 
 
 # --------------------------------------------------------------------------------------------- restore
-RESTORER_NAMES = ("identity", "bicubic", "gfpgan")
+RESTORER_NAMES = ("lq", "bicubic", "gfpgan")  # lq: dlfp.layout.LQ_RESTORER
 
 
 class GFPGANArchParams(_Section):
@@ -244,14 +246,22 @@ class GFPGANArchParams(_Section):
 
 
 class RestoreParams(_Section):
-    restorers: tuple[Literal["identity", "bicubic", "gfpgan"], ...] = Field(
+    restorers: tuple[Literal["lq", "bicubic", "gfpgan"], ...] = Field(
         default=RESTORER_NAMES, description="restorers run on every preset's test pairs")
-    weights: str = Field(default="models/gfpgan/gfpgan.pth",
+    weights: str = Field(default=GFPGAN_CHECKPOINT,
                          description="GFPGANv1Clean checkpoint (dl-fp or official v1.3/v1.4); missing: 'not run'")
     arch: GFPGANArchParams = GFPGANArchParams()
     batch_size: int = Field(default=4, ge=1, le=1024)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(default=2, ge=1, le=256, description="torch CPU threads")
+
+    @field_validator("restorers", mode="before")
+    @classmethod
+    def _renamed(cls, value: object) -> object:
+        if isinstance(value, list | tuple) and "identity" in value:
+            raise ValueError("the no-op restorer `identity` is now called `lq` (the LQ input as it is): "
+                             "replace `identity` with `lq` in restore.restorers")
+        return value
 
     @field_validator("restorers")
     @classmethod

@@ -1,6 +1,6 @@
 """Restorer registry: what turns a batch of LQ test faces into restored faces of the same size.
 
-- `identity`: the LQ as it is (the degraded input; the lower bound every restorer must beat).
+- `lq`: the LQ as it is (the degraded input; the lower bound every restorer must beat).
 - `bicubic`: a bicubic-upsampling baseline from the low-resolution image. The pairs' LQ is already back at GT
   size (the degradation's own bilinear resize); we bring it down to the size it had after the degradation's
   downscale step (`degradation.lq_size`, logged per sample) with area interpolation, then up to GT size with
@@ -27,6 +27,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from dlfp.layout import LQ_RESTORER
 
 DOWN_INTERPOLATION = cv2.INTER_AREA
 UP_INTERPOLATION = cv2.INTER_CUBIC
@@ -55,7 +57,7 @@ class Restorer:
 
 
 # -------------------------------------------------------------------------------------------- baselines
-def restore_identity(lq: np.ndarray) -> np.ndarray:
+def restore_lq(lq: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(lq)
 
 
@@ -77,8 +79,8 @@ def _lq_size(meta: Mapping) -> Sequence[int]:
         raise ValueError(f"sample {meta.get('id')!r}: json has no degradation.lq_size; rerun `dlfp degrade`") from None
 
 
-def identity_restorer() -> Restorer:
-    return Restorer("identity", lambda images, metas: [restore_identity(image) for image in images],
+def lq_restorer() -> Restorer:
+    return Restorer(LQ_RESTORER, lambda images, metas: [restore_lq(image) for image in images],
                     batch_size=64, description={"kind": "the LQ input unchanged"})
 
 
@@ -212,15 +214,15 @@ def gfpgan_restorer(weights: Path | str, arch: Mapping[str, object] | None = Non
 def build_restorer(name: str, *, weights: Path | str | None = None, arch: Mapping[str, object] | None = None,
                    batch_size: int = 4, device: str = "auto") -> Restorer:
     """The registry: a restorer by name (RestorerUnavailable when it cannot run here)."""
-    if name == "identity":
-        return identity_restorer()
+    if name == LQ_RESTORER:
+        return lq_restorer()
     if name == "bicubic":
         return bicubic_restorer()
     if name == "gfpgan":
         if weights is None:
             raise RestorerUnavailable("no weights path given for gfpgan")
         return gfpgan_restorer(weights, arch, batch_size, device)
-    raise ValueError(f"unknown restorer {name!r}; choose from identity, bicubic, gfpgan")
+    raise ValueError(f"unknown restorer {name!r}; choose from {LQ_RESTORER}, bicubic, gfpgan")
 
 
 def timed(restorer: Restorer, images: Sequence[np.ndarray], metas: Sequence[Mapping]) -> tuple[list, float]:

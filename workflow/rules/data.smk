@@ -1,15 +1,17 @@
 # Data stages: acquire -> align -> shard -> degrade. Parameters enter through `params:` so that changing
-# them reruns the rule (params.yaml itself is deliberately not an input).
+# them reruns the rule (params.yaml itself is deliberately not an input). Paths: dlfp/layout.py (Snakefile).
 
 
 rule acquire:
     input:
-        "src/dlfp/stages/acquire",
-        "src/dlfp/ffhq.py",
-        "src/dlfp/io/download.py",
-        "src/dlfp/io/images.py",
+        code=[
+            "src/dlfp/stages/acquire",
+            "src/dlfp/ffhq.py",
+            "src/dlfp/io/download.py",
+            "src/dlfp/io/images.py",
+        ],
     output:
-        directory("data/raw"),
+        raw=directory(layout.RAW),
     params:
         source=config["data"]["source"],
         folder=config["data"]["folder"],
@@ -18,65 +20,71 @@ rule acquire:
         ffhq=config["data"]["ffhq"],
         fallback=config["data"]["fallback"],
     log:
-        "logs/acquire.log",
+        layout.log_path("acquire"),
     conda:
         "../envs/dlfp.yaml"
     shell:
-        "dlfp acquire --out data/raw --log logs/acquire.log"
+        "dlfp acquire --out {output.raw} --log {log}"
 
 
 rule align:
     input:
-        "data/raw",
-        "src/dlfp/stages/align.py",
-        "src/dlfp/faces/alignment.py",
-        "src/dlfp/faces/landmarks.py",
+        raw=rules.acquire.output.raw,
+        code=[
+            "src/dlfp/stages/align.py",
+            "src/dlfp/faces/alignment.py",
+            "src/dlfp/faces/landmarks.py",
+        ],
     output:
-        directory("data/aligned"),
+        aligned=directory(layout.ALIGNED),
     params:
         size=config["data"]["size"],
         align=config["align"],
     log:
-        "logs/align.log",
+        layout.log_path("align"),
     conda:
         "../envs/dlfp.yaml"
     shell:
-        "dlfp align --in data/raw --out data/aligned --log logs/align.log"
+        "dlfp align --in {input.raw} --out {output.aligned} --log {log}"
 
 
 rule shard:
     input:
-        "data/aligned",
-        "src/dlfp/stages/shard.py",
-        "src/dlfp/shards/format.py",
+        aligned=rules.align.output.aligned,
+        code=[
+            "src/dlfp/stages/shard.py",
+            "src/dlfp/shards/format.py",
+        ],
     output:
-        directory("data/shards"),
+        shards=directory(layout.SHARDS),
     params:
         source=config["data"]["source"],
         shard=config["shard"],
     log:
-        "logs/shard.log",
+        layout.log_path("shard"),
     conda:
         "../envs/dlfp.yaml"
     shell:
-        "dlfp shard --in data/aligned --out data/shards --log logs/shard.log"
+        "dlfp shard --in {input.aligned} --out {output.shards} --log {log}"
 
 
 rule degrade:
     input:
-        "data/shards",
-        "src/dlfp/stages/degrade.py",
-        "src/dlfp/degradation.py",
-        "src/dlfp/shards",
+        shards=rules.shard.output.shards,
+        code=[
+            "src/dlfp/stages/degrade.py",
+            "src/dlfp/degradation.py",
+            "src/dlfp/shards",
+        ],
     output:
-        directory("data/pairs"),
+        pairs=directory(layout.PAIRS),
     params:
         seed=config["seed"],
         degrade=config["degrade"],
         samples_per_shard=config["shard"]["samples_per_shard"],
     log:
-        "logs/degrade.log",
+        layout.log_path("degrade"),
     conda:
         "../envs/dlfp.yaml"
     shell:
-        "dlfp degrade --in data/shards --out data/pairs --log logs/degrade.log"
+        "dlfp degrade --in {input.shards} --out {output.pairs} --log {log}"

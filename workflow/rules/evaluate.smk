@@ -5,67 +5,73 @@
 
 rule restore:
     input:
-        "data/pairs",
-        "models/gfpgan",
-        "src/dlfp/stages/restore.py",
-        "src/dlfp/restorers.py",
+        pairs=rules.degrade.output.pairs,
+        gfpgan=rules.train.output.gfpgan,
+        code=[
+            "src/dlfp/stages/restore.py",
+            "src/dlfp/restorers.py",
+        ],
     output:
-        directory("data/restored"),
+        restored=directory(layout.RESTORED),
     params:
         samples_per_shard=config["shard"]["samples_per_shard"],
         restore=config["restore"],
     resources:
         gpu=1,
     log:
-        "logs/restore.log",
+        layout.log_path("restore"),
     conda:
         "../envs/dlfp.yaml"
     shell:
-        "dlfp restore --in data/pairs --out data/restored --log logs/restore.log"
+        "dlfp restore --in {input.pairs} --out {output.restored} --log {log}"
 
 
 rule evaluate_metrics:
     input:
-        "data/pairs",
-        "data/restored",
-        "src/dlfp/stages/evaluate",
-        "src/dlfp/metrics",
+        pairs=rules.degrade.output.pairs,
+        restored=rules.restore.output.restored,
+        code=[
+            "src/dlfp/stages/evaluate",
+            "src/dlfp/metrics",
+        ],
     output:
-        directory("data/evaluation"),
-        "reports/metrics.json",
+        evaluation=directory(layout.EVALUATION),
+        metrics=layout.METRICS_SUMMARY,
     params:
         evaluate=config["evaluate"],
         pairs_per_preset=config["report"]["pairs_per_preset"],
     resources:
         gpu=1,
     log:
-        "logs/evaluate.log",
+        layout.log_path("evaluate"),
     conda:
         "../envs/dlfp.yaml"
     shell:
-        "dlfp evaluate --in data/pairs --restored data/restored --out data/evaluation --metrics reports/metrics.json"
-        " --log logs/evaluate.log"
+        "dlfp evaluate --in {input.pairs} --restored {input.restored} --out {output.evaluation}"
+        " --metrics {output.metrics} --log {log}"
 
 
 rule bias:
     input:
-        "data/shards",
-        "data/pairs",
-        "data/restored",
-        "data/evaluation",
-        "src/dlfp/bias",
-        "src/dlfp/stages/bias.py",
-        "src/dlfp/io/tables.py",
+        shards=rules.shard.output.shards,
+        pairs=rules.degrade.output.pairs,
+        restored=rules.restore.output.restored,
+        evaluation=rules.evaluate_metrics.output.evaluation,
+        code=[
+            "src/dlfp/bias",
+            "src/dlfp/stages/bias.py",
+            "src/dlfp/io/tables.py",
+        ],
     output:
-        directory("data/bias"),
-        "reports/bias.json",
+        bias=directory(layout.BIAS),
+        summary=layout.BIAS_SUMMARY,
     params:
         seed=config["seed"],
         bias=config["bias"],
     log:
-        "logs/bias.log",
+        layout.log_path("bias"),
     conda:
         "../envs/dlfp.yaml"
     shell:
-        "dlfp bias --shards data/shards --pairs data/pairs --restored data/restored --evaluation data/evaluation"
-        " --out data/bias --summary reports/bias.json --log logs/bias.log"
+        "dlfp bias --shards {input.shards} --pairs {input.pairs} --restored {input.restored}"
+        " --evaluation {input.evaluation} --out {output.bias} --summary {output.summary} --log {log}"

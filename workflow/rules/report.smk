@@ -3,29 +3,24 @@
 
 rule report:
     input:
-        "data/raw",
-        "data/aligned",
-        "data/shards",
-        "data/pairs",
-        "models/prior",
-        "models/gfpgan",
-        "data/restored",
-        "data/evaluation",
-        "data/bias",
-        "reports/metrics.json",
-        "reports/bias.json",
-        "src/dlfp/report",
-        "src/dlfp/stages/report.py",
+        raw=rules.acquire.output.raw,
+        aligned=rules.align.output.aligned,
+        shards=rules.shard.output.shards,
+        pairs=rules.degrade.output.pairs,
+        prior=rules.train_prior.output.prior,
+        gfpgan=rules.train.output.gfpgan,
+        restored=rules.restore.output.restored,
+        evaluation=rules.evaluate_metrics.output.evaluation,
+        bias=rules.bias.output.bias,
+        metrics=rules.evaluate_metrics.output.metrics,
+        bias_summary=rules.bias.output.summary,
+        code=[
+            "src/dlfp/report",
+            "src/dlfp/stages/report.py",
+        ],
     output:
-        "reports/index.html",
-        "reports/data.html",
-        "reports/training.html",
-        "reports/evaluation.html",
-        "reports/bias.html",
-        "reports/model.html",
-        "reports/MODEL_CARD.md",
-        directory("reports/training"),
-        directory("reports/evaluation"),
+        pages=list(layout.REPORT_FILES),
+        assets=[directory(f"{layout.REPORTS_DIR}/{name}") for name in layout.REPORT_ASSET_FOLDERS],
     params:
         seed=config["seed"],
         data=config["data"],
@@ -39,8 +34,8 @@ rule report:
         bias=config["bias"],
         report=config["report"],
     log:
-        "logs/report.log",
+        layout.log_path("report"),
     conda:
         "../envs/dlfp.yaml"
     shell:
-        "dlfp report --data data --models models --out reports --log logs/report.log"
+        f"dlfp report --data {layout.DATA_DIR} --models {layout.MODELS_DIR} --out {layout.REPORTS_DIR} --log {{log}}"

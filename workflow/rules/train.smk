@@ -3,41 +3,45 @@
 
 rule train_prior:
     input:
-        "data/shards",
-        "src/dlfp/stages/train_prior.py",
-        "src/dlfp/train/prior.py",
-        "src/dlfp/train/prior_metrics.py",
-        "src/dlfp/train/engine",
-        "src/dlfp/train/data.py",
-        "src/dlfp/models/stylegan2.py",
+        shards=rules.shard.output.shards,
+        code=[
+            "src/dlfp/stages/train_prior.py",
+            "src/dlfp/train/prior.py",
+            "src/dlfp/train/prior_metrics.py",
+            "src/dlfp/train/engine",
+            "src/dlfp/train/data.py",
+            "src/dlfp/models/stylegan2.py",
+        ],
     output:
-        directory("models/prior"),
+        prior=directory(layout.PRIOR),
     params:
         seed=config["seed"],
         train_prior=config["train_prior"],
     resources:
         gpu=1,
     log:
-        "logs/train_prior.log",
+        layout.log_path("train_prior"),
     conda:
         "../envs/dlfp.yaml"
     shell:
-        "dlfp train_prior --in data/shards --out models/prior --log logs/train_prior.log"
+        "dlfp train_prior --in {input.shards} --out {output.prior} --log {log}"
 
 
 rule train:
     input:
-        "data/shards",
-        "data/pairs",
-        "models/prior",
-        "src/dlfp/stages/train.py",
-        "src/dlfp/train/gfpgan.py",
-        "src/dlfp/train/engine",
-        "src/dlfp/train/data.py",
-        "src/dlfp/losses",
-        "src/dlfp/models/gfpgan.py",
+        shards=rules.shard.output.shards,
+        pairs=rules.degrade.output.pairs,
+        prior=rules.train_prior.output.prior,
+        code=[
+            "src/dlfp/stages/train.py",
+            "src/dlfp/train/gfpgan.py",
+            "src/dlfp/train/engine",
+            "src/dlfp/train/data.py",
+            "src/dlfp/losses",
+            "src/dlfp/models/gfpgan.py",
+        ],
     output:
-        directory("models/gfpgan"),
+        gfpgan=directory(layout.GFPGAN),
     params:
         seed=config["seed"],
         presets=config["degrade"]["presets"],
@@ -45,9 +49,9 @@ rule train:
     resources:
         gpu=1,
     log:
-        "logs/train.log",
+        layout.log_path("train"),
     conda:
         "../envs/dlfp.yaml"
     shell:
-        "dlfp train --in data/shards --prior models/prior/prior.pth --pairs data/pairs --out models/gfpgan"
-        " --log logs/train.log"
+        f"dlfp train --in {{input.shards}} --prior {{input.prior}}/{layout.PRIOR_FILE} --pairs {{input.pairs}}"
+        " --out {output.gfpgan} --log {log}"

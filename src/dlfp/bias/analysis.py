@@ -31,10 +31,9 @@ from dlfp.bias.faces import NOT_MEASURED, FaceTone
 from dlfp.bias.labels import UNKNOWN
 from dlfp.io.hashing import derive_seed
 from dlfp.io.tables import frame_records, jsonable
+from dlfp.layout import NOT_COMPUTED, STATUS_OK
 from dlfp.params import BiasParams, Params
 
-STATUS_OK = "ok"
-NOT_COMPUTED = "not computed"
 SEED_NAMESPACE = "bias"
 ITA_BIN_EDGES = tuple(float(edge) for edge in range(-90, 91, 15))   # continuous view of dITA against GT ITA
 

@@ -8,8 +8,7 @@ from importlib import metadata
 from pathlib import Path
 
 from dlfp.io.atomic import write_json_atomic
-
-RECEIPT_NAME = "receipt.json"
+from dlfp.layout import RECEIPT_NAME
 
 
 def package_versions(*names: str) -> dict[str, str]:

@@ -29,9 +29,10 @@ import cv2
 import numpy as np
 import torch
 
+from dlfp.layout import NOT_COMPUTED
+
 log = logging.getLogger(__name__)
 
-NOT_COMPUTED = "not computed"
 PSNR_CAP_DB = 80.0  # pyiqa: 10 log10(1 / (0 + 1e-8)) for identical images
 PYIQA_FOLDER = "pyiqa"  # under torch.hub.get_dir(): pyiqa's own weights
 TORCHVISION_FOLDER = "checkpoints"  # under torch.hub.get_dir(): torchvision's backbone weights

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
-from dlfp.io.images import DEFAULT_QUALITY, OUTPUT_FORMATS, ImageRejected, decode_image_bytes
+from dlfp.io.images import OUTPUT_FORMATS, ImageRejected, decode_image_bytes
+from dlfp.photos.defaults import DEFAULT_QUALITY
 
 log = logging.getLogger(__name__)
 

@@ -26,11 +26,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from dlfp.photos.defaults import OFFICIAL_NAMES
+
 log = logging.getLogger(__name__)
 
 URL_ENV = "DLFP_WEIGHTS_URL"  # base URL replacing the release's, e.g. a mirror; the file name is appended
 PROBE_TIMEOUT_S = 10.0
-OFFICIAL_NAMES = {"gfpgan-v1.3": "GFPGANv1.3.pth", "gfpgan-v1.4": "GFPGANv1.4.pth"}
 RELEASE_SHA256 = {
     "GFPGANv1.3.pth": "c953a88f2727c85c3d9ae72e2bd4846bbaf59fe6972ad94130e23e7017524a70",
     "GFPGANv1.4.pth": "e2cd4703ab14f4d01fd1383a8a8b266f9a5833dacee8e6a79d3bf21a1b6be5ad",

@@ -74,8 +74,17 @@ from dlfp.faces.geometry import (
 )
 from dlfp.faces.landmarks import Detector, FaceLandmarker, LandmarkError
 from dlfp.io.atomic import open_lock_file, write_bytes_atomic, write_text_atomic
-from dlfp.io.images import DEFAULT_QUALITY, ImageRejected, encode_image
+from dlfp.io.images import ImageRejected, encode_image
 from dlfp.photos import provenance
+from dlfp.photos.defaults import (  # defined once, torch-free, for cli.py too
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_FACE_SIZE,
+    DEFAULT_QUALITY,
+    DEFAULT_TOO_LARGE_RATIO,
+    DEFAULT_UPSCALE,
+    DEFAULT_WEIGHTS,
+)
 from dlfp.photos.detection import detect_faces, landmarker_for, select_faces
 from dlfp.photos.html import INDEX_HTML, render_index
 from dlfp.photos.inputs import (
@@ -93,17 +102,7 @@ from dlfp.photos.summary import STATUS_FAILED, SUMMARY_CSV, SUMMARY_JSON, PhotoR
 
 log = logging.getLogger(__name__)
 
-# The train stage's output; the one default for own photos (the official GFPGANv1.4.pth also loads).
-DEFAULT_WEIGHTS = Path("models/gfpgan/gfpgan.pth")
 OFFICIAL_WEIGHTS_NAME = "GFPGANv1.4.pth"
-
-DEFAULT_UPSCALE = 1
-DEFAULT_MIN_FACE_SIZE = 24        # detection box side (input px): below it the 68 points are guesses
-DEFAULT_MAX_PIXELS = 64_000_000   # OUTPUT pixels (a 4032x3024 phone photo at upscale 2 is 48.8 M)
-DEFAULT_BATCH_SIZE = 4
-# A face whose aligned crop covers more than this x out_size output pixels would come back upsampled by more than
-# 1.5x, blurrier than the input: it is left as it is (and reported) unless `force`.
-DEFAULT_TOO_LARGE_RATIO = 1.5
 RESTORED_DIR, FACES_DIR = "restored", "faces"
 LOCK_NAME = ".dlfp-restore.lock"
 CROP_GLOB = "face_*_*.png"

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dlfp.io.atomic import write_csv_atomic, write_json_atomic
+from dlfp.layout import STATUS_OK
 
-STATUS_OK = "ok"
 STATUS_NO_FACE = "no face"
 STATUS_TOO_SMALL = "face too small"
 STATUS_NO_USABLE_FACE = "no usable face"

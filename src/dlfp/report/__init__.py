@@ -20,12 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
+from dlfp.layout import STAGES  # the index lists them all, linked to the page covering each
+
 if TYPE_CHECKING:
     from dlfp.params import Params
 
-# The pipeline stages in order; the index lists them all, linked to the page that covers each.
-STAGES = ("acquire", "align", "shard", "degrade", "train_prior", "train", "restore", "evaluate", "bias",
-          "report")
 PAGE_MODULE_SUFFIX = "_page"  # dlfp/report/<name>_page.py registers a page when imported
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 

@@ -23,12 +23,11 @@ import numpy as np
 from matplotlib import rc_context
 from matplotlib.figure import Figure
 
+from dlfp.layout import BIAS_JSON, DATA_FOLDERS, STATUS_OK
 from dlfp.report import Page, PageContext, register
 from dlfp.report.plots import CHART_RC, LINE_COLOURS, data_uri, restorer_colour
 from dlfp.report.readers import contained
 
-BIAS_FOLDER = "bias"
-BIAS_JSON = "bias.json"
 MAX_IMAGE_BYTES = 4 << 20            # a worst-case strip is ~10 kB; anything far larger is not ours
 PLOT_DPI = 80
 RC = CHART_RC
@@ -257,7 +256,7 @@ def gap_table(gaps: Sequence[Mapping], groupings: Sequence[str], alpha: float) -
             continue
         head = [Cell(gap["preset"]), Cell(gap["restorer"]), Cell(GROUPING_TITLES.get(gap["grouping"], gap["grouping"])),
                 Cell(METRIC_TITLES.get(gap["metric"], gap["metric"]))]
-        if gap["status"] != "ok":
+        if gap["status"] != STATUS_OK:
             rows.append([*head, Cell(gap["status"], flag="not computed"), Cell(""), Cell(""), Cell("")])
             continue
         direction = "higher is better" if gap["higher_is_better"] else "lower is better"
@@ -362,7 +361,7 @@ def _load(folder: Path) -> tuple[dict | None, str | None]:
 
 
 def render(ctx: PageContext) -> str:
-    folder = ctx.data_dir / BIAS_FOLDER
+    folder = ctx.data_dir / DATA_FOLDERS["bias"]
     document, error = _load(folder)
     if document is None:
         return ctx.render("bias.html", current="bias.html", title="Bias: who is restored worse",

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dlfp.layout import DATA_FOLDERS, INDEX_NAME, RECEIPT_NAME
 from dlfp.report import Page, PageContext, register
 from dlfp.report.plots import decode_thumbnail, draw_annotations, flatten_scalars, histogram_grid, image_uri
 from dlfp.report.readers import (
@@ -30,8 +31,7 @@ from dlfp.report.readers import (
 )
 from dlfp.shards.format import TEST_SPLIT, VAL_SPLIT
 
-# Stage -> artifact folder under the data folder (the CLI defaults).
-STAGE_FOLDERS = {"acquire": "raw", "align": "aligned", "shard": "shards", "degrade": "pairs"}
+DATA_STAGES = ("acquire", "align", "shard", "degrade")  # the stages this page covers, in order
 GRID_THUMB_PX = 128
 PAIR_THUMB_PX = 160
 ANNOTATED_IN_GRID = 4  # the first few grid tiles show landmarks and boxes
@@ -69,10 +69,10 @@ class PresetView:
 
 
 def _stage_inputs(data_dir: Path, stage: str) -> StageInputs:
-    folder = data_dir / STAGE_FOLDERS[stage]
+    folder = data_dir / DATA_FOLDERS[stage]
     inputs = StageInputs(stage, folder, str(folder), folder.is_dir())
     if inputs.ran:
-        receipt = read_json(folder / "receipt.json", inputs.errors)
+        receipt = read_json(folder / RECEIPT_NAME, inputs.errors)
         inputs.receipt = receipt if isinstance(receipt, dict) else None
         if inputs.receipt is None and not inputs.errors:
             inputs.errors.append("receipt.json missing: the stage may not have finished")
@@ -280,13 +280,13 @@ def _provenance(raw: StageInputs) -> Provenance | None:
 
 def render(ctx: PageContext) -> str:
     """Gather every data stage's artifacts and render data.html."""
-    stages = {stage: _stage_inputs(ctx.data_dir, stage) for stage in STAGE_FOLDERS}
-    raw, aligned, shards, pairs = (stages[name] for name in STAGE_FOLDERS)
+    stages = {stage: _stage_inputs(ctx.data_dir, stage) for stage in DATA_STAGES}
+    raw, aligned, shards, pairs = (stages[name] for name in DATA_STAGES)
     manifest = read_csv(raw.folder / "manifest.csv", raw.errors) if raw.ran else None
     rejects = {name: _rejects(stages[name]) for name in ("acquire", "align")}
     meta = read_jsonl(aligned.folder / "meta.jsonl", aligned.errors) if aligned.ran else None
-    shard_index = read_json(shards.folder / "index.json", shards.errors) if shards.ran else None
-    pairs_index = read_json(pairs.folder / "index.json", pairs.errors) if pairs.ran else None
+    shard_index = read_json(shards.folder / INDEX_NAME, shards.errors) if shards.ran else None
+    pairs_index = read_json(pairs.folder / INDEX_NAME, pairs.errors) if pairs.ran else None
     alignment = _alignment_counts(meta)
     splits = _splits(shards, shard_index)
     presets = _presets(pairs, pairs_index, ctx.params.report.pairs_per_preset)

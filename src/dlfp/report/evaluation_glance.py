@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from dlfp.layout import LQ_RESTORER
 from dlfp.report.evaluation_tables import (
     METRICS,
     NOT_COMPUTED_CELL,
@@ -22,8 +23,6 @@ from dlfp.report.evaluation_tables import (
     ordered,
 )
 from dlfp.report.plots import Point, severity_panels
-
-LQ_RESTORER = "identity"  # the evaluate stage's name for the LQ input scored as a restorer
 
 GLANCE_METRICS = ("psnr", "ssim", "rank1_accuracy")  # higher is better for all three
 GLANCE_DIGITS = {"psnr": 2, "ssim": 4, "rank1_accuracy": 3}

@@ -29,10 +29,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dlfp.io.atomic import staged_output
+from dlfp.layout import (
+    DATA_FOLDERS,
+    INDEX_NAME,
+    LQ_RESTORER,
+    METRICS_JSON,
+    NOT_COMPUTED,
+    PER_IMAGE_NAME,
+    RECEIPT_NAME,
+    STATUS_OK,
+    SUMMARY_NAME,
+)
 from dlfp.report import Page, PageContext, register
 from dlfp.report.evaluation_glance import (
     GLANCE_METRICS,
-    LQ_RESTORER,
     SHORT_LABELS,
     glance,
     glance_chart,
@@ -40,7 +50,6 @@ from dlfp.report.evaluation_glance import (
 )
 from dlfp.report.evaluation_tables import (
     ARROWS,
-    NOT_COMPUTED,
     PAPER_SIZE,
     PAPER_TEST_COUNT,
     PAPER_TEST_SET,
@@ -61,7 +70,6 @@ ASSETS_DIR = "evaluation"  # under the reports folder: gallery and worst-case im
 IMAGES_DIR = "images"  # under the evaluate stage's output: the same images
 ASSET_NAME = re.compile(r"[a-z0-9-]+\.jpg")  # the stage names its JPEGs by positions only
 GALLERY_PX = 256  # the page's layout width when gallery.json does not give the images' size
-STATUS_OK = "ok"
 METRICS_JSON_EXTRAS = ("accuracy", "calibration", "colour_space")  # metrics.json keys that are not presets
 
 
@@ -138,24 +146,24 @@ def read_per_image(path: Path, errors: list[str]) -> list[dict]:
 
 
 def read_inputs(ctx: PageContext) -> Inputs:
-    inputs = Inputs(ctx.data_dir / "pairs", ctx.data_dir / "restored", ctx.data_dir / "evaluation",
-                    ctx.out_dir / "metrics.json")
+    inputs = Inputs(*(ctx.data_dir / DATA_FOLDERS[stage] for stage in ("degrade", "restore", "evaluate")),
+                    ctx.out_dir / METRICS_JSON)
     errors = inputs.errors
-    pairs = read_json(inputs.pairs_dir / "index.json", errors)
+    pairs = read_json(inputs.pairs_dir / INDEX_NAME, errors)
     inputs.pairs_index = pairs if isinstance(pairs, Mapping) else None
-    restored = read_json(inputs.restored_dir / "index.json", errors)
+    restored = read_json(inputs.restored_dir / INDEX_NAME, errors)
     inputs.restored_index = restored if isinstance(restored, Mapping) else None
-    summary = read_json(inputs.evaluation_dir / "summary.json", errors)
+    summary = read_json(inputs.evaluation_dir / SUMMARY_NAME, errors)
     if isinstance(summary, Mapping) and isinstance(summary.get("results"), Mapping):
-        inputs.summary, inputs.results_source = summary, str(inputs.evaluation_dir / "summary.json")
+        inputs.summary, inputs.results_source = summary, str(inputs.evaluation_dir / SUMMARY_NAME)
     else:
         metrics = read_json(inputs.metrics_path, errors)  # {preset: {restorer: ...}, "accuracy": ...}
         if isinstance(metrics, Mapping):
             results = {key: value for key, value in metrics.items() if key not in METRICS_JSON_EXTRAS}
             inputs.summary = {"results": results, "accuracy": metrics.get("accuracy")}
             inputs.results_source = str(inputs.metrics_path)
-    inputs.per_image = read_per_image(inputs.evaluation_dir / "per_image.csv", errors)
-    receipt = read_json(inputs.evaluation_dir / "receipt.json", errors)
+    inputs.per_image = read_per_image(inputs.evaluation_dir / PER_IMAGE_NAME, errors)
+    receipt = read_json(inputs.evaluation_dir / RECEIPT_NAME, errors)
     inputs.receipt = receipt if isinstance(receipt, dict) else None
     for name, attribute in (("gallery.json", "gallery"), ("worst_cases.json", "worst"), ("timing.json", "timing")):
         document = read_json(inputs.evaluation_dir / name, errors)

@@ -12,7 +12,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-NOT_COMPUTED = "not computed"
+from dlfp.layout import NOT_COMPUTED
+
 NOT_COMPUTED_CELL = "n/c"  # a cell's short form: the reason is said once, above the tables
 PAPER_SIZE = 512
 PAPER_PRESET = "paper"

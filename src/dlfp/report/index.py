@@ -11,19 +11,17 @@ from pathlib import Path
 import yaml
 
 from dlfp.io.receipt import package_versions, read_receipt
+from dlfp.layout import DATA_FOLDERS, MODEL_FOLDERS, REPORT_INDEX
 from dlfp.report import STAGES, Page, PageContext
-from dlfp.report.data_page import STAGE_FOLDERS
 
-INDEX_NAME = "index.html"
 REPORTED_PACKAGES = ("torch", "torchvision", "numpy", "pillow", "opencv-python-headless", "albumentations",
                      "webdataset", "pyiqa", "dlib-bin", "pydantic", "pyyaml", "jinja2", "matplotlib")
 
 
 def _stage_outputs(data_dir: Path, models_dir: Path) -> dict[str, Path]:
     """The output folder of every stage that writes a receipt (the report itself writes none)."""
-    return {**{stage: data_dir / folder for stage, folder in STAGE_FOLDERS.items()},
-            "train_prior": models_dir / "prior", "train": models_dir / "gfpgan", "restore": data_dir / "restored",
-            "evaluate": data_dir / "evaluation", "bias": data_dir / "bias"}
+    return {**{stage: data_dir / folder for stage, folder in DATA_FOLDERS.items()},
+            **{stage: models_dir / folder for stage, folder in MODEL_FOLDERS.items()}}
 
 
 def _stage_rows(pages: list[Page], data_dir: Path, models_dir: Path) -> list[dict]:
@@ -45,7 +43,7 @@ def render_index(ctx: PageContext, pages: list[Page]) -> str:
     params = ctx.params
     sections = list(type(params).model_fields)
     return ctx.render(
-        INDEX_NAME, current=INDEX_NAME, title="dl-fp reports",
+        REPORT_INDEX, current=REPORT_INDEX, title="dl-fp reports",
         stages=_stage_rows(pages, ctx.data_dir, ctx.models_dir),
         seed=params.seed,
         section_hashes=[(name, params.section_hash(name)) for name in sections]

@@ -29,11 +29,8 @@ from scipy import stats
 from dlfp.io.atomic import write_text_atomic
 from dlfp.report.readers import Table, mapping, read_json_object
 
-CARD_NAME = "MODEL_CARD.md"
 MD_TEMPLATE = "model_card.md"
 TEMPLATES_DIR = Path(__file__).parent / "templates"
-METRICS_JSON = "metrics.json"
-BIAS_JSON = "bias.json"
 RESTORER = "gfpgan"  # the trained model's name in metrics.json and bias.json
 NOT_YET = "not yet run at training time: see reports/MODEL_CARD.md (written by the report stage)"
 # metrics.json top-level keys that are not presets

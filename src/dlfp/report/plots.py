@@ -33,9 +33,8 @@ CHART_RC = {"text.parse_math": False, "svg.hashsalt": "dlfp", "font.family": "De
             "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7, "xtick.labelsize": 7,
             "ytick.labelsize": 7, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
             "grid.color": "#e8e8e8", "grid.linewidth": 0.6}
-# A fixed colour per restorer, the same in every chart (the LQ input is grey: it is the baseline). "identity" is
-# the LQ input's name before its rename to "lq".
-RESTORER_COLOURS = {"lq": "#8c8c8c", "identity": "#8c8c8c", "bicubic": "#f58518", "gfpgan": "#4c78a8"}
+# A fixed colour per restorer, the same in every chart (the LQ input is grey: it is the baseline).
+RESTORER_COLOURS = {"lq": "#8c8c8c", "bicubic": "#f58518", "gfpgan": "#4c78a8"}
 OTHER_RESTORER_COLOURS = ("#54a24b", "#e45756", "#72b7b2", "#b279a2")
 
 

@@ -27,6 +27,7 @@ import pandas as pd
 from dlfp.io.atomic import staged_output
 from dlfp.io.images import encode_jpeg
 from dlfp.io.receipt import read_receipt
+from dlfp.layout import MODEL_FOLDERS
 from dlfp.report import Page, PageContext, register
 from dlfp.report.plots import Reference, Series, decode_thumbnail, line_panels, moving_average
 from dlfp.report.readers import Table, read_json, receipt_view
@@ -64,9 +65,9 @@ class TrainingStage:
 
 
 STAGES = (
-    TrainingStage("train_prior", "prior", "prior",
+    TrainingStage("train_prior", MODEL_FOLDERS["train_prior"], "prior",
                   "samples of the EMA generator from fixed latents (fixed noise), two rows of eight"),
-    TrainingStage("train", "gfpgan", "gfpgan",
+    TrainingStage("train", MODEL_FOLDERS["train"], "gfpgan",
                   "rows: LQ input / restored by the EMA generator / GT, the first eight validation pairs"),
 )
 

@@ -27,7 +27,6 @@ from dlfp.io.hashing import derive_seed, file_digest
 SPLITS = ("train", "val", "test")
 TRAIN_SPLIT, VAL_SPLIT, TEST_SPLIT = SPLITS
 Split = Literal["train", "val", "test"]
-INDEX_NAME = "index.json"
 # Fixed tar metadata: shards must be byte-identical between runs and machines.
 TAR_MTIME = 0
 TAR_USER = "dlfp"

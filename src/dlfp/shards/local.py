@@ -17,8 +17,9 @@ from pathlib import Path
 import webdataset as wds
 
 from dlfp.io.hashing import file_digest
+from dlfp.layout import INDEX_NAME
 from dlfp.shards import streamed as streams
-from dlfp.shards.format import INDEX_NAME, ShardCorruptError, check_index, check_shard_path
+from dlfp.shards.format import ShardCorruptError, check_index, check_shard_path
 
 log = logging.getLogger(__name__)
 

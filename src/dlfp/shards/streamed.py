@@ -36,8 +36,8 @@ from pathlib import Path
 
 import webdataset as wds
 
+from dlfp.layout import INDEX_NAME
 from dlfp.shards.format import (
-    INDEX_NAME,
     ShardCorruptError,
     check_index,
     check_shard_path,

@@ -42,14 +42,12 @@ from dlfp.io.atomic import staged_output, write_bytes_atomic, write_csv_atomic, 
 from dlfp.io.hashing import file_digest
 from dlfp.io.images import ImageRejected, decode_image, encode_png
 from dlfp.io.receipt import write_receipt
+from dlfp.layout import MANIFEST_NAME, META_NAME, REJECTS_NAME
 from dlfp.params import Params
 
 STAGE = "align"
 LANDMARK_DECIMALS = 2
 REJECTS_HEADER = ("id", "source", "stage", "reason", "detail")
-META_NAME = "meta.jsonl"
-REJECTS_NAME = "rejects.csv"
-MANIFEST_NAME = "manifest.csv"
 IMAGES_DIR = "images"
 CHUNKSIZE = 4
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from dlfp.bias import analysis, gallery
 from dlfp.bias import faces as face_tones
-from dlfp.bias.analysis import EVAL_METRICS, STATUS_OK, Analysis
+from dlfp.bias.analysis import EVAL_METRICS, Analysis
 from dlfp.bias.faces import NOT_MEASURED, FaceTone
 from dlfp.bias.labels import read_labels
 from dlfp.io.atomic import staged_output, write_json_atomic
@@ -38,14 +38,11 @@ from dlfp.io.hashing import file_digest
 from dlfp.io.images import decode_png_bytes
 from dlfp.io.receipt import write_receipt
 from dlfp.io.tables import write_frame_csv
+from dlfp.layout import BIAS_JSON, LQ_RESTORER, PER_IMAGE_NAME, STATUS_OK, SUMMARY_NAME
 from dlfp.params import BiasParams, Params
 from dlfp.shards.format import TEST_SPLIT, pair_presets, split_records
 from dlfp.shards.local import iter_samples, read_index
 
-PER_IMAGE_NAME = "per_image.csv"
-EVAL_SUMMARY_NAME = "summary.json"
-BIAS_JSON = "bias.json"
-LQ_RESTORER = "identity"        # evaluate scores the pairs' LQ under this name when restore did not write it
 BOOLEAN_COLUMNS = ("identity_match", "landmarks_detected")
 
 
@@ -65,7 +62,7 @@ def read_evaluation(evaluation_dir: Path) -> tuple[pd.DataFrame, dict]:
             frame[column] = frame[column].map({"true": 1.0, "false": 0.0}).astype(float)
         else:
             frame[column] = pd.to_numeric(frame[column].replace("", np.nan), errors="raise")
-    summary_path = evaluation_dir / EVAL_SUMMARY_NAME
+    summary_path = evaluation_dir / SUMMARY_NAME
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
     return frame, summary
 

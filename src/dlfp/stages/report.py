@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 from dlfp.io.atomic import write_text_atomic
+from dlfp.layout import REPORT_INDEX
 from dlfp.params import Params
 from dlfp.report import PageContext, load_pages, make_env
-from dlfp.report.index import INDEX_NAME, render_index
+from dlfp.report.index import render_index
 
 
 def run(params: Params, data_dir: Path, out_dir: Path, models_dir: Path = Path("models")) -> dict:
@@ -20,15 +21,15 @@ def run(params: Params, data_dir: Path, out_dir: Path, models_dir: Path = Path("
     started = time.monotonic()
     data_dir, out_dir, models_dir = Path(data_dir), Path(out_dir), Path(models_dir)
     pages = load_pages()
-    nav = ((("Index", INDEX_NAME),) + tuple((page.title, page.filename) for page in pages))
+    nav = ((("Index", REPORT_INDEX),) + tuple((page.title, page.filename) for page in pages))
     ctx = PageContext(params=params, data_dir=data_dir, out_dir=out_dir, env=make_env(), nav=nav,
                       models_dir=models_dir)
     written = []
     for page in pages:
         write_text_atomic(out_dir / page.filename, page.render(ctx))
         written.append(page.filename)
-    write_text_atomic(out_dir / INDEX_NAME, render_index(ctx, pages))
-    written.append(INDEX_NAME)
+    write_text_atomic(out_dir / REPORT_INDEX, render_index(ctx, pages))
+    written.append(REPORT_INDEX)
     elapsed = time.monotonic() - started
     print(f"report: {len(written)} pages ({', '.join(written)}) in {elapsed:.1f} s -> {out_dir}")
     return {"pages": written, "out": str(out_dir), "seconds": round(elapsed, 1)}

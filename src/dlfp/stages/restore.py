@@ -26,6 +26,7 @@ from tqdm import tqdm
 from dlfp.io.atomic import staged_output, write_csv_atomic, write_json_atomic
 from dlfp.io.images import decode_png_bytes, encode_png
 from dlfp.io.receipt import write_receipt
+from dlfp.layout import INDEX_NAME, STATUS_NOT_RUN, STATUS_OK, TIMINGS_NAME
 from dlfp.params import Params
 from dlfp.restorers import Restorer, RestorerUnavailable, build_restorer, timed
 from dlfp.shards import streamed as streams
@@ -34,11 +35,7 @@ from dlfp.shards.local import iter_samples, read_index
 
 log = logging.getLogger(__name__)
 
-INDEX_NAME = "index.json"
-TIMINGS_NAME = "timings.csv"
 RESTORED_PATTERN = "{restorer}/{preset}/restored-{{:06d}}.tar"
-STATUS_OK = "ok"
-STATUS_NOT_RUN = "not run"
 TIMING_DECIMALS = 6
 
 

@@ -18,10 +18,9 @@ from tqdm import tqdm
 
 from dlfp.io.atomic import staged_output, write_json_atomic
 from dlfp.io.receipt import write_receipt
+from dlfp.layout import INDEX_NAME, META_NAME
 from dlfp.params import Params
-from dlfp.shards.format import INDEX_NAME, SPLITS, ShardSetWriter, assign_split, json_bytes, resolve_split_rule
-
-META_NAME = "meta.jsonl"
+from dlfp.shards.format import SPLITS, ShardSetWriter, assign_split, json_bytes, resolve_split_rule
 
 
 def _load_aligned(in_dir: Path) -> list[dict]:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from dlfp.io.hashing import file_digest
 from dlfp.io.receipt import write_receipt
+from dlfp.layout import CARD_NAME
 from dlfp.params import Params
-from dlfp.report.model_card import CARD_NAME, CardSources, write_card
+from dlfp.report.model_card import CardSources, write_card
 from dlfp.shards import streamed as streams
 from dlfp.shards.format import VAL_SPLIT
 from dlfp.train.engine.distributed import is_main_process

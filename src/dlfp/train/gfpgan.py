@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from dlfp.io.atomic import write_json_atomic
 from dlfp.io.hashing import file_digest
 from dlfp.io.images import decode_png_bytes, resize_for_model
+from dlfp.layout import GFPGAN_FILE as MODEL_FILE
 from dlfp.losses.component import COMPONENTS, component_style_loss, crop_components, crop_sizes
 from dlfp.losses.gan import discriminator_loss, generator_loss, lazy_betas, lazy_r1_loss, r1_penalty
 from dlfp.losses.identity import IdentityEmbedder, identity_loss, load_identity_embedder
@@ -51,7 +52,6 @@ from dlfp.train.prior import load_prior
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "gfpgan.pth"
 CONFIG_FILE = "gfpgan.json"
 LOSSES_ACTIVE = "losses_active.json"
 VALIDATION_CSV = "validation.csv"

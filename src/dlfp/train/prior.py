@@ -21,6 +21,7 @@ from torch import Tensor
 
 from dlfp.io.atomic import write_json_atomic
 from dlfp.io.hashing import derive_seed
+from dlfp.layout import PRIOR_FILE
 from dlfp.losses.gan import (
     discriminator_loss,
     generator_loss,
@@ -54,7 +55,6 @@ from dlfp.train.prior_metrics import (
 
 log = logging.getLogger(__name__)
 
-PRIOR_FILE = "prior.pth"
 LOSSES_ACTIVE = "losses_active.json"
 SAMPLES_DIR = "samples"
 GRID_SAMPLES = 16

@@ -50,6 +50,7 @@ from dlfp.io.atomic import staged_output, write_csv_atomic
 from dlfp.io.download import DownloadError
 from dlfp.io.images import ImageRejected, decode_image_bytes, encode_png
 from dlfp.io.receipt import write_receipt
+from dlfp.layout import MANIFEST_NAME, REJECTS_NAME
 from dlfp.params import DataParams, Params
 from dlfp.stages.acquire.ffhq import ffhq_selection, retry_policy, wanted_ids
 from dlfp.stages.acquire.local import folder_selection
@@ -68,8 +69,6 @@ from dlfp.stages.acquire.row_groups import mirror_selection
 log = logging.getLogger(__name__)
 
 IMAGES_DIR = "images"
-MANIFEST_NAME = "manifest.csv"
-REJECTS_NAME = "rejects.csv"
 MANIFEST_HEADER = ("id", "source", "md5", "size", "width", "height", "licence", "ffhq_id", "note")
 REJECTS_HEADER = ("id", "source", "stage", "reason", "detail")
 

@@ -1,7 +1,7 @@
 """Stage `evaluate`: score every restored test face against its GT, per preset and restorer.
 
 Inputs: the pairs (GT, LQ, GT landmarks) and the restore stage's output. The LQ input itself is evaluated as
-restorer "identity" when the restore stage did not write it. Metrics and their settings: see dlfp.metrics.
+restorer "lq" when the restore stage did not write it. Metrics and their settings: see dlfp.metrics.
 
 Outputs: <out>/per_image.csv (one row per image x preset x restorer, every metric column, empty where not
 computed), <out>/summary.json (aggregates, metric settings, the calibration with its impostor histogram, the
@@ -37,6 +37,7 @@ from tqdm import tqdm
 from dlfp.devices import resolve_device
 from dlfp.io.atomic import staged_output, write_csv_atomic, write_json_atomic
 from dlfp.io.receipt import write_receipt
+from dlfp.layout import LQ_RESTORER, PER_IMAGE_NAME, STATUS_OK, SUMMARY_NAME
 from dlfp.metrics.identity import Calibration, IdentityScorer
 from dlfp.metrics.iqa import COLOUR_SPACES, build_pyiqa_metrics, fid_between
 from dlfp.metrics.landmarks import LandmarkScorer
@@ -47,10 +48,6 @@ from dlfp.shards.local import read_index
 from dlfp.stages.evaluate.page_assets import CAPTION_KEYS, write_page_assets
 from dlfp.stages.evaluate.scoring import (
     COLUMNS,
-    LQ_RESTORER,
-    PER_IMAGE_NAME,
-    STATUS_OK,
-    SUMMARY_NAME,
     Scorers,
     list_sources,
     round_figure,

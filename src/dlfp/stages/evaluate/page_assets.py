@@ -22,13 +22,13 @@ from PIL import Image
 
 from dlfp.io.atomic import write_bytes_atomic, write_json_atomic
 from dlfp.io.images import decode_png_bytes, encode_jpeg
+from dlfp.layout import TIMINGS_NAME
 from dlfp.shards.local import iter_samples
 
 GALLERY_NAME = "gallery.json"
 WORST_CASES_NAME = "worst_cases.json"
 TIMING_NAME = "timing.json"
 IMAGES_DIR = "images"
-TIMINGS_NAME = "timings.csv"  # the restore stage's per-image seconds
 GALLERY_PX = 256
 WORST_PX = 128
 JPEG_QUALITY = 90

@@ -1,6 +1,6 @@
 """The evaluate stage's per-image scoring: which (restorer, preset) sets to score, and every metric per image.
 
-The sources are the restore stage's tars, plus the pairs' own LQ as restorer "identity" when the restore stage
+The sources are the restore stage's tars, plus the pairs' own LQ as restorer "lq" when the restore stage
 did not write it; each is streamed beside its GT in id order and scored in batches of equal image size. Rows
 keep the restored descriptor ("embedding") for the set-level figures (summary.py). Imports dlfp.metrics, the
 shards reader and dlfp.io; nothing imports it but the stage.
@@ -20,17 +20,13 @@ import torch
 from tqdm import tqdm
 
 from dlfp.io.images import decode_png_bytes, encode_png
+from dlfp.layout import LQ_RESTORER, STATUS_OK
 from dlfp.metrics.identity import IdentityScorer, identity_label, identity_scores
 from dlfp.metrics.iqa import PAIR_METRICS, MetricInfo, no_reference_scores, pair_scores, to_unit_tensor
 from dlfp.metrics.landmarks import LandmarkScorer
 from dlfp.shards.format import TEST_SPLIT, pair_presets
 from dlfp.shards.local import iter_samples
 
-INDEX_NAME = "index.json"
-PER_IMAGE_NAME = "per_image.csv"
-SUMMARY_NAME = "summary.json"
-LQ_RESTORER = "identity"  # the LQ input, evaluated as a restorer
-STATUS_OK = "ok"
 DECIMALS = 6
 COLUMNS = ("preset", "restorer", "id", "psnr", "ssim", "lpips", "niqe", "identity_distance", "identity_angle_deg",
            "identity_match", "rank1_correct", "landmarks_detected", "landmark_nme", "landmark_error_px")

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from dlfp.layout import LQ_RESTORER, NOT_COMPUTED, STATUS_OK
 from dlfp.metrics.frechet import frechet_distance
 from dlfp.metrics.identity import (
     CALIBRATION_RESAMPLES,
@@ -20,11 +21,11 @@ from dlfp.metrics.identity import (
     rank1_correct,
     wilson_interval,
 )
-from dlfp.metrics.iqa import NOT_COMPUTED, NR_METRICS, PAIR_METRICS, MetricInfo
+from dlfp.metrics.iqa import NR_METRICS, PAIR_METRICS, MetricInfo
 from dlfp.metrics.landmarks import DETECT_UPSAMPLE, MIN_BOX_IOU
 from dlfp.models.dlib_resnet import MATCH_THRESHOLD
 from dlfp.params import Params
-from dlfp.stages.evaluate.scoring import LQ_RESTORER, STATUS_OK, Scorers, round_figure
+from dlfp.stages.evaluate.scoring import Scorers, round_figure
 
 ACCURACY_DEFINITION = ("rank-1 identification: fraction of restored test faces whose nearest GT face descriptor "
                        "(dlib, 128-D, euclidean) among all test GT faces of the preset belongs to the same person "
