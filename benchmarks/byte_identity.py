@@ -12,6 +12,7 @@ Canonicalisation, so that the only renames the restructuring asked for do not co
   either, and the restored/<name>/ folder, count as `lq`);
 - the temporary run folder is replaced by `<RUN>` inside JSON text.
 Tars are fingerprinted by member name and member bytes (JSON members canonicalised), not by tar headers.
+Every re-recording keeps the reference's "notes": why the reference changed and how the change was checked.
 
 Usage: python benchmarks/byte_identity.py record|check [--faces N] [--keep DIR]
 """
@@ -163,8 +164,9 @@ def main() -> None:
         found = fingerprints(run)
     if args.mode == "record":
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        RESULT.write_text(json.dumps({"commit": commit, "faces": args.faces, "artifacts": found}, indent=1) + "\n",
-                          encoding="utf-8")
+        notes = json.loads(RESULT.read_text(encoding="utf-8")).get("notes", []) if RESULT.is_file() else []
+        RESULT.write_text(json.dumps({"commit": commit, "faces": args.faces, "notes": notes, "artifacts": found},
+                                     indent=1) + "\n", encoding="utf-8")
         print(f"recorded {len(found)} fingerprints to {RESULT.relative_to(REPO)} at {commit[:10]}")
         return
     recorded = json.loads(RESULT.read_text(encoding="utf-8"))["artifacts"]
