@@ -117,6 +117,10 @@ def _add_restore(sp: argparse.ArgumentParser) -> None:
                         help="restored photos' format: auto (default) keeps the input's (JPEG, PNG, WebP; others PNG)")
     photos.add_argument("--quality", type=int, default=PHOTOS_DEFAULT_QUALITY, metavar="Q",
                         help=f"JPEG/WebP quality 1..100 (default {PHOTOS_DEFAULT_QUALITY})")
+    # backend (issue 16): dlfp.inference.BACKENDS; the default is dlfp.photos.pipeline.DEFAULT_BACKEND
+    photos.add_argument("--backend", choices=("auto", "torch", "openvino"), default="auto",
+                        help="network runtime: auto (default: OpenVINO on the CPU when installed, else torch), torch, "
+                             "openvino (pip install 'dlfp[openvino]'; compiled once per weights into $DLFP_CACHE)")
 
 
 def _restore_usage_error(args: argparse.Namespace) -> str | None:
@@ -141,7 +145,7 @@ def _restore_photos(args: argparse.Namespace) -> int:
             only_center_face=args.only_center_face, detector=args.detector, device=args.device,
             overwrite=args.overwrite, min_face_size=args.min_face_size, max_pixels=args.max_pixels,
             batch_size=args.batch_size, too_large_ratio=args.too_large_ratio, force=args.force, ext=args.ext,
-            quality=args.quality)
+            quality=args.quality, backend=args.backend)
     except inputs.PhotosUsageError as error:
         print(f"dlfp restore: usage error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -155,6 +159,10 @@ def _restore_photos(args: argparse.Namespace) -> int:
         log.debug("restore failed", exc_info=True)
         print(f"dlfp restore: error: {error}", file=sys.stderr)
         return EXIT_FAILED
+    if args.weights in PHOTOS_OFFICIAL_NAMES:  # issue 14: the release file's model card, written beside it
+        from dlfp.report.model_card import write_official_card
+
+        print(f"restore: model card {write_official_card(summary['run']['weights_file'])}")
     return pipeline.exit_code(summary)
 
 

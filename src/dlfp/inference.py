@@ -57,6 +57,15 @@ def resolve_backend(name: str, device: str) -> str:
     return "torch"
 
 
+def backend_record(chosen: str) -> dict[str, str]:
+    """What a receipt or summary says about the backend that really ran: its name and its version."""
+    if chosen == "openvino":
+        import openvino
+
+        return {"backend": chosen, "backend_version": f"openvino {openvino.__version__}"}
+    return {"backend": chosen, "backend_version": f"torch {torch.__version__}"}
+
+
 class ImageOnly(nn.Module):
     """The restorer's image output alone (no toRGB pyramid): the graph that is exported."""
 
