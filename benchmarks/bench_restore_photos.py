@@ -70,16 +70,15 @@ def time_model(out_size: int, inputs: list[Path], work: Path, upscale: int, batc
         save_official(release_model(out_size=out_size), weights)
     os.environ["DLFP_CACHE"] = str(work / "cache")
     started = time.perf_counter()
-    summary = pipeline.run_photos(inputs, work / f"out_{out_size}_{backend}", weights=weights, upscale=upscale,
-                                batch_size=batch_size, device="cpu", force=True,  # every face, too large or not
-                                backend=backend)
+    run_summary = pipeline.run_photos(inputs, work / f"out_{out_size}_{backend}", weights=weights,
+                                      upscale=upscale, batch_size=batch_size, device="cpu",
+                                      force=True, backend=backend)  # force: every face, too large or not
     wall = time.perf_counter() - started
-    return {"out_size": out_size, "backend": summary["run"]["backend"], "backend_version":
-            summary["run"]["backend_version"], "wall_seconds": round(wall, 2), "run": summary["run"],
-            "load_average":
-            [round(value, 2) for value in os.getloadavg()],
+    return {"out_size": out_size, "backend": run_summary["run"]["backend"], "backend_version":
+            run_summary["run"]["backend_version"], "wall_seconds": round(wall, 2), "run": run_summary["run"],
+            "load_average": [round(value, 2) for value in os.getloadavg()],
             "photos": {Path(row["input"]).name: {key: row[key] for key in (*summary.SUMMARY_COLUMNS, "notes")}
-                       for row in summary["photos"]}}
+                       for row in run_summary["photos"]}}
 
 
 def seconds_per_face(model: dict) -> float:
@@ -105,6 +104,7 @@ def markdown(result: dict) -> str:
         f"{result['date']}, {result['machine']['cpu']}, torch threads {result['threads']}, upscale "
         f"x{result['upscale']}, batch {result['batch_size']} faces (across photos), HOG detector (upsample "
         f"{detection.HOG_UPSAMPLE}; photos over {detection.HOG_DETECT_MAX_SIDE} px searched at that side).", "",
+        *([result["note"], ""] if result.get("note") else []),
         "Weights: randomly initialised GFPGANv1Clean (release configuration; the 128 px model is the same "
         "configuration at out_size 128), saved in the official format. A forward pass costs the same whatever the "
         "weights' values, so these times hold for trained weights of the same shape.", "",
@@ -166,6 +166,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--backends", default="torch", help="inference backends, comma-separated (torch,openvino)")
     parser.add_argument("--photos", type=int, default=0, help="time only the first N photos (sorted); 0: all")
+    parser.add_argument("--note", default="", help="what the reader must know about this run (e.g. the load)")
     parser.add_argument("--max-faces-512", type=int, default=2,
                         help="time 512 px models only on photos with at most this many faces (-1: all photos)")
     args = parser.parse_args()
@@ -194,7 +195,7 @@ def main() -> None:
 
     result = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": machine_description(),
-        "ratios": backend_ratios(models),
+        "ratios": backend_ratios(models), "note": args.note,
         "threads": args.threads, "upscale": args.upscale, "batch_size": args.batch_size,
         "weights": "random init (torch.manual_seed(0)), release GFPGANv1Clean configuration, save_official",
         "dlib": counts, "models": models,

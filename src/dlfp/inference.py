@@ -2,7 +2,7 @@
 
 Why: on a CPU the GFP-GAN forward is nearly all of `dlfp restore`'s time. OpenVINO's CPU plugin runs the same
 graph (exported with `torch.export`, converted with `openvino.convert_model`) with its own fusions and thread
-pinning. Its output equals torch's within 1e-4 (tests/test_inference.py); benchmarks/bench_backends.py measures
+pinning. Its output equals torch's within 1e-4 (tests/test_inference.py); benchmarks/bench_models.py measures
 the ratio side by side.
 
 A compiled model is specific to the weights, the input shape and the versions that made it, so it is cached
