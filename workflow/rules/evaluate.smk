@@ -9,6 +9,7 @@ rule restore:
         "models/gfpgan",
         "src/dlfp/stages/restore.py",
         "src/dlfp/restorers.py",
+        "src/dlfp/inference.py",
     output:
         directory("data/restored"),
     params:
