@@ -68,6 +68,20 @@ TRIED = [
     "393 GFLOP of convs alone then need ~3 s. Below 2 s needs fewer FLOPs (e.g. Winograd), not tried. "
     "The 'published' row re-implements the reference computation eagerly (5.4 s here); the quoted 8.3 s "
     "was measured on the original code, on another day.",
+    "OpenVINO 2026.4 (torch.export -> openvino.convert_model, CPU plugin, latency hint, fp32; dlfp.inference): "
+    "1.27x over our eager model on an idle machine (3.70 s -> 2.92 s, issue 16), 1.5-2.2x on a loaded one "
+    "(rows above; OpenVINO's pinned threads seem to lose less to other jobs than torch's). Output within 4.2e-6 "
+    "max abs of torch eager. Not under 2 s on an idle machine: the same ~393 GFLOP of fp32 convs remain.",
+    "INT8 (not shipped, opt-in candidate): NNCF 3.4 post-training quantisation of the OpenVINO model, 16 FFHQ "
+    "calibration faces (../shared/faces/aligned_hq), fast bias correction; release 512 px model with random "
+    "weights (seed 0), load ~7: quantisation 303 s once; interleaved 3 rounds at 2 threads fp32 18.0/15.2/20.6 s "
+    "vs int8 10.5/11.7/14.4 s (about 1.4x over fp32 OpenVINO, so ~2.1 s idle by extrapolation, not measured). "
+    "INT8 vs fp32 output on a real face: max abs 0.147, PSNR 33.1 dB ([-1, 1] range), random weights. On the "
+    "trained demo model (64 px; benchmarks/bench_int8_demo.py -> results/int8_demo.json; 16 calibration, 32 "
+    "evaluation faces, simple 4x degradation): PSNR INT8 vs fp32 35.1 dB [33.6, 36.6] (95 % CI over faces, "
+    "worst face 25.1 dB); dlib identity distance INT8 vs fp32 0.101 [0.090, 0.112] (same person < 0.6), and to "
+    "the ground truth 0.585 (INT8) vs 0.591 (fp32), paired difference -0.006 [-0.012, -0.000]: no identity "
+    "loss measurable at 64 px. The 512 px trained quality is not computed (no trained 512 px weights here).",
 ]
 
 
@@ -258,6 +272,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also try torch.compile (slow start)")
     parser.add_argument("--skip", nargs="*", default=[], help="cases to skip, as 'case/dtype'")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--note", default="", help="what the reader must know about this run (e.g. the load)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -306,7 +321,7 @@ def main() -> None:
         "size": SIZE, "threads": args.threads, "runs": args.runs, "warmup": args.warmup,
         "gflop_per_face": round(gflop, 1), "max_rel_diff_ours_vs_published": rel_err,
         "published_reference_s": PUBLISHED_REFERENCE_S, "target_s": TARGET_S,
-        "results": results, "tried": TRIED,
+        "results": results, "tried": TRIED, "note": args.note,
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {**machine_description(), "torch_threads": torch.get_num_threads(),
                     "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()]},
@@ -331,6 +346,7 @@ def render_markdown(payload: dict) -> str:
         f"Published GFPGANv1Clean on this machine kind: {payload['published_reference_s']['fp32']} s fp32, "
         f"{payload['published_reference_s']['bf16']} s bf16; target {payload['target_s']} s.",
         "",
+        *([payload["note"], ""] if payload.get("note") else []),
         "Speed-ups are ratios of medians measured in this run, interleaved round by round (x > 1: faster).",
         "",
         "| case | dtype | median s | vs ours eager | vs published | runs s | 1-min load per round | note |",

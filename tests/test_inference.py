@@ -86,3 +86,26 @@ def test_auto_picks_openvino_on_the_cpu_when_installed(monkeypatch: pytest.Monke
     assert inference.resolve_backend("auto", "cpu") == "openvino"
     assert inference.resolve_backend("auto", "cuda") == "torch"
     assert inference.resolve_backend("torch", "cpu") == "torch"
+
+
+@pytest.mark.slow  # one OpenVINO conversion
+@needs_openvino
+def test_the_gfpgan_restorer_runs_on_the_backend_it_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The restore stage's and `dlfp restore`'s restorer: OpenVINO's 8-bit faces within one level of torch's."""
+    from dlfp.models.checkpoints import save_official
+    from dlfp.restorers import build_restorer
+
+    monkeypatch.setenv("DLFP_CACHE", str(tmp_path / "cache"))
+    weights = save_official(_model(), tmp_path / "tiny.pth")
+    faces = [np.ascontiguousarray(image) for image in
+             ((_faces(2).permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()]
+    runs = {name: build_restorer("gfpgan", weights=weights, batch_size=2, device="cpu", backend=name, threads=1)
+            for name in ("torch", "openvino")}
+    assert {name: restorer.description["backend"] for name, restorer in runs.items()} == {
+        "torch": "torch", "openvino": "openvino"}
+    assert runs["openvino"].description["backend_version"].startswith("openvino ")
+    outputs = {name: np.stack(restorer.restore_batch(faces, [{}, {}])) for name, restorer in runs.items()}
+    apart = np.abs(outputs["torch"].astype(np.int16) - outputs["openvino"].astype(np.int16))
+    assert apart.max() <= 1 and apart.mean() < 0.01
+    assert np.abs(outputs["torch"].astype(np.int16) - np.stack(faces)).mean() > 1  # the network changed them
+    assert len(list((tmp_path / "cache" / inference.CACHE_SUBDIR).iterdir())) == 1

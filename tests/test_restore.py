@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import _dlfp_test_faces as faces  # tests/_faces.py, registered by conftest.py
+import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
 import _dlfp_test_tars as tars  # tests/_tars.py, registered by conftest.py
 import cv2
 import numpy as np
@@ -128,6 +129,9 @@ def test_gfpgan_restorer_is_deterministic_and_resizes_to_the_model(pairs_dir: Pa
     index = json.loads((first / "index.json").read_text())
     entry = index["restorers"]["gfpgan"]
     assert entry["status"] == "ok" and entry["description"]["arch"]["out_size"] == TINY["out_size"]
+    assert entry["description"]["backend"] == "torch"  # params restore.backend default: byte-identical tars
+    receipt = json.loads((first / "receipt.json").read_text())
+    assert receipt["backends"] == {"gfpgan": {"backend": "torch", "backend_version": f"torch {torch.__version__}"}}
     for preset in PRESETS:
         a, b = _restored(first, "gfpgan", preset), _restored(second, "gfpgan", preset)
         assert list(a) == sorted(_pairs(pairs_dir, preset))
@@ -150,6 +154,31 @@ def test_gfpgan_restorer_is_deterministic_and_resizes_to_the_model(pairs_dir: Pa
     expected = ((out + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     got = restorer.restore_batch(lq, [{}, {}])
     assert all(np.abs(g.astype(int) - e.astype(int)).max() <= 1 for g, e in zip(got, expected, strict=True))
+
+
+@pytest.mark.slow  # one OpenVINO conversion of the tiny model
+def test_restore_backend_openvino_runs_and_is_recorded(pairs_dir: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from dlfp import inference
+
+    prereq.require(inference.openvino_installed(), f"OpenVINO not installed ({inference.OPENVINO_EXTRA})")
+    monkeypatch.setenv("DLFP_CACHE", str(tmp_path / "cache"))
+    weights = _tiny_checkpoint(tmp_path / "tiny.pth")
+    params = _params(tmp_path, weights, ("gfpgan",))
+    restore_stage.run(params, pairs_dir, tmp_path / "torch")
+    params = params.model_copy(update={"restore": params.restore.model_copy(update={"backend": "openvino"})})
+    restore_stage.run(params, pairs_dir, tmp_path / "openvino")
+    index = json.loads((tmp_path / "openvino" / "index.json").read_text())
+    assert index["restorers"]["gfpgan"]["description"]["backend"] == "openvino"
+    receipt = json.loads((tmp_path / "openvino" / "receipt.json").read_text())
+    assert receipt["backends"]["gfpgan"]["backend_version"].startswith("openvino ")
+    for preset in PRESETS:
+        a, b = _restored(tmp_path / "torch", "gfpgan", preset), _restored(tmp_path / "openvino", "gfpgan", preset)
+        assert list(a) == list(b)
+        for key in a:
+            apart = np.abs(decode_png_bytes(a[key]["restored.png"]).astype(int)
+                           - decode_png_bytes(b[key]["restored.png"]).astype(int))
+            assert apart.max() <= 1 and apart.mean() < 0.01
 
 
 def test_arch_from_params_that_does_not_fit_the_checkpoint_fails_loudly(tmp_path: Path) -> None:

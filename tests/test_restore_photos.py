@@ -28,7 +28,7 @@ import torch
 from _dlfp_test_faces import WILD  # tests/_faces.py, registered by conftest.py
 from PIL import Image, ImageCms
 
-from dlfp import cli
+from dlfp import cli, inference
 from dlfp.faces import geometry
 from dlfp.faces.landmarks import template_5_points, template_points
 from dlfp.io.images import load_rgb
@@ -397,7 +397,8 @@ def test_official_format_release_checkpoint_restores_a_face(tmp_path):
     state = read_state_dict(path)
     assert {key: list(value.shape) for key, value in state.items()} == manifest
     del state, payload
-    summary = pipeline.run_photos([WILD / BASE_PHOTO], tmp_path / "out", weights=path, progress=False)
+    summary = pipeline.run_photos([WILD / BASE_PHOTO], tmp_path / "out", weights=path, progress=False,
+                                  backend="torch")
     row = summary["photos"][0]
     assert (row["status"], row["faces_restored"]) == (STATUS_OK, 1)
     assert summary["run"]["model"]["out_size"] == 512
@@ -517,7 +518,7 @@ def test_official_weights_by_name_are_downloaded_once_checked_and_hashed(release
     cached = tmp_path / "cache" / "weights" / RELEASE_FILE
     out = tmp_path / "out"
     code = cli.main([*PARAMS, "restore", str(WILD / BASE_PHOTO), "-o", str(out), "--weights", "gfpgan-v1.4",
-                     "--device", "cpu"])
+                     "--device", "cpu", "--backend", "torch"])
     assert code == 0, capsys.readouterr().err
     assert cached.read_bytes() == body
     # probe, download (broken off), resumed download from the first missing byte
@@ -527,6 +528,13 @@ def test_official_weights_by_name_are_downloaded_once_checked_and_hashed(release
     assert record["url"] == release_server.url(SERVED) and record["downloaded_now"] is True
     assert record["matches_release"] is False  # a stand-in, not the real release file: recorded, not hidden
     assert record["sha256"] in (out / INDEX_HTML).read_text(encoding="utf-8")
+    card = (cached.parent / "GFPGANv1.4.MODEL_CARD.md").read_text(encoding="utf-8")  # issue 14: beside the weights
+    assert "# Model card: official GFP-GAN weights gfpgan-v1.4" in card and record["sha256"] in card
+    assert "differs from the release file's" in card and "Apache License 2.0" in card and "FFHQ" in card
+    for heading in ("Intended use", "Training data", "Evaluation", "Bias", "Limitations", "Ethical considerations"):
+        assert f"\n## {heading}\n" in card
+    assert "Out of scope: identifying people" in card
+    assert card.count("not computed: official weights, not evaluated here") >= 3  # evaluation, bias, ethics
     row = json.loads((out / SUMMARY_JSON).read_text(encoding="utf-8"))["photos"][0]
     assert (row["status"], row["faces_restored"]) == (STATUS_OK, 1)  # a 512 px model: the face fits
     requests = release_server.count(SERVED)
@@ -534,7 +542,7 @@ def test_official_weights_by_name_are_downloaded_once_checked_and_hashed(release
     flat = tmp_path / "wall.png"
     Image.new("RGB", (64, 48), (90, 90, 90)).save(flat)
     code = cli.main([*PARAMS, "restore", str(flat), "-o", str(tmp_path / "again"), "--weights", "gfpgan-v1.4",
-                     "--device", "cpu"])
+                     "--device", "cpu", "--backend", "torch"])
     assert code == 0, capsys.readouterr().err
     assert release_server.count(SERVED) == requests  # the cached copy: no request at all
     again = json.loads((tmp_path / "again" / SUMMARY_JSON).read_text(encoding="utf-8"))["run"]
@@ -728,3 +736,65 @@ def test_bad_quality_is_a_usage_error(quality, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "usage error" in err and "--quality must be an integer from 1 to 100" in err
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------ inference backend
+needs_openvino = prereq.needs(inference.openvino_installed(), f"OpenVINO not installed ({inference.OPENVINO_EXTRA})")
+LEVEL_TOLERANCE = 1  # OpenVINO equals torch within 1e-4 on [-1, 1]: at most one 8-bit level after rounding
+MEAN_LEVEL_TOLERANCE = 0.01
+
+
+def _restore_cli(weights: Path, out: Path, backend: str, capsys) -> dict:
+    code = cli.main([*PARAMS, "restore", str(WILD / BASE_PHOTO), "-o", str(out), "--weights", str(weights),
+                     "--device", "cpu", "--ext", "png", "--backend", backend, "--force"])
+    assert code == 0, capsys.readouterr().err
+    return json.loads((out / SUMMARY_JSON).read_text(encoding="utf-8"))
+
+
+def _levels_apart(first: Path, second: Path) -> np.ndarray:
+    return np.abs(load_rgb(first).astype(np.int16) - load_rgb(second).astype(np.int16))
+
+
+@pytest.mark.slow  # one OpenVINO conversion: ~30 s idle, minutes on a loaded 2-core machine
+@needs_openvino
+def test_backend_openvino_matches_torch_records_itself_and_reuses_its_cache(tiny_weights, tmp_path, capsys,
+                                                                          monkeypatch):
+    monkeypatch.setenv("DLFP_CACHE", str(tmp_path / "cache"))
+    torch_run = _restore_cli(tiny_weights, tmp_path / "torch", "torch", capsys)
+    openvino_run = _restore_cli(tiny_weights, tmp_path / "openvino", "openvino", capsys)
+    assert (torch_run["run"]["backend"], openvino_run["run"]["backend"]) == ("torch", "openvino")
+    version = openvino_run["run"]["backend_version"]
+    assert version.startswith(f"openvino {importlib.metadata.version('openvino')}")
+    assert version in (tmp_path / "openvino" / INDEX_HTML).read_text(encoding="utf-8")
+    row_torch, row_openvino = torch_run["photos"][0], openvino_run["photos"][0]
+    assert row_openvino["status"] == STATUS_OK and row_openvino["faces_restored"] == row_torch["faces_restored"] == 1
+    pairs = [(row_torch["output"], row_openvino["output"])] + [
+        (a["after"], b["after"]) for a, b in zip(row_torch["crops"], row_openvino["crops"], strict=True)]
+    for torch_file, openvino_file in pairs:
+        apart = _levels_apart(tmp_path / "torch" / torch_file, tmp_path / "openvino" / openvino_file)
+        assert apart.max() <= LEVEL_TOLERANCE and apart.mean() < MEAN_LEVEL_TOLERANCE, torch_file
+    face_before = load_rgb(tmp_path / "torch" / row_torch["crops"][0]["before"]).astype(np.int16)
+    assert np.abs(face_before - load_rgb(tmp_path / "torch" / row_torch["crops"][0]["after"])).mean() > 1  # changed
+    cached = list((tmp_path / "cache" / inference.CACHE_SUBDIR).glob(f"*/{inference.MODEL_FILE}"))
+    assert len(cached) == 1
+
+    def no_conversion(*args: object) -> Path:
+        raise AssertionError("converted again although the cache holds this model")
+
+    monkeypatch.setattr(inference, "convert_to_openvino", no_conversion)
+    again = _restore_cli(tiny_weights, tmp_path / "again", "openvino", capsys)
+    assert again["run"]["backend"] == "openvino"
+    assert _levels_apart(tmp_path / "openvino" / row_openvino["output"],
+                         tmp_path / "again" / again["photos"][0]["output"]).max() == 0
+
+
+def test_missing_openvino_falls_back_to_torch_with_one_log_line(tiny_weights, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(inference, "openvino_installed", lambda: False)
+    summary = _restore_cli(tiny_weights, tmp_path / "out", "openvino", capsys)
+    err = capsys.readouterr().err  # the CLI's own log handler writes to stderr
+    mentions = [line for line in err.splitlines() if "openvino" in line.lower()]
+    assert len(mentions) == 1 and inference.OPENVINO_EXTRA in mentions[0], err
+    assert (summary["run"]["backend_requested"], summary["run"]["backend"]) == ("openvino", "torch")
+    row = summary["photos"][0]
+    assert (row["status"], row["faces_restored"]) == (STATUS_OK, 1) and (tmp_path / "out" / row["output"]).is_file()
+    assert "inference backend torch" in (tmp_path / "out" / INDEX_HTML).read_text(encoding="utf-8")

@@ -116,6 +116,9 @@ def _add_restore(sp: argparse.ArgumentParser) -> None:
                        help="restored photos' format: auto (default) keeps the input's (JPEG, PNG, WebP; others PNG)")
     group.add_argument("--quality", type=int, default=photos.DEFAULT_QUALITY, metavar="Q",
                        help=f"JPEG/WebP quality 1..100 (default {photos.DEFAULT_QUALITY})")
+    group.add_argument("--backend", choices=layout.INFERENCE_BACKENDS, default=photos.DEFAULT_BACKEND,
+                       help="network runtime: auto (default: OpenVINO on the CPU when installed, else torch), torch, "
+                            "openvino (pip install 'dlfp[openvino]'; compiled once per weights into $DLFP_CACHE)")
 
 
 def _restore_usage_error(args: argparse.Namespace) -> str | None:
@@ -144,7 +147,7 @@ def _restore_photos(args: argparse.Namespace) -> int:
             only_center_face=args.only_center_face, detector=args.detector, device=args.device,
             overwrite=args.overwrite, min_face_size=args.min_face_size, max_pixels=args.max_pixels,
             batch_size=args.batch_size, too_large_ratio=args.too_large_ratio, force=args.force, ext=args.ext,
-            quality=args.quality)
+            quality=args.quality, backend=args.backend)
     except inputs.PhotosUsageError as error:
         print(f"dlfp restore: usage error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -158,6 +161,10 @@ def _restore_photos(args: argparse.Namespace) -> int:
         log.debug("restore failed", exc_info=True)
         print(f"dlfp restore: error: {error}", file=sys.stderr)
         return EXIT_FAILED
+    if args.weights in photos.OFFICIAL_NAMES:  # issue 14: the release file's model card, written beside it
+        from dlfp.report.model_card import write_official_card
+
+        print(f"restore: model card {write_official_card(summary['run']['weights_file'])}")
     return pipeline.exit_code(summary)
 
 

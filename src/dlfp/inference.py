@@ -2,7 +2,7 @@
 
 Why: on a CPU the GFP-GAN forward is nearly all of `dlfp restore`'s time. OpenVINO's CPU plugin runs the same
 graph (exported with `torch.export`, converted with `openvino.convert_model`) with its own fusions and thread
-pinning. Its output equals torch's within 1e-4 (tests/test_inference.py); benchmarks/bench_backends.py measures
+pinning. Its output equals torch's within 1e-4 (tests/test_inference.py); benchmarks/bench_models.py measures
 the ratio side by side.
 
 A compiled model is specific to the weights, the input shape and the versions that made it, so it is cached
@@ -28,9 +28,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dlfp.layout import INFERENCE_BACKENDS
+
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "openvino")
+BACKENDS = INFERENCE_BACKENDS
 OPENVINO_EXTRA = "pip install 'dlfp[openvino]'"
 CACHE_SUBDIR = "openvino"
 MODEL_FILE = "model.xml"
@@ -55,6 +57,15 @@ def resolve_backend(name: str, device: str) -> str:
     if name == "openvino":
         log.warning("backend openvino requested but OpenVINO is not installed (%s): using torch", OPENVINO_EXTRA)
     return "torch"
+
+
+def backend_record(chosen: str) -> dict[str, str]:
+    """What a receipt or summary says about the backend that really ran: its name and its version."""
+    if chosen == "openvino":
+        import openvino
+
+        return {"backend": chosen, "backend_version": f"openvino {openvino.__version__}"}
+    return {"backend": chosen, "backend_version": f"torch {torch.__version__}"}
 
 
 class ImageOnly(nn.Module):

@@ -81,3 +81,6 @@ NOT_COMPUTED = "not computed"  # a figure that could not be computed; the reason
 
 # ---------------------------------------------------------------------------------------------- restorers
 LQ_RESTORER = "lq"  # the no-op baseline: the degraded input itself, scored as a restorer
+
+# ------------------------------------------------------------------------------------- inference backends
+INFERENCE_BACKENDS = ("auto", "torch", "openvino")  # dlfp.inference; auto: OpenVINO on the CPU when installed

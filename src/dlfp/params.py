@@ -254,6 +254,9 @@ class RestoreParams(_Section):
     batch_size: int = Field(default=4, ge=1, le=1024)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(default=2, ge=1, le=256, description="torch CPU threads")
+    backend: Literal["torch", "openvino", "auto"] = Field(
+        default="torch", description="gfpgan inference backend (dlfp.inference); torch keeps the test-set outputs "
+                                     "byte-identical (OpenVINO differs by ~1e-6 before 8-bit rounding)")
 
     @field_validator("restorers", mode="before")
     @classmethod

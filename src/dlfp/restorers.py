@@ -153,11 +153,18 @@ def training_losses(weights: Path) -> dict | str:
 
 
 def gfpgan_restorer(weights: Path | str, arch: Mapping[str, object] | None = None, batch_size: int = 4,
-                    device: str = "auto") -> Restorer:
-    """GFPGANv1Clean in deterministic mode; RestorerUnavailable when the weights file is missing."""
+                    device: str = "auto", backend: str = "torch", threads: int = 0,
+                    weights_sha256: str | None = None) -> Restorer:
+    """GFPGANv1Clean in deterministic mode; RestorerUnavailable when the weights file is missing.
+
+    `backend` (dlfp.inference: torch | openvino | auto) runs the network; the description records the one that
+    really ran. OpenVINO's compiled model is cached under $DLFP_CACHE/openvino, keyed by the weights' sha256
+    (`weights_sha256` when the caller already has it). `threads`: OpenVINO's CPU threads (0: the plugin's choice).
+    """
     import torch
     import torch.nn.functional as F
 
+    from dlfp import inference
     from dlfp.devices import resolve_device
     from dlfp.io.images import MAX_8BIT, resize_for_model
     from dlfp.models.checkpoints import WeightsMissingError, check_state_dict, read_state_dict
@@ -180,6 +187,16 @@ def gfpgan_restorer(weights: Path | str, arch: Mapping[str, object] | None = Non
     model.requires_grad_(False).eval().to(device)
     model.fixed_noise = True  # deterministic: the checkpoint's stored noise maps, not fresh noise
     out_size = int(config["out_size"])
+    chosen = inference.resolve_backend(backend, device)
+    if chosen == "openvino":
+        from dlfp.io.hashing import file_digest
+        from dlfp.models.weights_cache import cache_dir
+
+        forward, chosen = inference.make_forward(
+            model, chosen, device=device, weights_digest=weights_sha256 or file_digest(weights), size=out_size,
+            threads=threads, cache_root=cache_dir())
+    else:
+        forward = inference.torch_forward(model)
 
     def run(images: Sequence[np.ndarray], metas: Sequence[Mapping]) -> list[np.ndarray]:
         by_shape: dict[tuple[int, ...], list[int]] = {}
@@ -192,8 +209,7 @@ def gfpgan_restorer(weights: Path | str, arch: Mapping[str, object] | None = Non
                 inputs = [resize_for_model(images[p], out_size) for p in positions]
                 batch = torch.from_numpy(np.stack(inputs)).to(device)
                 x = batch.permute(0, 3, 1, 2).float().div_(MAX_8BIT / 2).sub_(1.0)  # [-1, 1]
-                out, _ = model(x, return_rgb=False)
-                out = out.float().clamp_(-1.0, 1.0)
+                out = forward(x).float().clamp_(-1.0, 1.0)
                 if shape[:2] != (out_size, out_size):
                     out = F.interpolate(out, shape[:2], mode="bilinear", align_corners=False, antialias=True)
                 pixels = out.add_(1.0).mul_(MAX_8BIT / 2).round_().clamp_(0, MAX_8BIT).to(torch.uint8)
@@ -204,7 +220,7 @@ def gfpgan_restorer(weights: Path | str, arch: Mapping[str, object] | None = Non
 
     description = {"kind": "GFPGANv1Clean, deterministic (stored noise maps)", "weights": str(weights),
                    "arch": {key: config[key] for key in ARCH_KEYS}, "arch_from_params": sorted(overrides),
-                   "device": device,
+                   "device": device, **inference.backend_record(chosen),
                    "resize": "in: dlfp.io.images.resize_for_model (as in training); out: bilinear (antialiased) back",
                    "training_losses": training_losses(weights)}
     return Restorer("gfpgan", run, batch_size=batch_size, description=description)
@@ -212,7 +228,7 @@ def gfpgan_restorer(weights: Path | str, arch: Mapping[str, object] | None = Non
 
 # --------------------------------------------------------------------------------------------- registry
 def build_restorer(name: str, *, weights: Path | str | None = None, arch: Mapping[str, object] | None = None,
-                   batch_size: int = 4, device: str = "auto") -> Restorer:
+                   batch_size: int = 4, device: str = "auto", backend: str = "torch", threads: int = 0) -> Restorer:
     """The registry: a restorer by name (RestorerUnavailable when it cannot run here)."""
     if name == LQ_RESTORER:
         return lq_restorer()
@@ -221,7 +237,7 @@ def build_restorer(name: str, *, weights: Path | str | None = None, arch: Mappin
     if name == "gfpgan":
         if weights is None:
             raise RestorerUnavailable("no weights path given for gfpgan")
-        return gfpgan_restorer(weights, arch, batch_size, device)
+        return gfpgan_restorer(weights, arch, batch_size, device, backend=backend, threads=threads)
     raise ValueError(f"unknown restorer {name!r}; choose from {LQ_RESTORER}, bicubic, gfpgan")
 
 

@@ -10,6 +10,7 @@ rule restore:
         code=[
             "src/dlfp/stages/restore.py",
             "src/dlfp/restorers.py",
+            "src/dlfp/inference.py",
         ],
     output:
         restored=directory(layout.RESTORED),

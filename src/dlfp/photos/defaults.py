@@ -19,6 +19,7 @@ DEFAULT_UPSCALE = 1
 DEFAULT_MIN_FACE_SIZE = 24        # detection box side (input px): below it the 68 points are guesses
 DEFAULT_MAX_PIXELS = 64_000_000   # OUTPUT pixels (a 4032x3024 phone photo at upscale 2 is 48.8 M)
 DEFAULT_BATCH_SIZE = 4
+DEFAULT_BACKEND = "auto"          # OpenVINO on the CPU when installed (output within 1e-4 of torch), else torch
 # A face whose aligned crop covers more than this x out_size output pixels would come back upsampled by more than
 # 1.5x, blurrier than the input: it is left as it is (and reported) unless `force`.
 DEFAULT_TOO_LARGE_RATIO = 1.5

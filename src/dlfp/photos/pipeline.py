@@ -77,6 +77,7 @@ from dlfp.io.atomic import open_lock_file, write_bytes_atomic, write_text_atomic
 from dlfp.io.images import ImageRejected, encode_image
 from dlfp.photos import provenance
 from dlfp.photos.defaults import (  # defined once, torch-free, for cli.py too
+    DEFAULT_BACKEND,
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_FACE_SIZE,
@@ -356,12 +357,18 @@ def _resolve_weights(weights: Path | str | None, progress: bool) -> tuple[Path, 
     return path, {"file": str(path), "sha256": official_weights.sha256_of(path)}
 
 
-def _load_restorer(weights: Path, batch_size: int, device: str):
-    """The GFP-GAN restorer, or WeightsNotFoundError that says where the file goes."""
+def _load_restorer(weights: Path, batch_size: int, device: str, backend: str, weights_sha256: str | None):
+    """The GFP-GAN restorer, or WeightsNotFoundError that says where the file goes.
+
+    The network runs on `backend` (dlfp.inference) with torch's thread count, so both backends use the same cores.
+    """
+    import torch
+
     from dlfp.restorers import RestorerUnavailable, gfpgan_restorer
 
     try:
-        return gfpgan_restorer(weights, None, batch_size=batch_size, device=device)
+        return gfpgan_restorer(weights, None, batch_size=batch_size, device=device, backend=backend,
+                               threads=torch.get_num_threads(), weights_sha256=weights_sha256)
     except RestorerUnavailable as error:
         raise WeightsNotFoundError(str(error)) from None
 
@@ -371,13 +378,14 @@ def run_photos(inputs: Sequence[Path | str], out_dir: Path | str, *, weights: Pa
                device: str = "auto", overwrite: bool = False, min_face_size: int = DEFAULT_MIN_FACE_SIZE,
                max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: int = DEFAULT_BATCH_SIZE,
                too_large_ratio: float = DEFAULT_TOO_LARGE_RATIO, force: bool = False, progress: bool = True,
-               ext: str = "auto", quality: int = DEFAULT_QUALITY) -> dict:
+               ext: str = "auto", quality: int = DEFAULT_QUALITY, backend: str = DEFAULT_BACKEND) -> dict:
     """Restore every face in the input photos into out_dir; returns the summary (also summary.json).
 
     `weights`: a checkpoint path, or an official release name (gfpgan-v1.3, gfpgan-v1.4: downloaded once into
     $DLFP_CACHE/weights). Faces larger than `too_large_ratio` x the model's out_size (output px) are left as they
     are, with the reason, unless `force`. `ext` (auto|png|jpg|webp) and `quality` (JPEG/WebP, 1..100) choose the
-    restored photos' format; every image written carries the XMP provenance label.
+    restored photos' format; every image written carries the XMP provenance label. `backend` (auto|torch|openvino,
+    dlfp.inference) runs the network; summary.json and index.html record the one that really ran.
 
     Raises PhotosUsageError (bad options, outputs exist) and WeightsNotFoundError before any photo is touched;
     per-photo problems become that photo's status instead.
@@ -385,6 +393,10 @@ def run_photos(inputs: Sequence[Path | str], out_dir: Path | str, *, weights: Pa
     started = time.perf_counter()
     out_dir = Path(out_dir)
     check_options(upscale, batch_size, min_face_size, max_pixels, device, detector, too_large_ratio, ext, quality)
+    from dlfp.inference import BACKENDS
+
+    if backend not in BACKENDS:
+        raise PhotosUsageError(f"unknown inference backend {backend!r}; choose from {', '.join(BACKENDS)}")
     _check_outdir_is_no_input(inputs, out_dir)
     sources = collect_inputs(inputs, out_dir)
     if not sources:
@@ -393,7 +405,8 @@ def run_photos(inputs: Sequence[Path | str], out_dir: Path | str, *, weights: Pa
     exts = {source.name: output_ext(source.path, ext) for source in sources}
     _check_outputs(out_dir, sources, exts, overwrite)
     weights_path, weights_record = _resolve_weights(weights, progress)
-    restorer = _load_restorer(weights_path, batch_size, device)
+    restorer = _load_restorer(weights_path, batch_size, device, backend,
+                              str(weights_record["sha256"]) if weights_record.get("sha256") else None)
     out_size = int(restorer.description["arch"]["out_size"])
     landmarker = landmarker_for(detector)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -414,7 +427,9 @@ def run_photos(inputs: Sequence[Path | str], out_dir: Path | str, *, weights: Pa
     failed = sum(result.status == STATUS_FAILED for result in results)
     run_info = {"weights": str(weights if weights is not None else DEFAULT_WEIGHTS),
                 "weights_file": weights_record, "model": restorer.description["arch"], "device":
-                restorer.description["device"], "detector": detector, "upscale": upscale,
+                restorer.description["device"], "backend_requested": backend,
+                "backend": restorer.description["backend"], "backend_version": restorer.description["backend_version"],
+                "detector": detector, "upscale": upscale,
                 "min_face_size": min_face_size, "max_pixels": max_pixels, "batch_size": batch_size,
                 "only_center_face": only_center_face, "too_large_ratio": too_large_ratio, "force": force,
                 "photos": len(results), "failed": failed,

@@ -8,6 +8,10 @@ tars and index.json are byte-identical between runs for the baselines (and for g
 torch build). A restorer that cannot run (gfpgan without its weights file) is recorded as
 {"restorer", "status": "not run", "reason"} in the index and the receipt; the others still run.
 
+params.restore.backend (torch | openvino | auto, dlfp.inference) runs the gfpgan network; the index (restorer
+description) and the receipt record the backend that really ran and its version. The default `torch` keeps the
+tars byte-identical; OpenVINO's output differs by ~1e-6 before the 8-bit rounding.
+
 A stage: it reads the pairs, calls the restorer library (dlfp.restorers) and writes its outputs; nothing imports it
 but cli.py.
 """
@@ -69,7 +73,8 @@ def restore_preset(restorer: Restorer, pairs_dir: Path, shard_records: list[dict
 def _build(name: str, params: Params) -> Restorer:
     options = params.restore
     return build_restorer(name, weights=options.weights, arch=options.arch.model_dump(),
-                          batch_size=options.batch_size, device=options.device)
+                          batch_size=options.batch_size, device=options.device, backend=options.backend,
+                          threads=options.threads)
 
 
 def run(params: Params, pairs_dir: Path, out_dir: Path) -> dict:
@@ -114,12 +119,15 @@ def run(params: Params, pairs_dir: Path, out_dir: Path) -> dict:
         write_json_atomic(staging / INDEX_NAME, index)
         write_csv_atomic(staging / TIMINGS_NAME, ["restorer", "preset", "id", "seconds"], timing_rows)
         not_run = {name: entry["reason"] for name, entry in ordered.items() if entry["status"] == STATUS_NOT_RUN}
+        # The inference backend that really ran each network restorer (params.restore.backend may fall back).
+        backends = {name: {key: restorer.description[key] for key in ("backend", "backend_version")}
+                    for name, restorer in restorers.items() if "backend" in restorer.description}
         write_receipt(staging, stage="restore", params_hash=params.section_hash("shard", "restore"), seed=None,
                       counts=counts, inputs={"pairs": str(pairs_dir),
                                              "pairs_index_sha256": streams.index_digest(pairs_dir)},
                       packages=("torch", "opencv-python-headless", "numpy", "webdataset"),
                       extra={"restorers": {name: entry["status"] for name, entry in ordered.items()},
-                             "not_run": not_run})
+                             "not_run": not_run, "backends": backends})
 
     elapsed = time.monotonic() - started
     done = sum(sum(per.values()) for per in counts.values())
