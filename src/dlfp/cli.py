@@ -162,7 +162,7 @@ def _restore_photos(args: argparse.Namespace) -> int:
         print(f"dlfp restore: error: {error}", file=sys.stderr)
         return EXIT_FAILED
     if args.weights in photos.OFFICIAL_NAMES:  # issue 14: the release file's model card, written beside it
-        from dlfp.report.model_card import write_official_card
+        from dlfp.report.official_card import write_official_card
 
         print(f"restore: model card {write_official_card(summary['run']['weights_file'])}")
     return pipeline.exit_code(summary)

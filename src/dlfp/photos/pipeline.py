@@ -1,5 +1,8 @@
 """`dlfp restore INPUT... -o OUTDIR`: restore every face in a user's own photos and paste it back.
 
+One module of about 460 lines on purpose: a third of it is this docstring, the contract of the outputs and
+statuses, kept beside the run loop it describes.
+
 Per photo: decode (EXIF rotation applied, any mode to 8-bit RGB, alpha kept aside), detect every face with dlib
 (HOG, or the CNN/mmod detector), take the template's 5 points from the 68 landmarks (gfpgan-spec 5b: dlib's own
 5-point model gives other points), fit a similarity to the 512 template scaled to the model's out_size
