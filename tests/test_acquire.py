@@ -519,9 +519,9 @@ def test_auto_without_folder_downloads_only_the_needed_row_groups(server, tmp_pa
     assert _tree_bytes(out / "images") == _tree_bytes(tmp_path / "again" / "images")
     assert (out / "manifest.csv").read_bytes() == (tmp_path / "again" / "manifest.csv").read_bytes()
 
-    from dlfp.report import build
+    from dlfp.stages import report as report_stage
 
-    build.run(load_params(params_file), data_dir=out.parent, out_dir=tmp_path / "reports",
+    report_stage.run(load_params(params_file), data_dir=out.parent, out_dir=tmp_path / "reports",
               models_dir=tmp_path / "models")
     page = (tmp_path / "reports" / "data.html").read_text(encoding="utf-8")
     assert "Where the faces came from" in page and "FFHQ parquet mirror" in page

@@ -19,7 +19,7 @@ from dlfp.io.atomic import write_json_atomic
 from dlfp.io.images import encode_png
 from dlfp.params import parse_params
 from dlfp.shards import streamed as streams
-from dlfp.shards.format import ShardSetWriter, json_bytes, split_records
+from dlfp.shards.format import ShardSetWriter, UnsafeShardPathError, json_bytes, split_records
 from dlfp.shards.local import iter_samples, read_index
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,16 +72,16 @@ def test_an_index_path_that_would_run_a_command_is_refused_naming_the_entry(tmp_
                                   "test/clean-{000000..000001}.tar", "test/../../x.tar", "test/x.tar\n"])
 def test_a_local_index_with_a_path_outside_or_odd_is_refused(tmp_path: Path, path: str) -> None:
     folder = _clean_shards(tmp_path / "shards", [{"path": path, "count": 1, "sha256": "0" * 64}])
-    with pytest.raises(streams.UnsafeShardPathError, match=r"splits\.test\.shards\[2\]"):
+    with pytest.raises(UnsafeShardPathError, match=r"splits\.test\.shards\[2\]"):
         read_index(folder)
-    with pytest.raises(streams.UnsafeShardPathError):
+    with pytest.raises(UnsafeShardPathError):
         list(iter_samples(folder, [{"path": path, "count": 1, "sha256": "0" * 64}]))
 
 
 def test_a_pairs_index_is_checked_in_every_preset(tmp_path: Path) -> None:
     (tmp_path / "index.json").write_text(json.dumps({"splits": {"test": {"presets": {
         "paper": {"count": 1, "shards": [{"path": "test/paper/pairs-000000.tar`reboot`", "count": 1}]}}}}}))
-    with pytest.raises(streams.UnsafeShardPathError, match=r"splits\.test\.presets\.paper\.shards\[0\]"):
+    with pytest.raises(UnsafeShardPathError, match=r"splits\.test\.presets\.paper\.shards\[0\]"):
         read_index(tmp_path)
 
 
@@ -321,21 +321,21 @@ def test_a_download_past_its_cap_is_aborted_and_leaves_nothing(server, tmp_path:
 def test_a_file_url_from_the_metadata_must_be_http(file_url: str) -> None:
     from dlfp.io.download import UntrustedURLError
     from dlfp.params import FFHQSource
-    from dlfp.stages import acquire
+    from dlfp.stages.acquire import ffhq as acquire_ffhq
 
     entry = {"thumbnail": {"file_path": "thumbnails128x128/00000/00007.png", "file_url": file_url}}
     with pytest.raises(UntrustedURLError, match="FFHQ metadata 7"):
-        acquire._ffhq_file(entry, 7, FFHQSource(metadata_md5=None))
+        acquire_ffhq._ffhq_file(entry, 7, FFHQSource(metadata_md5=None))
 
 
 def test_the_metadata_file_size_caps_each_file_download() -> None:
     from dlfp.params import FFHQSource
-    from dlfp.stages import acquire
+    from dlfp.stages.acquire import ffhq as acquire_ffhq
 
     spec = {"file_path": "thumbnails128x128/00000/00007.png", "file_url": "https://host/x.png", "file_size": 1234}
-    assert acquire._ffhq_file({"thumbnail": spec}, 7, FFHQSource()).max_bytes == 1234
+    assert acquire_ffhq._ffhq_file({"thumbnail": spec}, 7, FFHQSource()).max_bytes == 1234
     del spec["file_size"]
-    assert acquire._ffhq_file({"thumbnail": spec}, 7, FFHQSource(max_file_bytes=99)).max_bytes == 99
+    assert acquire_ffhq._ffhq_file({"thumbnail": spec}, 7, FFHQSource(max_file_bytes=99)).max_bytes == 99
 
 
 def test_a_drive_confirmation_link_to_another_host_is_not_followed(server, tmp_path: Path) -> None:

@@ -408,7 +408,7 @@ def test_converting_the_identity_network_draws_nothing_from_the_training_rng(tmp
     """The validator converts dlib's network on first use (an empty DLFP_CACHE), after the training RNG was seeded or
     restored from a checkpoint: the conversion must leave that RNG alone, or the trained weights would depend on
     the state of the weights cache (and a resumed run would drift from an uninterrupted one)."""
-    from dlfp.models import identity as idm
+    from dlfp.models import dlib_resnet as idm
 
     torch.manual_seed(0)
     before = torch.get_rng_state()
