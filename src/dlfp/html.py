@@ -2,7 +2,6 @@
 
 Shared so that code writing HTML outside the report (`dlfp restore INPUT... -o OUT`'s index.html) does not import
 the report stage. The templates, the common layout base.html among them, live in dlfp/report/templates.
-(report/build.py still builds the same environment itself until issue 15 wave 2 points it here.)
 A library: imports jinja2 only.
 """
 

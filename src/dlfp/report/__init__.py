@@ -20,23 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
+from dlfp.html import make_env  # noqa: F401 - re-exported: pages and stages take the env from here
 from dlfp.layout import STAGES  # the index lists them all, linked to the page covering each
 
 if TYPE_CHECKING:
     from dlfp.params import Params
 
 PAGE_MODULE_SUFFIX = "_page"  # dlfp/report/<name>_page.py registers a page when imported
-TEMPLATES_DIR = Path(__file__).parent / "templates"
-
-
-def make_env() -> jinja2.Environment:
-    """Autoescape everything (also templates from strings); undefined names are errors, not blanks."""
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
-        autoescape=jinja2.select_autoescape(["html"], default_for_string=True, default=True),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-    )
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,11 @@ import jinja2
 import numpy as np
 from scipy import stats
 
+from dlfp.html import TEMPLATES_DIR
 from dlfp.io.atomic import write_text_atomic
 from dlfp.report.readers import Table, mapping, read_json_object
 
 MD_TEMPLATE = "model_card.md"
-TEMPLATES_DIR = Path(__file__).parent / "templates"
 RESTORER = "gfpgan"  # the trained model's name in metrics.json and bias.json
 NOT_YET = "not yet run at training time: see reports/MODEL_CARD.md (written by the report stage)"
 # metrics.json top-level keys that are not presets
