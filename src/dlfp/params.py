@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
+DIFFAUGMENT_OPS = ("color", "translation", "cutout")  # dlfp.train.diffaugment
 
 
 class ParamsError(ValueError):
@@ -27,6 +28,15 @@ class _Section(BaseModel):
 
 
 Range = Annotated[tuple[float, float], Field(description="closed interval [low, high]")]
+
+
+def diffaugment_policy(policy: str) -> tuple[str, ...]:
+    """'color,translation,cutout' -> its op names in order; '' -> (); an unknown name is an error."""
+    names = tuple(name.strip() for name in policy.split(",") if name.strip())
+    unknown = [name for name in names if name not in DIFFAUGMENT_OPS]
+    if unknown:
+        raise ValueError(f"DiffAugment policy {policy!r}: unknown op(s) {unknown}; known: {', '.join(DIFFAUGMENT_OPS)}")
+    return names
 
 
 def _check_range(name: str, value: tuple[float, float]) -> tuple[float, float]:
@@ -354,8 +364,16 @@ class TrainPriorParams(OptimParams):
                                       "in dlib's descriptor space vs train faces; twice as many real faces give the "
                                       "reference levels); 0: off")
     ema_half_life_images: float = 2000
+    diffaugment: str = Field(
+        default="", description="DiffAugment policy for the discriminator's inputs, comma-separated ops from "
+                                f"{', '.join(DIFFAUGMENT_OPS)} (e.g. 'color,translation,cutout'); '': off")
     official_weights: str | None = Field(
         default=None, description="official StyleGAN2 clean checkpoint: convert/check it instead of training")
+
+    @field_validator("diffaugment")
+    @classmethod
+    def _known_ops(cls, value: str) -> str:
+        return ",".join(diffaugment_policy(value))
 
     @field_validator("eval_samples")
     @classmethod

@@ -37,6 +37,7 @@ from dlfp.losses.gan import (
 from dlfp.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2GeneratorClean
 from dlfp.params import Params, TrainPriorParams
 from dlfp.train.data import Batches, SampleRecipe, ShardStream, train_records
+from dlfp.train.diffaugment import DiffAugment
 from dlfp.train.loop import (
     EMA,
     DistInfo,
@@ -138,11 +139,14 @@ class PriorTrainer:
         self.sample_z = torch.randn(GRID_SAMPLES, p.num_style_feat,
                                     generator=torch.Generator().manual_seed(derive_seed(seed, "prior-samples") % 2**63))
         self.eval_z = eval_latents(seed, p.eval_samples, p.num_style_feat)
+        # What D sees, real and fake alike (identity when train_prior.diffaugment is ''); own seeded RNG per rank.
+        self.augment = DiffAugment(p.diffaugment, derive_seed(seed, "prior-diffaugment", info.rank))
 
     def state_dict(self) -> dict:
         return {"config": self.config, "generator": self.generator.state_dict(),
                 "discriminator": self.discriminator.state_dict(), "ema": self.ema.model.state_dict(),
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "diffaugment": self.augment.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         check_resume_config(state, self.config)
@@ -151,6 +155,8 @@ class PriorTrainer:
         self.ema.model.load_state_dict(state["ema"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
+        if "diffaugment" in state:
+            self.augment.load_state_dict(state["diffaugment"])
 
     def step(self, batch: dict, step: int) -> dict[str, Tensor]:
         p, g, d = self.p, self.generator, self.discriminator
@@ -166,7 +172,7 @@ class PriorTrainer:
         with torch.no_grad(), self.autocast:
             fake, _ = g(mixed_latents(g, n, p.mixing_prob, self.device))
         with self.autocast:
-            fake_logits, real_logits = d(fake.detach()).float(), d(real).float()
+            fake_logits, real_logits = d(self.augment(fake.detach())).float(), d(self.augment(real)).float()
         d_loss = discriminator_loss(real_logits, fake_logits)
         d.zero_grad(set_to_none=True)
         d_loss.backward()
@@ -175,7 +181,7 @@ class PriorTrainer:
         if p.r1_weight > 0 and step % p.r1_interval == 0:
             real_r1 = real.detach().requires_grad_(True)
             with self.autocast:
-                logits = d(real_r1).float()
+                logits = d(self.augment(real_r1)).float()  # R1 through the augmentation, w.r.t. the real
             penalty = r1_penalty(logits, real_r1)
             (lazy_r1_loss(penalty, p.r1_weight, p.r1_interval) + 0 * logits[0]).sum().backward()
             losses["r1"] = penalty.detach()
@@ -187,7 +193,7 @@ class PriorTrainer:
         requires_grad(d, False)
         with self.autocast:
             fake, _ = g(mixed_latents(g, n, p.mixing_prob, self.device))
-            g_loss = generator_loss(d(fake).float())
+            g_loss = generator_loss(d(self.augment(fake)).float())
         g.zero_grad(set_to_none=True)
         g_loss.backward()
         average_gradients(list(g.parameters()), self.info)
@@ -326,7 +332,8 @@ def _train(params: Params, shards_dir: Path, work: Path, info: DistInfo, device:
             "mode": "trained", "config": trainer.config,
             "terms": {"gan": "non-saturating logistic", "r1": {"weight": p.r1_weight, "interval": p.r1_interval},
                       "path_length": "off (optional StyleGAN2 regulariser, skipped)",
-                      "style_mixing": p.mixing_prob},
+                      "style_mixing": p.mixing_prob,
+                      "diffaugment": {"policy": p.diffaugment or "off", "seed": trainer.augment.seed}},
             "ema_decay": trainer.ema.decay, "ema_rampup": p.ema_rampup, "lr": trainer.base_lr,
             "d_lr": trainer.d_lr,
             "batch_size": p.batch_size, "world_size": info.world_size, "bf16": p.bf16, "device": str(device)})
