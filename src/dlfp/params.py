@@ -364,6 +364,9 @@ class TrainPriorParams(OptimParams):
                                       "in dlib's descriptor space vs train faces; twice as many real faces give the "
                                       "reference levels); 0: off")
     ema_half_life_images: float = 2000
+    equalized_lr: bool = Field(
+        default=False, description="per-parameter lr multipliers that give the clean layout StyleGAN2's equalised "
+                                   "learning rate (and the mapping network's lr multiplier 0.01); false: one lr")
     diffaugment: str = Field(
         default="", description="DiffAugment policy for the discriminator's inputs, comma-separated ops from "
                                 f"{', '.join(DIFFAUGMENT_OPS)} (e.g. 'color,translation,cutout'); '': off")

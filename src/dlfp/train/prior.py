@@ -34,7 +34,7 @@ from dlfp.losses.gan import (
     lazy_r1_loss,
     r1_penalty,
 )
-from dlfp.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2GeneratorClean
+from dlfp.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2GeneratorClean, equalized_lr_multipliers
 from dlfp.params import Params, TrainPriorParams
 from dlfp.train.data import Batches, SampleRecipe, ShardStream, train_records
 from dlfp.train.diffaugment import DiffAugment
@@ -117,6 +117,19 @@ def mixed_latents(generator: StyleGAN2GeneratorClean, batch: int, mixing_prob: f
     return [torch.randn(batch, generator.num_style_feat, device=device) for _ in range(count)]
 
 
+def generator_adam(generator: StyleGAN2GeneratorClean, lr: float, equalized_lr: bool) -> torch.optim.Adam:
+    """Adam on the generator: one lr, or (equalized_lr) one group per lr multiplier of equalized_lr_multipliers,
+    each group keeping its "lr_mul" so that dlfp.train.loop.set_lr scales it with the schedule."""
+    if not equalized_lr:
+        return torch.optim.Adam(generator.parameters(), lr=lr, betas=ADAM_BETAS)
+    multipliers = equalized_lr_multipliers(generator)
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for name, parameter in generator.named_parameters():
+        groups.setdefault(multipliers[name], []).append(parameter)
+    return torch.optim.Adam([{"params": params, "lr": lr * lr_mul, "lr_mul": lr_mul}
+                             for lr_mul, params in groups.items()], lr=lr, betas=ADAM_BETAS)
+
+
 class PriorTrainer:
     """Networks, optimisers and one training step of the StyleGAN2 prior."""
 
@@ -131,7 +144,7 @@ class PriorTrainer:
         images_per_step = p.batch_size * info.world_size
         self.ema = EMA(self.generator, ema_decay(images_per_step, p.ema_half_life_images))
         self.base_lr = p.lr * p.lr_scale
-        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.base_lr, betas=ADAM_BETAS)
+        self.opt_g = generator_adam(self.generator, self.base_lr, p.equalized_lr)
         self.d_lr = lazy_lr(self.base_lr, p.r1_interval)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.d_lr,
                                       betas=lazy_betas(ADAM_BETAS, p.r1_interval))
@@ -335,6 +348,7 @@ def _train(params: Params, shards_dir: Path, work: Path, info: DistInfo, device:
                       "style_mixing": p.mixing_prob,
                       "diffaugment": {"policy": p.diffaugment or "off", "seed": trainer.augment.seed}},
             "ema_decay": trainer.ema.decay, "ema_rampup": p.ema_rampup, "lr": trainer.base_lr,
+            "generator_lr": "equalized (StyleGAN2 per-weight scales, mapping x0.01)" if p.equalized_lr else "one lr",
             "d_lr": trainer.d_lr,
             "batch_size": p.batch_size, "world_size": info.world_size, "bf16": p.bf16, "device": str(device)})
     loss_log = LossLog(work, LOSS_COLUMNS, start_step, p.tensorboard) if info.is_main else None
