@@ -25,10 +25,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from dlfp.io.atomic import write_csv_atomic, write_text_atomic
+from dlfp.io.atomic import PARTIAL_SUFFIX, write_csv_atomic, write_text_atomic
 from dlfp.params import parse_params
 from dlfp.stages import train_prior as train_prior_stage
 from dlfp.train import prior_metrics
+from dlfp.train.engine.loop import TrainingInterrupted
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_description  # noqa: E402
@@ -61,7 +62,13 @@ def train(args: argparse.Namespace) -> tuple[dict, float]:
     raw.setdefault("train_prior", {})["resume"] = False
     params = parse_params(raw, args.params)
     started = time.monotonic()
-    summary = train_prior_stage.run(params, args.shards, args.work)
+    try:
+        summary = train_prior_stage.run(params, args.shards, args.work)
+    except TrainingInterrupted as stopped:  # SIGTERM/SIGINT: keep the curve measured so far, labelled as such
+        print(f"{args.label}: {stopped}; recording the checkpoints measured up to step {stopped.step}")
+        args.work = args.work.with_name(args.work.name + PARTIAL_SUFFIX)
+        args.set.append(f"(stopped at step {stopped.step} of {params.train_prior.iters})")
+        summary = {"steps": stopped.step}
     return summary, (time.monotonic() - started) / 60
 
 

@@ -311,6 +311,74 @@ def test_prior_resume_is_bit_identical_to_an_uninterrupted_run(data: dict[str, P
     assert [line.split(",")[0] for line in metrics.splitlines()[1:]] == ["0", "3", "6"]
 
 
+def test_prior_resume_with_diffaugment_is_bit_identical(data: dict[str, Path], tmp_path: Path) -> None:
+    """The augmentation's generator state travels in the checkpoint: a resumed run draws the same augmentations."""
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    policy = {"diffaugment": "color,translation,cutout", "workers": 0, "eval_samples": 0}
+    _run_prior(data, straight, **policy)
+    with pytest.raises(TrainingInterrupted, match="step 3"):
+        _run_prior(data, interrupted, stop_after=3, **policy)
+    _run_prior(data, interrupted, **policy)
+    _assert_same_weights(straight / prior.PRIOR_FILE, interrupted / prior.PRIOR_FILE)
+    assert (straight / "losses.csv").read_text() == (interrupted / "losses.csv").read_text()
+    active = json.loads((straight / prior.LOSSES_ACTIVE).read_text())["terms"]["diffaugment"]
+    assert active["policy"] == "color,translation,cutout" and isinstance(active["seed"], int)
+
+
+@pytest.mark.parametrize("policy", ["", "cutout"])
+def test_prior_discriminator_sees_augmented_images_when_configured(data: dict[str, Path], policy: str) -> None:
+    params = make_params({"diffaugment": policy, "r1_interval": 1})  # step 1 applies R1
+    trainer = prior.PriorTrainer(params.train_prior, params.seed, DistInfo(), torch.device("cpu"))
+    stream = ShardStream(data["shards"], train_records(data["shards"]), SampleRecipe(seed=params.seed, out_size=SIZE),
+                         shuffle_buffer=4)
+    batch = next(Batches(stream, 2))
+    seen: list[torch.Tensor] = []
+    hook = trainer.discriminator.register_forward_pre_hook(lambda _d, args: seen.append(args[0].detach().clone()))
+    trainer.step(batch, 1)
+    hook.remove()
+    assert len(seen) == 4  # D step: fake, real; R1: real; G step: fake
+    real = batch["gt"]
+    zeroed = torch.stack([(x == 0).all(dim=1).flatten(1).sum(1) for x in seen])  # pixels zero in all channels
+    if not policy:
+        assert sum(torch.equal(x, real) for x in seen) == 2 and (zeroed == 0).all()
+        return
+    # every image D sees, fake or real, in both steps and in R1, has its cutout square (at least a quarter of it)
+    assert (zeroed >= (SIZE // 4) ** 2).all()
+    reals = [x for x in seen if ((x == real) | (x == 0)).all()]
+    assert len(reals) == 2 and not any(torch.equal(x, real) for x in reals)
+
+
+@pytest.mark.parametrize("equalized_lr", [False, True])
+def test_prior_generator_steps_match_stylegan2_equalized_lr(data: dict[str, Path], equalized_lr: bool) -> None:
+    """Adam's first step (beta1 = 0) moves every weight by its lr (sign of the gradient): with equalized_lr that is
+    lr / sqrt(fan_in) for a modulated conv, lr * 0.01 / sqrt(fan_in) in the mapping network, lr for biases; a
+    milestone keeps the ratios."""
+    from dlfp.models.stylegan2 import MAPPING_LR_MUL
+
+    params = make_params({"equalized_lr": equalized_lr, "lr_milestones": [1], "lr_gamma": 0.5})
+    trainer = prior.PriorTrainer(params.train_prior, params.seed, DistInfo(), torch.device("cpu"))
+    stream = ShardStream(data["shards"], train_records(data["shards"]), SampleRecipe(seed=params.seed, out_size=SIZE),
+                         shuffle_buffer=4)
+    before = {k: v.detach().clone() for k, v in trainer.generator.named_parameters()}
+    trainer.step(next(Batches(stream, 2)), 0)
+    after = dict(trainer.generator.named_parameters())
+    lr, width = params.train_prior.lr, TINY_NET["num_style_feat"]
+    conv = trainer.generator.style_convs[1].modulated_conv
+    expected = {"style_convs.1.modulated_conv.weight": lr / (conv.in_channels * 9) ** 0.5,
+                "style_mlp.1.weight": lr * MAPPING_LR_MUL / width ** 0.5,
+                "style_convs.1.modulated_conv.modulation.weight": lr / width ** 0.5,
+                "to_rgb1.bias": lr, "constant_input.weight": lr}
+    for name, step_size in expected.items():
+        moved = (after[name].detach() - before[name]).abs()
+        target = step_size if equalized_lr else lr  # less where |grad| ~ Adam's eps; 1%: float32 rounding
+        assert moved.max() <= target * 1.01 and abs(moved.median() / target - 1) < 1e-2, name
+    assert sum(len(g["params"]) for g in trainer.opt_g.param_groups) == len(before)
+    trainer.step(next(Batches(stream, 2)), 2)  # past the milestone: halves every group's lr, keeping their ratios
+    rates = sorted(g["lr"] for g in trainer.opt_g.param_groups)
+    assert rates[-1] == pytest.approx(lr / 2)
+    assert (rates[0] == pytest.approx(lr * MAPPING_LR_MUL / width ** 0.5 / 2)) == equalized_lr
+
+
 def test_prior_measures_its_samples_at_step_0_and_every_sample_step(data: dict[str, Path], tmp_path: Path) -> None:
     measured, unmeasured = tmp_path / "measured", tmp_path / "unmeasured"
     _run_prior(data, measured, iters=5, sample_every=2)

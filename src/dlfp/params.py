@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dlfp.layout import GFPGAN_CHECKPOINT
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
+DIFFAUGMENT_OPS = ("color", "translation", "cutout")  # dlfp.train.diffaugment
 
 
 class ParamsError(ValueError):
@@ -33,6 +34,15 @@ class _Section(BaseModel):
 
 
 Range = Annotated[tuple[float, float], Field(description="closed interval [low, high]")]
+
+
+def diffaugment_policy(policy: str) -> tuple[str, ...]:
+    """'color,translation,cutout' -> its op names in order; '' -> (); an unknown name is an error."""
+    names = tuple(name.strip() for name in policy.split(",") if name.strip())
+    unknown = [name for name in names if name not in DIFFAUGMENT_OPS]
+    if unknown:
+        raise ValueError(f"DiffAugment policy {policy!r}: unknown op(s) {unknown}; known: {', '.join(DIFFAUGMENT_OPS)}")
+    return names
 
 
 def _check_range(name: str, value: tuple[float, float]) -> tuple[float, float]:
@@ -371,8 +381,19 @@ class TrainPriorParams(OptimParams):
                                       "in dlib's descriptor space vs train faces; twice as many real faces give the "
                                       "reference levels); 0: off")
     ema_half_life_images: float = 2000
+    equalized_lr: bool = Field(
+        default=False, description="per-parameter lr multipliers that give the clean layout StyleGAN2's equalised "
+                                   "learning rate (and the mapping network's lr multiplier 0.01); false: one lr")
+    diffaugment: str = Field(
+        default="", description="DiffAugment policy for the discriminator's inputs, comma-separated ops from "
+                                f"{', '.join(DIFFAUGMENT_OPS)} (e.g. 'color,translation,cutout'); '': off")
     official_weights: str | None = Field(
         default=None, description="official StyleGAN2 clean checkpoint: convert/check it instead of training")
+
+    @field_validator("diffaugment")
+    @classmethod
+    def _known_ops(cls, value: str) -> str:
+        return ",".join(diffaugment_policy(value))
 
     @field_validator("eval_samples")
     @classmethod

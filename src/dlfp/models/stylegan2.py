@@ -36,6 +36,7 @@ MAX_LOG_SIZE = 10  # 1024 px
 MODULATION_BIAS_INIT = 1.0  # styles start at 1 so the modulated conv starts as a plain conv
 STDDEV_GROUP = 4  # minibatch-stddev group size
 STDDEV_FEAT = 1  # minibatch-stddev feature channels
+MAPPING_LR_MUL = 0.01  # StyleGAN2's lr multiplier of the mapping network (lr_mlp)
 
 
 def log2_size(out_size: int) -> int:
@@ -425,6 +426,27 @@ class StyleGAN2GeneratorClean(nn.Module):
         latent = self.latent_plus(styles, input_is_latent, truncation, truncation_latent, inject_index)
         image, _ = self.synthesis(latent, self.noise_inputs(noise, randomize_noise))
         return image.contiguous(), (latent if return_latents else None)
+
+
+def equalized_lr_multipliers(generator: StyleGAN2GeneratorClean,
+                             mapping_lr_mul: float = MAPPING_LR_MUL) -> dict[str, float]:
+    """Per-parameter learning-rate multipliers that train the clean layout as StyleGAN2 trains its own.
+
+    StyleGAN2 stores weights as N(0, 1) / lr_mul and scales them by lr_mul / sqrt(fan_in) at run time (equalised
+    learning rate); the clean layout stores the scaled weight itself. Adam's step is about lr in a parameter's own
+    units, so the same optimiser on the clean layout moves every weight sqrt(fan_in) times (the mapping network's
+    100 * sqrt(fan_in) times) further relative to its size. Multiplying each weight's lr by its run-time scale
+    restores StyleGAN2's steps; biases get lr_mul (the mapping's 0.01), everything else 1.
+    """
+    multipliers: dict[str, float] = {}
+    for name, module in generator.named_modules():
+        if isinstance(module, nn.Linear):
+            lr_mul = mapping_lr_mul if name.startswith("style_mlp.") else 1.0
+            multipliers[f"{name}.weight"] = lr_mul / math.sqrt(module.in_features)
+            multipliers[f"{name}.bias"] = lr_mul
+        elif isinstance(module, ModulatedConv2d):
+            multipliers[f"{name}.weight"] = 1 / math.sqrt(module.in_channels * module.kernel_size**2)
+    return {name: multipliers.get(name, 1.0) for name, _ in generator.named_parameters()}
 
 
 def spatial_feature_transform(feat: Tensor, scale: Tensor, shift: Tensor, sft_half: bool) -> Tensor:

@@ -31,10 +31,11 @@ from dlfp.losses.gan import (
     r1_penalty,
 )
 from dlfp.models.checkpoints import save_torch
-from dlfp.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2GeneratorClean
+from dlfp.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2GeneratorClean, equalized_lr_multipliers
 from dlfp.params import Params, TrainPriorParams
 from dlfp.shards import streamed as streams
 from dlfp.train.data import SampleRecipe, ShardStream
+from dlfp.train.diffaugment import DiffAugment
 from dlfp.train.engine.checkpoint import check_resume_config, result_params
 from dlfp.train.engine.distributed import DistInfo, average_gradients, broadcast_module
 from dlfp.train.engine.ema import EMA, ema_decay
@@ -95,6 +96,19 @@ def mixed_latents(generator: StyleGAN2GeneratorClean, batch: int, mixing_prob: f
     return [torch.randn(batch, generator.num_style_feat, device=device) for _ in range(count)]
 
 
+def generator_adam(generator: StyleGAN2GeneratorClean, lr: float, equalized_lr: bool) -> torch.optim.Adam:
+    """Adam on the generator: one lr, or (equalized_lr) one group per lr multiplier of equalized_lr_multipliers,
+    each group keeping its "lr_mul" so that dlfp.train.loop.set_lr scales it with the schedule."""
+    if not equalized_lr:
+        return torch.optim.Adam(generator.parameters(), lr=lr, betas=ADAM_BETAS)
+    multipliers = equalized_lr_multipliers(generator)
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for name, parameter in generator.named_parameters():
+        groups.setdefault(multipliers[name], []).append(parameter)
+    return torch.optim.Adam([{"params": params, "lr": lr * lr_mul, "lr_mul": lr_mul}
+                             for lr_mul, params in groups.items()], lr=lr, betas=ADAM_BETAS)
+
+
 class PriorTrainer:
     """Networks, optimisers and one training step of the StyleGAN2 prior."""
 
@@ -109,7 +123,7 @@ class PriorTrainer:
         images_per_step = p.batch_size * info.world_size
         self.ema = EMA(self.generator, ema_decay(images_per_step, p.ema_half_life_images))
         self.base_lr = p.lr * p.lr_scale
-        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.base_lr, betas=ADAM_BETAS)
+        self.opt_g = generator_adam(self.generator, self.base_lr, p.equalized_lr)
         self.d_lr = lazy_lr(self.base_lr, p.r1_interval)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.d_lr,
                                       betas=lazy_betas(ADAM_BETAS, p.r1_interval))
@@ -117,11 +131,14 @@ class PriorTrainer:
         self.sample_z = torch.randn(GRID_SAMPLES, p.num_style_feat,
                                     generator=torch.Generator().manual_seed(derive_seed(seed, "prior-samples") % 2**63))
         self.eval_z = eval_latents(seed, p.eval_samples, p.num_style_feat)
+        # What D sees, real and fake alike (identity when train_prior.diffaugment is ''); own seeded RNG per rank.
+        self.augment = DiffAugment(p.diffaugment, derive_seed(seed, "prior-diffaugment", info.rank))
 
     def state_dict(self) -> dict:
         return {"config": self.config, "generator": self.generator.state_dict(),
                 "discriminator": self.discriminator.state_dict(), "ema": self.ema.model.state_dict(),
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "diffaugment": self.augment.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         check_resume_config(state, self.config)
@@ -130,6 +147,8 @@ class PriorTrainer:
         self.ema.model.load_state_dict(state["ema"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
+        if "diffaugment" in state:
+            self.augment.load_state_dict(state["diffaugment"])
 
     def step(self, batch: dict, step: int) -> dict[str, Tensor]:
         p, g, d = self.p, self.generator, self.discriminator
@@ -145,7 +164,7 @@ class PriorTrainer:
         with torch.no_grad(), self.autocast:
             fake, _ = g(mixed_latents(g, n, p.mixing_prob, self.device))
         with self.autocast:
-            fake_logits, real_logits = d(fake.detach()).float(), d(real).float()
+            fake_logits, real_logits = d(self.augment(fake.detach())).float(), d(self.augment(real)).float()
         d_loss = discriminator_loss(real_logits, fake_logits)
         d.zero_grad(set_to_none=True)
         d_loss.backward()
@@ -154,7 +173,7 @@ class PriorTrainer:
         if p.r1_weight > 0 and step % p.r1_interval == 0:
             real_r1 = real.detach().requires_grad_(True)
             with self.autocast:
-                logits = d(real_r1).float()
+                logits = d(self.augment(real_r1)).float()  # R1 through the augmentation, w.r.t. the real
             penalty = r1_penalty(logits, real_r1)
             (lazy_r1_loss(penalty, p.r1_weight, p.r1_interval) + 0 * logits[0]).sum().backward()
             losses["r1"] = penalty.detach()
@@ -166,7 +185,7 @@ class PriorTrainer:
         requires_grad(d, False)
         with self.autocast:
             fake, _ = g(mixed_latents(g, n, p.mixing_prob, self.device))
-            g_loss = generator_loss(d(fake).float())
+            g_loss = generator_loss(d(self.augment(fake)).float())
         g.zero_grad(set_to_none=True)
         g_loss.backward()
         average_gradients(list(g.parameters()), self.info)
@@ -275,8 +294,11 @@ class PriorTraining(TrainingJob):
                 "mode": "trained", "config": trainer.config,
                 "terms": {"gan": "non-saturating logistic", "r1": {"weight": p.r1_weight, "interval": p.r1_interval},
                           "path_length": "off (optional StyleGAN2 regulariser, skipped)",
-                          "style_mixing": p.mixing_prob},
+                          "style_mixing": p.mixing_prob,
+                          "diffaugment": {"policy": p.diffaugment or "off", "seed": trainer.augment.seed}},
                 "ema_decay": trainer.ema.decay, "ema_rampup": p.ema_rampup, "lr": trainer.base_lr,
+                "generator_lr": "equalized (StyleGAN2 per-weight scales, mapping x0.01)" if p.equalized_lr
+                else "one lr",
                 "d_lr": trainer.d_lr,
                 "batch_size": p.batch_size, "world_size": info.world_size, "bf16": p.bf16,
                 "device": str(info.device)})

@@ -149,8 +149,9 @@ def lr_at(step: int, base_lr: float, milestones: list[int], gamma: float) -> flo
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every group to lr, times the group's own "lr_mul" where it has one (see dlfp.train.prior.generator_adam)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_mul", 1.0)
 
 
 def requires_grad(module: nn.Module, flag: bool) -> None:
