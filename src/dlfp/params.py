@@ -3,7 +3,7 @@
 Every stage entry receives a validated `Params` object and passes plain values from it to library code;
 nothing below the stage entries reads configuration dicts.
 
-One module of about 460 lines on purpose: it is the whole of params.yaml, one small pydantic class per section, so
+One module of about 500 lines on purpose: it is the whole of params.yaml, one small pydantic class per section, so
 one file shows every key with its default, range and check; the sections are built from each other (train_prior
 and train extend `OptimParams`, degrade's presets are `DegradationParams`), and `Params` joins them.
 """

@@ -10,7 +10,7 @@ Discriminator (StyleGAN2Discriminator): the original StyleGAN2 layout (equalised
 the fused-lrelu activation, [1, 3, 3, 1] blur before strided convs, residual sums / sqrt 2), written in plain
 PyTorch so it runs anywhere without custom CUDA ops. Its state_dict keys equal the published ones.
 
-One module of about 610 lines on purpose: the generator, the discriminator and GFP-GAN's decoder (dlfp.models.gfpgan)
+One module of about 640 lines on purpose: the generator, the discriminator and GFP-GAN's decoder (dlfp.models.gfpgan)
 are built from the same StyleGAN2 layers (Blur, EqualConv2d, EqualLinear, FusedLeakyReLU, ConvLayer, the modulated
 convolution), whose attribute names make up the published state_dict keys; one file keeps the whole architecture
 readable against the paper and the released weights. (The discriminator could move to its own module if it grows.)
