@@ -41,10 +41,8 @@ def _faces(count: int = 3) -> torch.Tensor:
 def test_openvino_equals_torch_on_real_faces(tmp_path: Path) -> None:
     model, faces = _model(), _faces()
     expected = inference.torch_forward(model)(faces)
-    forward, backend = inference.make_forward(model, "openvino", device="cpu", weights_digest="w0", size=SIZE,
-                                              threads=1, cache_root=tmp_path)
-    got = forward(faces)
-    assert backend == "openvino"
+    assert inference.resolve_backend("openvino", "cpu") == "openvino"
+    got = inference.openvino_forward(model, "w0", SIZE, 1, tmp_path)(faces)
     assert got.shape == expected.shape == faces.shape
     assert float((got - expected).abs().max()) <= TOLERANCE
     assert float((expected - faces).abs().max()) > 10 * TOLERANCE  # the network did change the faces

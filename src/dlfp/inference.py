@@ -144,12 +144,3 @@ def openvino_forward(model: nn.Module, weights_digest: str, size: int, threads: 
         return torch.from_numpy(np.concatenate(outputs))
 
     return run
-
-
-def make_forward(model: nn.Module, backend: str, *, device: str, weights_digest: str, size: int, threads: int,
-                 cache_root: Path) -> tuple[Forward, str]:
-    """(forward, the backend that runs it). The model must be in eval mode with its noise fixed."""
-    chosen = resolve_backend(backend, device)
-    if chosen == "openvino":
-        return openvino_forward(model, weights_digest, size, threads, cache_root), chosen
-    return torch_forward(model), chosen

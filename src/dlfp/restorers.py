@@ -192,9 +192,9 @@ def gfpgan_restorer(weights: Path | str, arch: Mapping[str, object] | None = Non
         from dlfp.io.hashing import file_digest
         from dlfp.models.weights_cache import cache_dir
 
-        forward, chosen = inference.make_forward(
-            model, chosen, device=device, weights_digest=weights_sha256 or file_digest(weights), size=out_size,
-            threads=threads, cache_root=cache_dir())
+        # Only OpenVINO needs the weights' digest (its cache key): torch never reads the file twice.
+        forward = inference.openvino_forward(model, weights_sha256 or file_digest(weights), out_size, threads,
+                                             cache_dir())
     else:
         forward = inference.torch_forward(model)
 
