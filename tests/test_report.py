@@ -18,6 +18,7 @@ from PIL import Image
 import dlfp.report as report_pkg
 from dlfp.params import parse_params
 from dlfp.report import Page, data_page, readers
+from dlfp.shards import format as shard_format
 from dlfp.stages import report as report_stage
 
 SCRIPT = "<script>alert(1)</script>"
@@ -299,7 +300,7 @@ def test_tar_reader_reports_damaged_tars_as_tar_errors(tmp_path: Path) -> None:
 
 def test_tar_reader_refuses_an_oversized_member_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A member whose header claims more than the cap is an error naming it, raised before any of it is read."""
-    monkeypatch.setattr(readers, "MAX_MEMBER_BYTES", 1024)
+    monkeypatch.setattr(shard_format, "MAX_MEMBER_BYTES", 1024)
     extracted: list[str] = []
     extractfile = tarfile.TarFile.extractfile
 
@@ -316,7 +317,8 @@ def test_tar_reader_refuses_an_oversized_member_unread(tmp_path: Path, monkeypat
         add_member(tar, "k001.gt.png", b"x" * 1025)
     samples = readers.iter_tar_samples(oversized, lambda: True)
     assert next(samples) == ("k000", {"json": b"{}", "gt.png": b"x" * 1024})
-    with pytest.raises(tarfile.TarError, match=r"^member k001\.gt\.png claims 1025 bytes, over the 1024-byte limit"):
+    with pytest.raises(tarfile.TarError,
+                       match=r"^oversized\.tar: member k001\.gt\.png claims 1025 bytes, over the 1024-byte limit"):
         list(samples)
     assert extracted == ["k000.json", "k000.gt.png", "k001.json"]
 

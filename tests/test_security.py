@@ -5,21 +5,26 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
 import numpy as np
 import pytest
+import webdataset as wds
 import yaml
 from _dlfp_test_faces import WILD  # tests/_faces.py, registered by conftest.py
 
 from dlfp.io.atomic import write_json_atomic
+from dlfp.io.hashing import file_digest
 from dlfp.io.images import encode_png
 from dlfp.params import parse_params
+from dlfp.report import readers
 from dlfp.shards import streamed as streams
-from dlfp.shards.format import ShardSetWriter, UnsafeShardPathError, json_bytes, split_records
+from dlfp.shards.format import ShardCorruptError, ShardSetWriter, UnsafeShardPathError, json_bytes, split_records
 from dlfp.shards.local import iter_samples, read_index
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,6 +110,116 @@ def test_a_pipe_command_gets_the_shard_path_quoted() -> None:
     source = streams.StreamedShards("pipe:cat /data/", " | tee /dev/null", {})
     assert source.url("test/clean-000000.tar") == "pipe:cat /data/test/clean-000000.tar | tee /dev/null"
     assert source.url("a;b") == "pipe:cat /data/'a;b' | tee /dev/null"
+
+
+CLAIMED_BYTES = 100 << 20  # what the crafted member's header says; only TAIL_BYTES of it are in the tar
+TAIL_BYTES = 64 << 10
+MEMBER_LIMIT = 64 << 20  # the shard member cap (dlfp.shards.format.MAX_MEMBER_BYTES)
+CRAFTED = "test/clean-000001.tar"
+
+
+def _member(name: str, payload: bytes = b"", claimed: int | None = None, link: str | None = None) -> bytes:
+    """One raw tar member: header (claiming `claimed` bytes if given, or a symlink to `link`) and padded payload."""
+    info = tarfile.TarInfo(name)
+    info.size = len(payload) if claimed is None else claimed
+    if link is not None:
+        info.type, info.linkname, info.size = tarfile.SYMTYPE, link, 0
+    return info.tobuf(format=tarfile.USTAR_FORMAT) + payload + b"\0" * (-len(payload) % tarfile.BLOCKSIZE)
+
+
+def _shards_with_an_oversized_member(root: Path) -> Path:
+    """_clean_shards, with its second shard replaced by a crafted one: a sample keyed with a folder and an upper-case
+    extension, a webdataset meta member and a symlink out of the archive, then face_003 whose gt.png header claims
+    CLAIMED_BYTES (only TAIL_BYTES follow, no end of archive). The index holds the crafted shard's sha256."""
+    folder = _clean_shards(root)
+    crafted = folder / CRAFTED
+    crafted.write_bytes(_member("__meta__", b"{}") + _member("sub/face_002.gt.PNG", _png(2))
+                        + _member("sub/face_002.json", b"{}") + _member("sub/face_002.lq.png", link="/etc/passwd")
+                        + _member("face_003.json", b"{}")
+                        + _member("face_003.gt.png", b"\0" * TAIL_BYTES, claimed=CLAIMED_BYTES))
+    index = json.loads((folder / "index.json").read_text())
+    index["splits"]["test"]["shards"][1]["sha256"] = file_digest(crafted)
+    write_json_atomic(folder / "index.json", index)
+    return folder
+
+
+def _webdataset_samples(folder: Path) -> list[dict]:
+    """What webdataset's own reader yields from the test shards before it fails on the crafted member."""
+    samples: list[dict] = []
+    urls = [str(folder / "test" / f"clean-{number:06d}.tar") for number in range(2)]
+    with pytest.raises(tarfile.ReadError):
+        samples.extend(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+    return samples
+
+
+def _extracted_members(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the tar members whose data anything opens from now on."""
+    extracted: list[str] = []
+    extractfile = tarfile.TarFile.extractfile
+
+    def recording_extractfile(self: tarfile.TarFile, member: tarfile.TarInfo | str) -> object:
+        extracted.append(member if isinstance(member, str) else member.name)
+        return extractfile(self, member)
+
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", recording_extractfile)
+    return extracted
+
+
+def _over_the_limit(shard: str) -> str:
+    return (rf"^{re.escape(shard)}: member face_003\.gt\.png claims {CLAIMED_BYTES} bytes, "
+            rf"over the {MEMBER_LIMIT}-byte limit of a shard member \(not read\)$")
+
+
+def test_a_streamed_shard_member_over_the_limit_stops_the_run_before_it_is_read(
+        server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over HTTP: the samples before it arrive as webdataset groups them (folder key, lower-cased extension, meta
+    member and symlink skipped); then the member whose header claims 100 MiB stops the run naming the shard URL,
+    the member and the limit, and its data is never opened."""
+    folder = _shards_with_an_oversized_member(tmp_path / "shards")
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            server.serve(f"/shards/{path.relative_to(folder)}", path.read_bytes())
+    location = server.url("shards/")
+    expected = [{key: value for key, value in sample.items() if key != "__local_path__"}
+                for sample in _webdataset_samples(folder)]
+    for sample in expected:
+        sample["__url__"] = location + sample["__url__"][len(f"{folder}/"):]
+    extracted = _extracted_members(monkeypatch)
+    samples = iter_samples(location, split_records(read_index(location), "test"))
+    assert [next(samples) for _ in expected] == expected
+    assert [sample["__key__"] for sample in expected] == ["face_000", "face_001", "sub/face_002"]
+    assert set(expected[2]) == {"__key__", "__url__", "gt.png", "json"}
+    with pytest.raises(ShardCorruptError, match=_over_the_limit(f"{location}{CRAFTED}")):
+        next(samples)
+    assert "face_003.json" in extracted and "face_003.gt.png" not in extracted
+
+
+@pytest.mark.parametrize("reader", ["iter_samples", "training stream", "report"])
+def test_a_local_shard_member_over_the_limit_is_refused_before_it_is_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reader: str) -> None:
+    """Every local reader of shard members (stages, training, the report's pages) refuses the member from its header,
+    naming the shard; what comes before it is what webdataset's own reader gives."""
+    folder = _shards_with_an_oversized_member(tmp_path / "shards")
+    records = split_records(read_index(folder), "test")
+    expected = _webdataset_samples(folder)
+    extracted = _extracted_members(monkeypatch)
+    if reader == "iter_samples":
+        samples = iter_samples(folder, records)
+        assert [next(samples) for _ in expected] == expected
+        with pytest.raises(ShardCorruptError, match=_over_the_limit(str(folder / CRAFTED))):
+            next(samples)
+    elif reader == "training stream":
+        from dlfp.train.data import SampleRecipe, ShardStream
+
+        stream = ShardStream(folder, records, SampleRecipe(seed=0, out_size=64))  # shuffle buffer > 4 samples
+        with pytest.raises(ShardCorruptError, match=_over_the_limit(str(folder / CRAFTED))):
+            next(iter(stream))
+    else:
+        samples = readers.iter_tar_samples(folder / CRAFTED, lambda: True)
+        assert next(samples) == ("sub/face_002", {"json": b"{}"})  # the report keeps the case: gt.PNG is no *png
+        with pytest.raises(tarfile.TarError, match=_over_the_limit("clean-000001.tar")):
+            next(samples)
+    assert "face_003.json" in extracted and "face_003.gt.png" not in extracted
 
 
 # ------------------------------------------------------------------------------ 2. swaps that survive a kill

@@ -4,22 +4,23 @@ A page must render whatever state the pipeline is in, so these readers never rai
 file: they return None (or an empty value) and append a sentence naming the file and the reason to `errors`,
 which the page shows. Paths named inside index files are only followed when they stay inside their folder
 (`contained`), and tars are read in memory (webdataset groups the members into samples): nothing is extracted
-to disk, and a member whose header claims more than MAX_MEMBER_BYTES is refused before any of it is read.
-May import: the standard library and webdataset; never a page module or a stage.
+to disk, and a member whose header claims more than dlfp.shards.format.MAX_MEMBER_BYTES is refused before any of
+it is read (dlfp.shards.format.tar_members, the reader every shard reader uses).
+May import: the standard library, webdataset and dlfp.shards.format; never a page module or a stage.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import re
 import tarfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO
 
 from webdataset.tariterators import group_by_keys
+
+from dlfp.shards.format import tar_members
 
 JSON_READ_ERRORS = (OSError, UnicodeDecodeError, json.JSONDecodeError)
 
@@ -165,27 +166,6 @@ def safe_image_path(images_dir: Path, sample_id: str) -> Path | None:
 
 
 # ----------------------------------------------------------------------------------------------------- tars
-MAX_MEMBER_BYTES = 64 << 20  # a shard member larger than this is no face image or metadata: the tar is refused
-_WEBDATASET_META = re.compile(r"__[^/]*__($|/)")  # webdataset's own members (__key__, ...): not sample data
-
-
-def _tar_members(stream: IO[bytes], path: Path) -> Iterator[dict]:
-    """The regular members of a tar read as a stream, as webdataset's group_by_keys wants them.
-
-    Sizes are checked from the headers, so an oversized member raises tarfile.ReadError naming it before a byte
-    of it is read. (webdataset's tar_file_iterator reads every member whole and shows no header to a filter.)"""
-    with tarfile.open(fileobj=stream, mode="r|*") as tar:
-        for info in tar:
-            if not info.isreg() or _WEBDATASET_META.match(info.name):
-                continue
-            if info.size > MAX_MEMBER_BYTES:
-                raise tarfile.ReadError(f"member {info.name} claims {info.size} bytes, over the "
-                                        f"{MAX_MEMBER_BYTES}-byte limit (not read)")
-            member = tar.extractfile(info)
-            yield {"fname": info.name, "data": member.read() if member else b"", "__url__": str(path)}
-            tar.members = []  # a streamed tar keeps no headers behind it
-
-
 def _duplicate_member(error: Exception) -> bool:
     """group_by_keys refuses a repeated member name with a ValueError: for a page that is a damaged tar."""
     raise tarfile.ReadError(f"duplicate member: {error.args[0] if error.args else error}") from error
@@ -195,11 +175,12 @@ def iter_tar_samples(path: Path, wants_images: Callable[[], bool]) -> Iterator[t
     """Yield (key, {extension: bytes}) per run of regular members with one WebDataset key (key = path up to the
     first dot of the base name); the json member always, *png members only while `wants_images()` says so.
 
-    Links and other non-file members are skipped. A damaged tar, or one with a member over MAX_MEMBER_BYTES,
-    raises tarfile.TarError (or OSError).
+    Links and other non-file members are skipped. A damaged tar, or one with a member over the shard member limit
+    (dlfp.shards.format.ShardMemberTooLargeError, named by the tar's file name), raises tarfile.TarError (or OSError).
     """
     with open(path, "rb") as stream:
-        for sample in group_by_keys(_tar_members(stream, path), lcase=False, handler=_duplicate_member):
+        files = ({**entry, "__url__": str(path)} for entry in tar_members(stream, path.name))
+        for sample in group_by_keys(files, lcase=False, handler=_duplicate_member):
             images = wants_images()
             yield sample["__key__"], {extension: payload for extension, payload in sample.items()
                                       if extension == "json" or (extension.endswith("png") and images)}

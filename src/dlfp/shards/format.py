@@ -1,10 +1,12 @@
-"""The shard format: splits, the index and its records, path safety, errors and the tar writer.
+"""The shard format: splits, the index and its records, path safety, errors, the tar writer and the member reader.
 
 On disk: <root>/<split>/<name>-NNNNNN.tar plus <root>/index.json ({"splits": {split: {count, shards}}} for clean
 shards, {"splits": {split: {"presets": {name: {count, shards, params}}}}} for the degrade stage's pairs); every
 shard record holds its path (relative to the index folder), sample count and sha256. Tars are byte-reproducible
-(fixed mtime, owner and mode). Readers for local folders are in dlfp.shards.local, for URLs and `pipe:` commands
-in dlfp.shards.streamed; both import this module, and this module imports neither (no cycle).
+(fixed mtime, owner and mode). Every reader of shard members, local, streamed or the report's, takes them from
+`tar_members`: read in memory, never extracted, each one's size checked from its header before it is read.
+Readers for local folders are in dlfp.shards.local, for URLs and `pipe:` commands in dlfp.shards.streamed; both
+import this module, and this module imports neither (no cycle).
 
 Imports webdataset and dlfp.io only.
 """
@@ -14,10 +16,11 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Mapping
+import tarfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 import webdataset as wds
 
@@ -33,6 +36,8 @@ TAR_USER = "dlfp"
 TAR_MODE = 0o444
 FFHQ_TRAIN_IDS = 60000  # FFHQ's own rule: ids 0..59999 train, 60000..69999 validation (our test).
 _HASH_BUCKETS = 1 << 32
+MAX_MEMBER_BYTES = 64 << 20  # a shard member larger than this is no face image or metadata: the tar is refused
+_WEBDATASET_META = re.compile(r"__[^/]*__($|/)")  # webdataset's own members (__key__, ...): not sample data
 
 
 # An index's shard path: relative, no "..", no leading "/", nothing a shell or URL would read specially.
@@ -41,6 +46,12 @@ SHARD_PATH = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*\.tar$")
 
 class ShardCorruptError(RuntimeError):
     """A shard on disk does not match the sha256 recorded in its index."""
+
+
+class ShardMemberTooLargeError(ShardCorruptError, tarfile.ReadError):
+    """A shard member whose tar header claims more than MAX_MEMBER_BYTES (a crafted or damaged tar), refused unread.
+
+    Also a tarfile error, so that tolerant readers (the report's) treat it as a damaged tar."""
 
 
 class UnsafeShardPathError(ValueError):
@@ -156,6 +167,26 @@ class ShardSetWriter:
 
 def json_bytes(payload: Mapping) -> bytes:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+# ------------------------------------------------------------------------------------------ tar reading
+def tar_members(stream: IO[bytes], shard: str) -> Iterator[dict]:
+    """The regular members of a tar read as a stream, as {'fname', 'data'} for webdataset's group_by_keys.
+
+    The members webdataset's tar_file_iterator yields (links, folders and its `__meta__` members are skipped), but
+    each size is checked from the header first: a member over MAX_MEMBER_BYTES raises ShardMemberTooLargeError
+    naming `shard` and the member before a byte of it is read (tar_file_iterator reads every member whole).
+    Members are read into memory, never extracted, so their names never reach the file system."""
+    with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        for info in tar:
+            if not info.isreg() or _WEBDATASET_META.match(info.name):
+                continue
+            if info.size > MAX_MEMBER_BYTES:
+                raise ShardMemberTooLargeError(f"{shard}: member {info.name} claims {info.size} bytes, over the "
+                                               f"{MAX_MEMBER_BYTES}-byte limit of a shard member (not read)")
+            member = tar.extractfile(info)
+            yield {"fname": info.name, "data": member.read() if member else b""}
+            tar.members = []  # a streamed tar keeps no headers behind it
 
 
 # ------------------------------------------------------------------------------------------- index

@@ -2,7 +2,9 @@
 
 read_index, verify_shards and iter_samples take a local folder holding index.json, or a streamed location
 (an http(s) URL, a `pipe:` command or a brace range, dlfp.shards.streamed); streamed shards are checked against
-the index as they are read. Local shards are checked against their index sha256 before the first sample.
+the index as they are read. Local shards are checked against their index sha256 before the first sample. Both read
+members with dlfp.shards.format.tar_members (sizes checked from the headers) and group them with webdataset's
+group_by_keys, so a sample is the dict wds.WebDataset would give.
 
 Imports webdataset, dlfp.io, dlfp.shards.format and dlfp.shards.streamed only.
 """
@@ -19,7 +21,7 @@ import webdataset as wds
 from dlfp.io.hashing import file_digest
 from dlfp.layout import INDEX_NAME
 from dlfp.shards import streamed as streams
-from dlfp.shards.format import ShardCorruptError, check_index, check_shard_path
+from dlfp.shards.format import ShardCorruptError, check_index, check_shard_path, tar_members
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +61,17 @@ def iter_samples(folder: Path | str, records: Iterable[Mapping], verify: bool = 
     if streams.is_streamed(folder):
         yield from streams.iter_streamed_samples(streams.resolve(folder), records)
         return
-    urls = [str(Path(folder) / check_shard_path(record["path"], str(Path(folder) / INDEX_NAME)))
-            for record in records]
+    paths = [Path(folder) / check_shard_path(record["path"], str(Path(folder) / INDEX_NAME)) for record in records]
     if verify:
         verify_shards(folder, records)
-    if not urls:
-        return
-    dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
-    yield from dataset
+    for path in paths:
+        yield from iter_local_shard(path)
+
+
+def iter_local_shard(path: Path) -> Iterator[dict]:
+    """Raw samples of one local shard, the dicts wds.WebDataset gives (`__key__`, `__url__`, `__local_path__`,
+    one entry per extension), with every member's size checked from its header before it is read."""
+    url = str(path)
+    with open(path, "rb") as stream:
+        files = ({**entry, "__url__": url, "__local_path__": url} for entry in tar_members(stream, url))
+        yield from wds.tariterators.group_by_keys(files)

@@ -19,7 +19,7 @@ its index sha256 when it ends: a truncated or corrupted shard stops the run nami
 read before the end of that shard have already been handed out. For a check before any use, download the
 shards and read them from a local folder (dlfp.shards.local.verify_shards).
 
-Imports webdataset and dlfp.shards.format only (the index format, its path checks and errors).
+Imports webdataset and dlfp.shards.format only (the index format, its path checks, errors and member reader).
 """
 
 from __future__ import annotations
@@ -39,8 +39,10 @@ import webdataset as wds
 from dlfp.layout import INDEX_NAME
 from dlfp.shards.format import (
     ShardCorruptError,
+    ShardMemberTooLargeError,
     check_index,
     check_shard_path,
+    tar_members,
 )
 
 PIPE_PREFIX = "pipe:"
@@ -197,13 +199,18 @@ class _HashingReader:
 def iter_streamed_shard(url: str, expected_sha256: str | None) -> Iterator[dict]:
     """Raw samples of one streamed shard (as wds.WebDataset yields them), checked against the index at its end.
 
-    Members are read into memory (never extracted), so member names cannot reach the file system."""
+    Members are read into memory (never extracted, format.tar_members), so member names cannot reach the file
+    system, and a member over format.MAX_MEMBER_BYTES stops the run naming the shard before any of it is read."""
     stream = wds.gopen(url, "rb")
     reader = _HashingReader(stream)
     try:
-        files = ({**entry, "__url__": url} for entry in wds.tariterators.tar_file_iterator(reader))
+        files = ({**entry, "__url__": url} for entry in tar_members(reader, url))
         yield from wds.tariterators.group_by_keys(files)
         reader.drain()
+    except ShardMemberTooLargeError:  # the rest is never read: a cut pipe's exit status means nothing
+        with contextlib.suppress(OSError):
+            stream.close()
+        raise
     except (tarfile.TarError, EOFError, ValueError) as error:
         with contextlib.suppress(OSError):
             reader.drain()

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -34,7 +33,7 @@ from dlfp.io.images import decode_png_bytes, resize_for_model
 from dlfp.params import DegradationParams
 from dlfp.shards import streamed as streams
 from dlfp.shards.format import TRAIN_SPLIT, require_split, split_records
-from dlfp.shards.local import read_index, verify_shards
+from dlfp.shards.local import iter_local_shard, read_index, verify_shards
 
 FLIP_PROB = 0.5  # random horizontal flip of the GT (gfpgan-spec section 3)
 FLIP_NAMESPACE = "flip"
@@ -130,9 +129,7 @@ class ShardStream(IterableDataset):
         if self.streamed is not None:
             stream = streams.iter_streamed_samples(self.streamed, shards)
         else:
-            urls = [str(self.folder / s["path"]) for s in shards]
-            stream = wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=None,
-                                    empty_check=False)
+            stream = (sample for shard in shards for sample in iter_local_shard(self.folder / shard["path"]))
         stream_id = "all" if shared else f"rank{self.rank}"
         rng = np.random.default_rng(derive_seed(self.recipe.seed, ORDER_NAMESPACE, "buffer", epoch, stream_id))
         position, taken = 0, 0
