@@ -363,8 +363,8 @@ def t_interval(values: list[float]) -> tuple[float, float]:
 @pytest.mark.slow
 def test_at_a_glance_table_chart_and_gallery_come_first(pipeline: dict[str, Path]) -> None:
     """Preset x restorer with PSNR, SSIM (t-intervals over per_image.csv) and rank-1 (the stage's Wilson interval),
-    saying where a restorer is below the LQ input; the paper's rows beside preset `paper` only; then the chart, the
-    gallery, and the details collapsed."""
+    each with the paired difference from the LQ input and bicubic, saying where a restorer is below either; the
+    paper's rows beside preset `paper` only; then the chart, the gallery, and the details collapsed."""
     html = page(pipeline, "evaluation.html")
     summary = json.loads((pipeline["data"] / "evaluation" / "summary.json").read_text())
     results = summary["results"]
@@ -376,22 +376,32 @@ def test_at_a_glance_table_chart_and_gallery_come_first(pipeline: dict[str, Path
     assert [(row[0], row[1]) for row in ours] == [(preset, restorer) for preset in ("moderate", "paper")
                                                    for restorer in ("lq", "bicubic", "gfpgan")]
     for preset, restorer, face_count, psnr, ssim, rank1, verdict in ours:
-        entry, lq = results[preset][restorer], results[preset]["lq"]
+        entry = results[preset][restorer]
         assert face_count == str(entry["count"])
         for text, key, digits in ((psnr, "psnr", 2), (ssim, "ssim", 4)):
             low, high = t_interval([float(row[key]) for row in per_image
                                     if (row["preset"], row["restorer"]) == (preset, restorer)])
-            assert text == f"{entry[key]:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]", (preset, restorer, key)
-        assert rank1 == (f"{entry['rank1_accuracy']:.3f} [{entry['rank1_accuracy_ci_low']:.3f}, "
-                         f"{entry['rank1_accuracy_ci_high']:.3f}]")
-        below = [label for key, label in (("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("rank1_accuracy", "rank-1"))
-                 if entry[key] < lq[key]]
+            assert text.startswith(f"{entry[key]:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"), \
+                (preset, restorer, key)
+            if restorer != "lq":  # the paired difference from the LQ input, on the same faces
+                ours, theirs = ({row["id"]: float(row[key]) for row in per_image
+                                 if (row["preset"], row["restorer"]) == (preset, name)} for name in (restorer, "lq"))
+                paired = stats.ttest_rel([ours[face] for face in ours], [theirs[face] for face in ours])
+                difference = float(np.mean([ours[face] - theirs[face] for face in ours]))
+                interval = paired.confidence_interval(0.95)
+                unit = " dB" if key == "psnr" else ""
+                assert (f"{difference:+.{digits}f}{unit} [{interval.low:.{digits}f}, {interval.high:.{digits}f}] "
+                        "vs LQ") in text, (preset, restorer, key)
+        assert rank1.startswith(f"{entry['rank1_accuracy']:.3f} [{entry['rank1_accuracy_ci_low']:.3f}, "
+                                f"{entry['rank1_accuracy_ci_high']:.3f}]")
         if restorer == "lq":
             assert verdict == "the LQ input itself (baseline)"
-        elif below:  # a loss to the LQ input is said, not hidden
-            assert verdict == "below the LQ input on " + ", ".join(below)
-        else:
-            assert verdict.startswith("above the LQ input on ")
+            continue
+        # every figure is placed against each baseline: above, below or level; a loss is said, not hidden
+        for label in ("the LQ input", "bicubic") if restorer == "gfpgan" else ("the LQ input",):
+            for figure in ("PSNR (dB)", "SSIM", "rank-1"):
+                assert re.search(rf"(above|below|level with) {label} on [^;]*{re.escape(figure)}", verdict), \
+                    (preset, restorer, label, figure, verdict)
     paper_rows = [row for row in rows if row[1].startswith("paper: ")]
     assert [(row[0], row[3], row[4]) for row in paper_rows] == [("paper", "25.08", "0.6777"),
                                                                 ("paper", "25.35", "0.6848")]

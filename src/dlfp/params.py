@@ -236,6 +236,9 @@ class DegradeParams(_Section):
 class ReportParams(_Section):
     samples_in_grid: int = Field(default=24, ge=0, le=500)
     pairs_per_preset: int = Field(default=6, ge=0, le=100)
+    prior_ablation: str | None = Field(
+        default="benchmarks/results/prior_ablation.json",
+        description="the prior ablation (benchmarks/prior_ablation.py) shown on training.html; null: no section")
 
 
 # --------------------------------------------------------------------------------------------- restore

@@ -6,7 +6,8 @@ reports/metrics.json as a fallback for the results), data/restored (index.json w
 data/pairs (index.json: presets params.yaml does not list). First screen, "at a glance": the headline accuracy
 (rank-1 identification with its CI, and whether the scored model was trained with the scoring network), one table
 preset x restorer with PSNR, SSIM and rank-1 and their 95% intervals (PSNR/SSIM: t-intervals over per_image.csv,
-model_card.mean_intervals), saying where a restorer falls below the LQ input, the paper's CelebA-Test rows beside
+model_card.mean_intervals), with each restorer's paired difference from the LQ input and from bicubic and whether
+it is above, below or level with each (evaluation_glance.py), the paper's CelebA-Test rows beside
 preset `paper` only, and a chart of the three against severity (one line per restorer). Then the gallery with an
 LQ / restored / GT toggle (CSS only: the pages allow no scripts). The details follow, collapsed: the accuracy's
 definition, verification rates and calibration (FAR of 0.6, a histogram of impostor distances with both
@@ -42,6 +43,7 @@ from dlfp.layout import (
 )
 from dlfp.report import Page, PageContext, register
 from dlfp.report.evaluation_glance import (
+    BASELINES,
     GLANCE_METRICS,
     SHORT_LABELS,
     glance,
@@ -398,7 +400,7 @@ def render(ctx: PageContext) -> str:
                            ctx.params.data.size)
               for preset in presets]
     intervals = mean_intervals(inputs.evaluation_dir / "per_image.csv", []) if results else {}
-    glance_rows, glance_points = glance(results, presets, restorer_order, intervals)
+    glance_rows, glance_points = glance(results, presets, restorer_order, intervals, inputs.per_image)
     with staged_output(ctx.out_dir / ASSETS_DIR) as assets:
         shown = gallery(inputs, assets)
         worst = worst_cases(inputs, assets)
@@ -416,6 +418,8 @@ def render(ctx: PageContext) -> str:
         gallery=shown, max_views=max((len(f.views) for p in shown for f in p.faces), default=0),
         glance_rows=glance_rows, glance_chart=glance_chart(glance_points, presets) if glance_rows else None,
         glance_labels=[SHORT_LABELS[key] for key in GLANCE_METRICS], missing_notes=missing_notes(tables),
+        baselines=[label for name, label, _ in BASELINES
+                   if name == LQ_RESTORER or any(name in as_mapping(results[preset]) for preset in presets)],
         lq_restorer=LQ_RESTORER, has_per_image=bool(inputs.per_image),
         worst=worst, worst_per_restorer=as_mapping(inputs.worst).get("per_restorer", "?"),
         settings=_settings(inputs.summary),

@@ -191,13 +191,13 @@ def mean_intervals(per_image: Path, errors: list[str]) -> dict[tuple[str, str, s
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         errors.append(f"not computed: PSNR/SSIM intervals — {per_image} is unreadable ({error})")
         return {}
-    intervals = {}
-    for key, sample in values.items():
-        if len(sample) > 1:
-            array = np.asarray(sample)
-            low, high = stats.t.interval(0.95, len(array) - 1, loc=array.mean(), scale=stats.sem(array))
-            intervals[key] = (float(low), float(high))
-    return intervals
+    return {key: t_interval(np.asarray(sample)) for key, sample in values.items() if len(sample) > 1}
+
+
+def t_interval(sample: np.ndarray) -> tuple[float, float]:
+    """95% t-interval of the mean of `sample` (at least two values)."""
+    low, high = stats.t.interval(0.95, len(sample) - 1, loc=sample.mean(), scale=stats.sem(sample))
+    return float(low), float(high)
 
 
 def _presets(metrics: Mapping) -> list[str]:

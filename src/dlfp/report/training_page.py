@@ -5,7 +5,8 @@ running mean), the prior's face measurement (prior_metrics.csv: HOG face-detecti
 dlib-descriptor FD, each beside its real-face level from prior_reference.json), the validation curves of the
 GFP-GAN (restored vs LQ input: PSNR, identity match rate and distance), the sample grids over time, and
 losses_active.json as a table that says which loss terms and which feature / identity networks were really used,
-checked against the columns that losses.csv actually logged.
+checked against the columns that losses.csv actually logged. Last, the prior ablation (prior_ablation.py): does
+GFP-GAN do better on the trained prior than on a randomly initialised decoder?
 
 The sample grids are copied (shrunk when wide) into reports/training/ under names made from the step number
 only, so the page stays small and no file name from the inputs reaches a path. A stage that has not run, or
@@ -30,6 +31,7 @@ from dlfp.io.receipt import read_receipt
 from dlfp.layout import MODEL_FOLDERS
 from dlfp.report import Page, PageContext, register
 from dlfp.report.plots import Reference, Series, decode_thumbnail, line_panels, moving_average
+from dlfp.report.prior_ablation import ABLATION_METRICS, read_ablation
 from dlfp.report.readers import Table, read_json, receipt_view
 
 ASSETS_DIR = "training"  # under the reports folder: the sample grids
@@ -431,7 +433,8 @@ def render(ctx: PageContext) -> str:
         views = [stage_view(spec, ctx.models_dir, assets) for spec in STAGES]
     return ctx.render("training.html", current=PAGE.filename, title=PAGE.title, views=views,
                       models_dir=str(ctx.models_dir), max_grids=MAX_GRIDS_SHOWN,
-                      last_percent=round(LAST_FRACTION * 100))
+                      last_percent=round(LAST_FRACTION * 100), ablation=read_ablation(ctx.params.report.prior_ablation),
+                      ablation_metrics=[label for _, label, _ in ABLATION_METRICS])
 
 
 PAGE = register(Page(slug="training", title="Training", filename="training.html",
