@@ -143,7 +143,8 @@ def run(params: Params, pairs_dir: Path, restored_dir: Path, out_dir: Path, metr
                                              "pairs_index_sha256": streams.index_digest(pairs_dir),
                                              "restored_index_sha256": streams.index_digest(restored_dir)},
                       packages=("torch", "pyiqa", "dlib-bin", "scipy", "numpy"),
-                      extra={"split": split, "not_computed": {name: info.reason for name, info in scorers.pyiqa.items()
+                      extra={"split": split,
+                             "not_computed": {name: info.reason for name, info in scorers.pyiqa.items()
                                               if not info.available}, "not_run": not_run})
     write_json_atomic(metrics_path, {**results, "split": split, "accuracy": accuracy, "calibration": calibration,
                                      "colour_space": COLOUR_SPACES})
