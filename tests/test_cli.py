@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +17,13 @@ PARAMS = ["--params", str(REPO / "params.yaml")]
 
 
 @pytest.fixture
-def stage_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Path, Path]]:
-    """Replaces the test-pair restore stage with a recorder of its (pairs_dir, out_dir)."""
+def stage_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Path, Path, str]]:
+    """Replaces the pair restore stage with a recorder of its (pairs_dir, out_dir, split)."""
     from dlfp.stages import restore as restore_stage
 
-    calls: list[tuple[Path, Path]] = []
-    monkeypatch.setattr(restore_stage, "run", lambda params, pairs_dir, out_dir: calls.append((pairs_dir, out_dir)))
+    calls: list[tuple[Path, Path, str]] = []
+    monkeypatch.setattr(restore_stage, "run",
+                        lambda params, pairs_dir, out_dir, split: calls.append((pairs_dir, out_dir, split)))
     return calls
 
 
@@ -39,6 +41,39 @@ def test_restore_stage_form_needs_both_paths(given: list[str], stage_calls: list
     assert cli.main([*PARAMS, "restore", *given]) == cli.EXIT_USAGE
     assert "needs both --in PAIRS and --out RESTORED" in capsys.readouterr().err
     assert stage_calls == []
+
+
+@pytest.mark.parametrize("stage", ["restore", "evaluate"])
+def test_split_reaches_the_stage_and_without_it_the_stage_default_applies(stage: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """No --split: the stage's own default (the test split, see test_splits.py); --split val: val."""
+    module = importlib.import_module(f"dlfp.stages.{stage}")
+    calls: list[dict] = []
+    monkeypatch.setattr(module, "run", lambda params, **arguments: calls.append(arguments))
+    paths = ["--in", "p", "--out", "o"]
+    assert cli.main([*PARAMS, stage, *paths]) == cli.EXIT_OK
+    assert cli.main([*PARAMS, stage, "--split", "val", *paths]) == cli.EXIT_OK
+    assert "split" not in calls[0] and calls[1]["split"] == "val"
+    assert calls[0]["pairs_dir"] == calls[1]["pairs_dir"] == Path("p")
+
+
+@pytest.mark.parametrize("stage", ["restore", "evaluate"])
+def test_split_without_fixed_pairs_stops_before_reading(stage: str, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    code = cli.main([*PARAMS, stage, "--split", "train", "--in", str(tmp_path / "none"), "--out",
+                     str(tmp_path / "out")])
+    assert code == cli.EXIT_FAILED
+    assert "split 'train' has no fixed pairs; choose one of: val, test" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_photos_form_refuses_split(split: str, stage_calls: list, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture) -> None:
+    code = cli.main(["restore", str(tmp_path / "photo.jpg"), "-o", str(tmp_path / "out"), "--split", split])
+    assert code == cli.EXIT_USAGE
+    assert "--in/--out/--split belong to the pair stage form" in capsys.readouterr().err
+    assert stage_calls == [] and not (tmp_path / "out").exists()
 
 
 def test_old_identity_restorer_name_is_a_clear_params_error(tmp_path: Path) -> None:

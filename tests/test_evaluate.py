@@ -243,7 +243,8 @@ def test_stage_writes_every_metric_with_reasons_and_reference_numbers(project: P
         assert row["landmarks_detected"] in ("true", "false") and row["identity_match"] in ("true", "false")
 
     report = json.loads(metrics_path.read_text())
-    assert set(report) == {*PRESETS, "accuracy", "calibration", "colour_space"}
+    assert set(report) == {*PRESETS, "split", "accuracy", "calibration", "colour_space"}
+    assert report["split"] == "test"  # the default: the reported figures
     assert report["colour_space"] == {"psnr": "RGB", "ssim": "Y of YIQ"}
     for preset in PRESETS:
         assert set(report[preset]) == {"lq", "bicubic", "gfpgan"}

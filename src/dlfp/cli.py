@@ -53,12 +53,12 @@ def _stage(name: str) -> Callable[[Params, argparse.Namespace], object]:
         if name == "restore":
             from dlfp.stages import restore
 
-            return restore.run(params, pairs_dir=args.inp, out_dir=args.out)
+            return restore.run(params, pairs_dir=args.inp, out_dir=args.out, **_split(args))
         if name == "evaluate":
             from dlfp.stages import evaluate
 
             return evaluate.run(params, pairs_dir=args.inp, restored_dir=args.restored, out_dir=args.out,
-                                metrics_path=args.metrics)
+                                metrics_path=args.metrics, **_split(args))
         if name == "bias":
             from dlfp.stages import bias as bias_stage
 
@@ -75,9 +75,21 @@ def _stage(name: str) -> Callable[[Params, argparse.Namespace], object]:
     return call
 
 
+def _split(args: argparse.Namespace) -> dict[str, str]:
+    """The stage's `split` argument when --split was given; without it the stage reads its default, the test split
+    (what the pipeline runs). The stage checks the name (the split names live in dlfp.shards, not imported here)."""
+    return {} if args.split is None else {"split": args.split}
+
+
+def _add_split(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--split", default=None, metavar="SPLIT",
+                    help="pairs to read: test (default: the reported figures, read once by the pipeline) or val "
+                         "(tuning); restore and evaluate of one run must use the same split")
+
+
 def _add_restore(sp: argparse.ArgumentParser) -> None:
     """The own-photo form of `restore`, selected by positional INPUTs; the test-pair stage form needs --in/--out."""
-    sp.usage = ("dlfp restore --in PAIRS --out RESTORED\n"
+    sp.usage = ("dlfp restore --in PAIRS --out RESTORED [--split val|test]\n"
                 "       dlfp restore INPUT [INPUT ...] -o OUTDIR [--weights PATH|gfpgan-v1.3|gfpgan-v1.4] [--upscale N]"
                 " [--only-center-face] [--force] [--device cpu|cuda] [--detector hog|cnn] [--overwrite] [...]")
     sp.epilog = ("Own photos, exit codes: 0 every photo succeeded ('no face', 'face too small' and 'model "
@@ -126,8 +138,9 @@ def _restore_usage_error(args: argparse.Namespace) -> str | None:
     if args.inputs:
         if args.output is None:
             return "INPUT given without -o/--output OUTDIR (own photos need an output folder)"
-        if args.inp is not None or args.out is not None:
-            return "--in/--out belong to the test-pair stage form; with INPUT photos use only -o/--output OUTDIR"
+        if args.inp is not None or args.out is not None or args.split is not None:
+            return ("--in/--out/--split belong to the pair stage form; with INPUT photos use only "
+                    "-o/--output OUTDIR")
     elif args.output is not None:
         return "-o/--output is for own photos: give the INPUT files or folders too (dlfp restore INPUT... -o OUTDIR)"
     elif args.inp is None or args.out is None:
@@ -200,10 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     path_option(train, "--prior", layout.PRIOR_CHECKPOINT, "the facial prior")
     path_option(train, "--pairs", layout.PAIRS, "fixed test pairs for validation")
     # No path defaults: a bare `dlfp restore` is a usage error, not a silent run on data/pairs.
-    _add_restore(stage("restore", "Restore the fixed test pairs with every restorer (baselines and GFP-GAN): "
-                       f"dlfp restore --in {layout.PAIRS} --out {layout.RESTORED}; or your own photos: "
-                       "dlfp restore INPUT... -o OUTDIR.", path_defaults=False))
+    restore = stage("restore", "Restore the fixed test pairs (or with --split val the val pairs, for tuning) with "
+                    f"every restorer (baselines and GFP-GAN): dlfp restore --in {layout.PAIRS} --out "
+                    f"{layout.RESTORED}; or your own photos: dlfp restore INPUT... -o OUTDIR.", path_defaults=False)
+    _add_split(restore)
+    _add_restore(restore)
     evaluate = stage("evaluate", "Score restored faces: PSNR/SSIM (pyiqa), identity, landmarks, FD-dlib128.")
+    _add_split(evaluate)
     path_option(evaluate, "--restored", layout.RESTORED, "restored test pairs")
     path_option(evaluate, "--metrics", layout.METRICS_SUMMARY, "summary for `dvc metrics show`")
     bias = stage("bias", "Skin tone, age and gender groups: per-group metrics with CIs, gaps, tone shift, flips.")

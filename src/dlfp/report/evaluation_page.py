@@ -72,7 +72,7 @@ ASSETS_DIR = "evaluation"  # under the reports folder: gallery and worst-case im
 IMAGES_DIR = "images"  # under the evaluate stage's output: the same images
 ASSET_NAME = re.compile(r"[a-z0-9-]+\.jpg")  # the stage names its JPEGs by positions only
 GALLERY_PX = 256  # the page's layout width when gallery.json does not give the images' size
-METRICS_JSON_EXTRAS = ("accuracy", "calibration", "colour_space")  # metrics.json keys that are not presets
+METRICS_JSON_EXTRAS = ("split", "accuracy", "calibration", "colour_space")  # metrics.json keys that are not presets
 
 
 @dataclass

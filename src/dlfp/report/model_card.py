@@ -34,7 +34,7 @@ MD_TEMPLATE = "model_card.md"
 RESTORER = "gfpgan"  # the trained model's name in metrics.json and bias.json
 NOT_YET = "not yet run at training time: see reports/MODEL_CARD.md (written by the report stage)"
 # metrics.json top-level keys that are not presets
-NON_PRESET_KEYS = ("accuracy", "calibration", "colour_space")
+NON_PRESET_KEYS = ("split", "accuracy", "calibration", "colour_space")
 INTERVAL_METRICS = ("psnr", "ssim")  # their intervals come from the per-face values (metrics.json holds means)
 
 

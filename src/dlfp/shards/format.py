@@ -29,6 +29,7 @@ from dlfp.io.hashing import derive_seed, file_digest
 
 SPLITS = ("train", "val", "test")
 TRAIN_SPLIT, VAL_SPLIT, TEST_SPLIT = SPLITS
+PAIR_SPLITS = (VAL_SPLIT, TEST_SPLIT)  # degrade writes fixed pairs for these: val to tune on, test to report
 Split = Literal["train", "val", "test"]
 # Fixed tar metadata: shards must be byte-identical between runs and machines.
 TAR_MTIME = 0
@@ -203,6 +204,13 @@ def require_split(meta: Mapping, split: str, where: str) -> None:
     if meta.get("split") != split:
         raise SplitLeakError(f"{where}: sample {meta.get('id')!r} belongs to split {meta.get('split')!r}, but only "
                              f"{split!r} samples may be read here")
+
+
+def check_pair_split(split: str) -> str:
+    """`split` if degrade writes fixed pairs for it (PAIR_SPLITS); otherwise a ValueError naming the choices."""
+    if split not in PAIR_SPLITS:
+        raise ValueError(f"split {split!r} has no fixed pairs; choose one of: {', '.join(PAIR_SPLITS)}")
+    return split
 
 
 def pair_presets(index: Mapping, split: str) -> dict[str, dict]:

@@ -27,12 +27,11 @@ from dlfp.io.receipt import write_receipt
 from dlfp.layout import INDEX_NAME
 from dlfp.params import DegradationParams, Params
 from dlfp.shards import streamed as streams
-from dlfp.shards.format import TEST_SPLIT, VAL_SPLIT, ShardSetWriter, json_bytes, pair_presets, split_records
+from dlfp.shards.format import PAIR_SPLITS, ShardSetWriter, json_bytes, pair_presets, split_records
 from dlfp.shards.local import iter_samples, read_index
 
-# Fixed pairs are written for these splits: val for tuning and training's validation, test for the reported
+# Fixed pairs are written for the PAIR_SPLITS: val for tuning and training's validation, test for the reported
 # figures. The train split is degraded on the fly by the training data loader (same `degrade` function).
-PAIR_SPLITS = (VAL_SPLIT, TEST_SPLIT)
 PAIRS_PATTERN = "{split}/{preset}/pairs-{{:06d}}.tar"
 CHUNK_SIZE = 4
 WINDOW_PER_WORKER = 32  # samples in flight per worker: bounds memory (Pool.imap reads its input eagerly)

@@ -1,4 +1,8 @@
-"""Stage `restore`: run every restorer on every preset's fixed test pairs.
+"""Stage `restore`: run every restorer on every preset's fixed pairs of one split (test by default).
+
+The pipeline restores the test pairs, once, for the reported figures; `split="val"` restores the val pairs for
+tuning. Every sample's recorded split is checked (a miswired index stops the run), and index.json and the receipt
+record the split, so that evaluate can refuse a folder made from the other split.
 
 Output: <out>/<restorer>/<preset>/restored-NNNNNN.tar (WebDataset, key = sample id: `restored.png` and `json`
 {id, preset, restorer}), <out>/index.json, <out>/timings.csv and receipt.json.
@@ -34,7 +38,14 @@ from dlfp.layout import INDEX_NAME, STATUS_NOT_RUN, STATUS_OK, TIMINGS_NAME
 from dlfp.params import Params
 from dlfp.restorers import Restorer, RestorerUnavailable, build_restorer, timed
 from dlfp.shards import streamed as streams
-from dlfp.shards.format import TEST_SPLIT, ShardSetWriter, json_bytes, pair_presets
+from dlfp.shards.format import (
+    TEST_SPLIT,
+    ShardSetWriter,
+    check_pair_split,
+    json_bytes,
+    pair_presets,
+    require_split,
+)
 from dlfp.shards.local import iter_samples, read_index
 
 log = logging.getLogger(__name__)
@@ -50,12 +61,14 @@ def _batches(items: Iterable, size: int) -> Iterator[list]:
 
 
 def restore_preset(restorer: Restorer, pairs_dir: Path, shard_records: list[dict], writer: ShardSetWriter,
-                   preset: str, progress: tqdm | None = None) -> list[tuple[str, float]]:
-    """Restore one preset's pairs into `writer`; returns (id, seconds per image) in id order."""
+                   preset: str, split: str, progress: tqdm | None = None) -> list[tuple[str, float]]:
+    """Restore one preset's `split` pairs into `writer`; returns (id, seconds per image) in id order."""
     timings: list[tuple[str, float]] = []
     for batch in _batches(iter_samples(pairs_dir, shard_records), restorer.batch_size):
         keys = [sample["__key__"] for sample in batch]
         metas = [json.loads(sample["json"]) for sample in batch]
+        for meta in metas:
+            require_split(meta, split, f"{pairs_dir}: {split} pairs of preset {preset}")
         images = [decode_png_bytes(sample["lq.png"], source=key) for sample, key in zip(batch, keys, strict=True)]
         restored, seconds = timed(restorer, images, metas)
         for key, image, lq in zip(keys, restored, images, strict=True):
@@ -77,14 +90,15 @@ def _build(name: str, params: Params) -> Restorer:
                           threads=options.threads)
 
 
-def run(params: Params, pairs_dir: Path, out_dir: Path) -> dict:
-    """Restore the test pairs of every preset with every configured restorer."""
+def run(params: Params, pairs_dir: Path, out_dir: Path, split: str = TEST_SPLIT) -> dict:
+    """Restore the `split` pairs (test: the reported figures; val: tuning) of every preset with every restorer."""
     import torch
 
+    check_pair_split(split)
     started = time.monotonic()
     pairs_dir, out_dir = Path(pairs_dir), Path(out_dir)
     pairs_index = read_index(pairs_dir)
-    presets = pair_presets(pairs_index, TEST_SPLIT)
+    presets = pair_presets(pairs_index, split)
     torch.set_num_threads(params.restore.threads)
 
     restorers: dict[str, Restorer] = {}
@@ -107,7 +121,7 @@ def run(params: Params, pairs_dir: Path, out_dir: Path) -> dict:
                     progress.set_postfix_str(f"{name}/{preset}")
                     writer = ShardSetWriter(staging, RESTORED_PATTERN.format(restorer=name, preset=preset),
                                             params.shard.samples_per_shard)
-                    timings = restore_preset(restorer, pairs_dir, entry["shards"], writer, preset, progress)
+                    timings = restore_preset(restorer, pairs_dir, entry["shards"], writer, preset, split, progress)
                     shards = [record.__dict__ for record in writer.close()]
                     per_preset[preset] = {"count": sum(shard["count"] for shard in shards), "shards": shards}
                     timing_rows += [[name, preset, key, round(seconds, TIMING_DECIMALS)] for key, seconds in timings]
@@ -115,7 +129,7 @@ def run(params: Params, pairs_dir: Path, out_dir: Path) -> dict:
                                  "presets": per_preset}
                 counts[name] = {preset: value["count"] for preset, value in per_preset.items()}
         ordered = {name: entries[name] for name in params.restore.restorers}
-        index = {"split": pairs_index.get("split"), "presets": sorted(presets), "restorers": ordered}
+        index = {"split": split, "presets": sorted(presets), "restorers": ordered}
         write_json_atomic(staging / INDEX_NAME, index)
         write_csv_atomic(staging / TIMINGS_NAME, ["restorer", "preset", "id", "seconds"], timing_rows)
         not_run = {name: entry["reason"] for name, entry in ordered.items() if entry["status"] == STATUS_NOT_RUN}
@@ -126,12 +140,12 @@ def run(params: Params, pairs_dir: Path, out_dir: Path) -> dict:
                       counts=counts, inputs={"pairs": str(pairs_dir),
                                              "pairs_index_sha256": streams.index_digest(pairs_dir)},
                       packages=("torch", "opencv-python-headless", "numpy", "webdataset"),
-                      extra={"restorers": {name: entry["status"] for name, entry in ordered.items()},
+                      extra={"split": split, "restorers": {name: entry["status"] for name, entry in ordered.items()},
                              "not_run": not_run, "backends": backends})
 
     elapsed = time.monotonic() - started
     done = sum(sum(per.values()) for per in counts.values())
     skipped = f"; not run: {', '.join(not_run)}" if not_run else ""
-    print(f"restore: {done} images ({', '.join(restorers) or 'no restorer'} x {len(presets)} presets){skipped} "
+    print(f"restore: {done} {split} images ({', '.join(restorers) or 'no restorer'} x {len(presets)} presets){skipped} "
           f"in {elapsed:.1f} s -> {out_dir}")
-    return {"counts": counts, "not_run": not_run, "seconds": round(elapsed, 1), "out": str(out_dir)}
+    return {"split": split, "counts": counts, "not_run": not_run, "seconds": round(elapsed, 1), "out": str(out_dir)}

@@ -1,5 +1,10 @@
 """Stage `evaluate`: score every restored test face against its GT, per preset and restorer.
 
+`split` (test by default, what the pipeline runs) names the pairs read: "val" scores a `dlfp restore --split val`
+folder for tuning, so the test pairs are read once, for the reported figures. The split is checked against the
+restore index, and recorded in summary.json, metrics.json and the receipt. Wherever "test" appears below, a val
+run reads the val pairs instead.
+
 Inputs: the pairs (GT, LQ, GT landmarks) and the restore stage's output. The LQ input itself is evaluated as
 restorer "lq" when the restore stage did not write it. Metrics and their settings: see dlfp.metrics.
 
@@ -9,7 +14,8 @@ reason for every metric or restorer that was not computed), what the evaluation 
 (gallery.json, worst_cases.json, timing.json and their JPEGs under images/, see page_assets.py; the gallery holds
 report.pairs_per_preset pairs per preset), receipt.json, and `metrics_path`
 (reports/metrics.json, for `dvc metrics show`): {preset: {restorer: {metric: number or "not computed: ..."}},
-"accuracy": {...}, "calibration": {preset: {...}}, "colour_space": {"psnr": "RGB", "ssim": "Y of YIQ"}}.
+"split": "test" or "val", "accuracy": {...}, "calibration": {preset: {...}},
+"colour_space": {"psnr": "RGB", "ssim": "Y of YIQ"}}.
 
 The headline "accuracy" is rank-1 identification of one restorer on one preset (params.evaluate.headline_*),
 with its Wilson 95% interval, next to the project's target: the fraction of restored faces whose nearest GT
@@ -43,7 +49,7 @@ from dlfp.metrics.iqa import COLOUR_SPACES, build_pyiqa_metrics, fid_between
 from dlfp.metrics.landmarks import LandmarkScorer
 from dlfp.params import Params
 from dlfp.shards import streamed as streams
-from dlfp.shards.format import TEST_SPLIT, pair_presets
+from dlfp.shards.format import TEST_SPLIT, check_pair_split, pair_presets
 from dlfp.shards.local import read_index
 from dlfp.stages.evaluate.page_assets import CAPTION_KEYS, write_page_assets
 from dlfp.stages.evaluate.scoring import (
@@ -65,13 +71,15 @@ from dlfp.stages.evaluate.summary import (
 )
 
 
-def run(params: Params, pairs_dir: Path, restored_dir: Path, out_dir: Path, metrics_path: Path) -> dict:
-    """Score every restored test face; write per_image.csv, summary.json, receipt and metrics.json."""
+def run(params: Params, pairs_dir: Path, restored_dir: Path, out_dir: Path, metrics_path: Path,
+        split: str = TEST_SPLIT) -> dict:
+    """Score every restored face of the `split` pairs; write per_image.csv, summary.json, receipt and metrics.json."""
     started = time.monotonic()
+    check_pair_split(split)
     pairs_dir, restored_dir, out_dir, metrics_path = map(Path, (pairs_dir, restored_dir, out_dir, metrics_path))
     pairs_index = read_index(pairs_dir)
     restored_index = read_index(restored_dir)
-    sources, not_run = list_sources(pairs_dir, pairs_index, restored_dir, restored_index)
+    sources, not_run = list_sources(pairs_dir, pairs_index, restored_dir, restored_index, split)
     torch.set_num_threads(params.evaluate.threads)
     device = resolve_device(params.evaluate.device)
     scorers = Scorers(pyiqa=build_pyiqa_metrics(device, params.evaluate.ssim_backend),
@@ -83,8 +91,8 @@ def run(params: Params, pairs_dir: Path, restored_dir: Path, out_dir: Path, metr
     calibrations: dict[str, Calibration | str] = {}
     csv_rows: list[list[object]] = []
     shown: list[dict] = []  # what the page's gallery and worst cases show of each row
-    test_presets = pair_presets(pairs_index, TEST_SPLIT)
-    total = sum(int(test_presets[s.preset]["count"]) for s in sources)
+    split_presets = pair_presets(pairs_index, split)
+    total = sum(int(split_presets[s.preset]["count"]) for s in sources)
     with staged_output(out_dir) as staging, tempfile.TemporaryDirectory(prefix="dlfp-fid-") as scratch:
         with tqdm(total=total, desc="evaluate", unit="img") as progress:
             for source in sources:
@@ -94,7 +102,7 @@ def run(params: Params, pairs_dir: Path, restored_dir: Path, out_dir: Path, metr
                     fid_dirs = (Path(scratch) / source.preset / source.restorer, Path(scratch) / "gt")
                     for folder in fid_dirs:
                         folder.mkdir(parents=True, exist_ok=True)
-                pair_records = test_presets[source.preset]["shards"]
+                pair_records = split_presets[source.preset]["shards"]
                 rows = score_source(scorers, source, pairs_dir, pair_records, params.evaluate.batch_size,
                                 fid_dirs, progress)
                 gallery_ids = [row["id"] for row in rows]  # every source of a preset covers all its test pairs
@@ -121,13 +129,13 @@ def run(params: Params, pairs_dir: Path, restored_dir: Path, out_dir: Path, metr
         accuracy = headline_accuracy(params, results, not_run, calibration)
         settings = metric_settings(scorers.pyiqa, params.evaluate.landmark_frame)
         write_csv_atomic(staging / PER_IMAGE_NAME, COLUMNS, csv_rows)
-        write_page_assets(staging, pairs_dir=pairs_dir, test_presets=test_presets, restored_dir=restored_dir,
+        write_page_assets(staging, pairs_dir=pairs_dir, split_presets=split_presets, restored_dir=restored_dir,
                           restored_index=restored_index, rows=shown, order=[LQ_RESTORER, *params.restore.restorers],
                           per_preset=params.report.pairs_per_preset, lq_restorer=LQ_RESTORER, status_ok=STATUS_OK)
         histograms = {preset: {"edges": value.histogram_edges, "counts": value.histogram_counts}
                       for preset, value in calibrations.items() if isinstance(value, Calibration)}
-        summary_doc = {"metrics": settings, "results": results, "not_run": not_run, "accuracy": accuracy,
-                       "calibration": calibration, "impostor_histograms": histograms}
+        summary_doc = {"split": split, "metrics": settings, "results": results, "not_run": not_run,
+                       "accuracy": accuracy, "calibration": calibration, "impostor_histograms": histograms}
         write_json_atomic(staging / SUMMARY_NAME, summary_doc)
         counts = {preset: {name: r.get("count", 0) for name, r in per.items()} for preset, per in results.items()}
         write_receipt(staging, stage="evaluate", params_hash=params.section_hash("evaluate"), seed=None,
@@ -135,17 +143,18 @@ def run(params: Params, pairs_dir: Path, restored_dir: Path, out_dir: Path, metr
                                              "pairs_index_sha256": streams.index_digest(pairs_dir),
                                              "restored_index_sha256": streams.index_digest(restored_dir)},
                       packages=("torch", "pyiqa", "dlib-bin", "scipy", "numpy"),
-                      extra={"not_computed": {name: info.reason for name, info in scorers.pyiqa.items()
+                      extra={"split": split,
+                             "not_computed": {name: info.reason for name, info in scorers.pyiqa.items()
                                               if not info.available}, "not_run": not_run})
-    write_json_atomic(metrics_path, {**results, "accuracy": accuracy, "calibration": calibration,
+    write_json_atomic(metrics_path, {**results, "split": split, "accuracy": accuracy, "calibration": calibration,
                                      "colour_space": COLOUR_SPACES})
 
     elapsed = time.monotonic() - started
     value = accuracy["value"]
     headline = f"{value:.3f} [{accuracy['ci_low']:.3f}, {accuracy['ci_high']:.3f}]" if isinstance(value, float) \
         else value
-    print(f"evaluate: {len(csv_rows)} images ({len(sources)} preset x restorer sets) in {elapsed:.1f} s; "
+    print(f"evaluate: {len(csv_rows)} {split} images ({len(sources)} preset x restorer sets) in {elapsed:.1f} s; "
           f"rank-1 accuracy ({accuracy['restorer']}/{accuracy['preset']}) {headline}, target {accuracy['target']} "
           f"-> {out_dir}, {metrics_path}")
-    return {"images": len(csv_rows), "accuracy": accuracy, "not_run": not_run, "seconds": round(elapsed, 1),
-            "out": str(out_dir), "metrics": str(metrics_path)}
+    return {"split": split, "images": len(csv_rows), "accuracy": accuracy, "not_run": not_run,
+            "seconds": round(elapsed, 1), "out": str(out_dir), "metrics": str(metrics_path)}

@@ -186,12 +186,12 @@ def write_timing(out: Path, restored_dir: Path) -> dict:
     return document
 
 
-def write_page_assets(out: Path, *, pairs_dir: Path, test_presets: Mapping[str, Mapping], restored_dir: Path,
+def write_page_assets(out: Path, *, pairs_dir: Path, split_presets: Mapping[str, Mapping], restored_dir: Path,
                       restored_index: Mapping, rows: list[Mapping], order: Sequence[str], per_preset: int,
                       lq_restorer: str, status_ok: str) -> None:
     """Gallery, worst cases and timing of one evaluation, into `out` (the stage's staging folder)."""
     (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
-    presets = {preset: list(entry["shards"]) for preset, entry in test_presets.items()}
+    presets = {preset: list(entry["shards"]) for preset, entry in split_presets.items()}
     entries = {str(name): entry for name, entry in restored_index.get("restorers", {}).items()
                if entry.get("status") == status_ok}
     restored = {name: {preset: list(entries[name]["presets"][preset]["shards"]) for preset in presets}

@@ -54,16 +54,27 @@ class Scorers:
     labels: dict[str, str] = field(default_factory=dict)  # sample id -> identity (identity_label)
 
 
-def list_sources(pairs_dir: Path, pairs_index: Mapping, restored_dir: Path, restored_index: Mapping
+def restored_split(restored_index: Mapping) -> str:
+    """The pairs split a restore-stage folder was made from; folders from before restore recorded it hold test."""
+    return restored_index.get("split") or TEST_SPLIT
+
+
+def list_sources(pairs_dir: Path, pairs_index: Mapping, restored_dir: Path, restored_index: Mapping, split: str
                  ) -> tuple[list[Source], dict[str, str]]:
-    """Every (restorer, preset) to evaluate, and {restorer: reason} for those the restore stage did not run."""
-    test_presets = pair_presets(pairs_index, TEST_SPLIT)
-    presets = list(test_presets)
+    """Every (restorer, preset) to evaluate on the `split` pairs, and {restorer: reason} for those the restore stage
+    did not run. A restored folder made from the other split is refused: its ids are not this split's."""
+    made_from = restored_split(restored_index)
+    if made_from != split:
+        raise ValueError(f"{restored_dir}: restored from the {made_from!r} pairs, but evaluate reads the {split!r} "
+                         f"pairs; restore the same split (dlfp restore --split {split}) or evaluate with "
+                         f"--split {made_from}")
+    split_presets = pair_presets(pairs_index, split)
+    presets = list(split_presets)
     sources: list[Source] = []
     not_run: dict[str, str] = {}
     entries = restored_index.get("restorers", {})
     if LQ_RESTORER not in entries or entries[LQ_RESTORER].get("status") != STATUS_OK:
-        sources += [Source(LQ_RESTORER, preset, pairs_dir, test_presets[preset]["shards"], "lq.png")
+        sources += [Source(LQ_RESTORER, preset, pairs_dir, split_presets[preset]["shards"], "lq.png")
                     for preset in presets]
     for name, entry in entries.items():
         if entry.get("status") != STATUS_OK:
