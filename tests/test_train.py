@@ -25,10 +25,11 @@ import torch.multiprocessing as mp
 from dlfp.degradation import degrade, sample_seed
 from dlfp.io.atomic import write_json_atomic
 from dlfp.io.images import encode_png
-from dlfp.params import DegradationParams, parse_params
+from dlfp.params import DegradationParams, ParamsError, parse_params
 from dlfp.shards.format import ShardSetWriter, json_bytes
 from dlfp.stages import train as train_stage
 from dlfp.stages import train_prior as prior_stage
+from dlfp.train import data as train_data
 from dlfp.train import gfpgan, prior, prior_metrics
 from dlfp.train.data import Batches, SampleRecipe, ShardStream, make_sample, train_records
 from dlfp.train.engine.checkpoint import checkpoint_path
@@ -129,6 +130,51 @@ def test_flip_mirrors_boxes_is_deterministic_and_leaves_meta_alone(data: dict[st
                                                     (right[1] + 0.5) * scale - 0.5, right[2] * scale])
     assert plain["boxes"][0].tolist() == pytest.approx([(left[0] + 0.5) * scale - 0.5,
                                                         (left[1] + 0.5) * scale - 0.5, left[2] * scale])
+
+
+def test_a_preset_mixture_draws_each_preset_from_the_seed_id_and_epoch(data: dict[str, Path]) -> None:
+    """Every sample of a mixture is degraded by exactly one of its presets, chosen from (seed, id, epoch) alone."""
+    gt_png, meta = _raw_samples(data)[0]
+    light = DegradationParams(blur_sigma=(0.1, 0.2), downscale=(1.0, 1.0), noise_sigma=(0.0, 0.0),
+                              jpeg_quality=(100, 100), color_shift_prob=0, gray_prob=0, jitter_prob=0)
+    heavy = DegradationParams(blur_sigma=(6.0, 8.0), downscale=(4.0, 6.0), noise_sigma=(15.0, 20.0),
+                              jpeg_quality=(60, 70), color_shift_prob=0, gray_prob=0, jitter_prob=0)
+    mixed = SampleRecipe(seed=3, out_size=32, preset=(light, heavy), flip_prob=0.0)
+    chosen = []
+    for epoch in range(12):
+        sample = make_sample(gt_png, meta, epoch, mixed)
+        alone = [make_sample(gt_png, meta, epoch, SampleRecipe(seed=3, out_size=32, preset=p, flip_prob=0.0))
+                 for p in (light, heavy)]
+        matches = [i for i, other in enumerate(alone) if torch.equal(sample["lq"], other["lq"])]
+        assert len(matches) == 1  # exactly one preset made this LQ, with the sample's own degradation seed
+        assert matches[0] == train_data.preset_choice(3, meta["id"], epoch, 2)
+        chosen.append(matches[0])
+    assert set(chosen) == {0, 1}  # both presets are drawn over the epochs
+
+
+def test_train_preset_mixture_is_validated_against_the_degrade_presets() -> None:
+    params = make_params(train={"preset": ["paper", "moderate"]})
+    assert params.train.presets == ["paper", "moderate"]
+    assert make_params(train={"preset": "moderate"}).train.presets == ["moderate"]
+    for bad, message in ((["paper", "nope"], "'nope' is not a degrade preset"), ([], "at least one preset"),
+                         (["paper", "paper"], "each once")):
+        with pytest.raises(ParamsError, match=message):
+            make_params(train={"preset": bad})
+
+
+def test_random_decoder_init_ignores_the_prior_weights(data: dict[str, Path], prior_file: Path) -> None:
+    """decoder_init random (the prior ablation): same architecture, the seed's initialisation, not the prior."""
+    state, cfg = prior.load_prior(prior_file)
+    built = {init: gfpgan.GFPGANTrainer(make_params(train={"decoder_init": init}).train, state, cfg, 7, DistInfo(),
+                                        torch.device("cpu"), None, None).net_g for init in ("prior", "random")}
+    key = "constant_input.weight"
+    assert torch.equal(built["prior"].stylegan_decoder.state_dict()[key], state[key])
+    assert not torch.equal(built["random"].stylegan_decoder.state_dict()[key], state[key])
+    again = gfpgan.GFPGANTrainer(make_params(train={"decoder_init": "random"}).train, state, cfg, 7, DistInfo(),
+                                 torch.device("cpu"), None, None).net_g
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), built["random"].state_dict().values(),
+                                                  strict=True))  # the seed alone fixes the random decoder
+    assert torch.equal(built["prior"].conv_body_first.weight, built["random"].conv_body_first.weight)
 
 
 def _keys(stream: ShardStream, count: int) -> list[tuple[int, int, str]]:

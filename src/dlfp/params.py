@@ -429,9 +429,14 @@ class TrainParams(OptimParams):
     checkpoint_every: int = 100
     sample_every: int = 100
     ema_half_life_images: float = 2000
-    preset: str = Field(default="paper", description="degrade preset for on-the-fly LQ synthesis")
+    preset: str | list[str] = Field(
+        default="paper", description="degrade preset for on-the-fly LQ synthesis, or a list mixed evenly (each "
+        "sample draws one from (seed, id, epoch)): a model then meets every severity it is tested on")
     fix_decoder: bool = Field(default=False, description="freeze the StyleGAN2 prior (true in the published "
-                                                         "recipe; the demo's 64 px prior is too weak to freeze)")
+                                                         "recipe; the demo's small prior is too weak to freeze)")
+    decoder_init: Literal["prior", "random"] = Field(
+        default="prior", description="prior: the decoder starts from prior.pth (GFP-GAN); random: from a random "
+        "initialisation of the same architecture and seed (the prior ablation, benchmarks/prior_ablation.py)")
     weights: LossWeights = LossWeights()
     perceptual_network: Literal["auto", "vgg19", "dlib", "off"] = "auto"
     identity_network: Literal["dlib", "arcface", "off"] = "dlib"
@@ -442,6 +447,18 @@ class TrainParams(OptimParams):
     val_preset: str = Field(default="moderate", description="fixed val pairs used for validation")
     val_every: int = Field(default=100, ge=1)
     val_count: int | None = Field(default=200, ge=1, description="first N validation pairs (null: all)")
+
+    @field_validator("preset")
+    @classmethod
+    def _preset_list(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and (not value or len(set(value)) != len(value)):
+            raise ValueError("a preset mixture must list at least one preset, each once")
+        return value
+
+    @property
+    def presets(self) -> list[str]:
+        """The preset names trained on (one, or the mixture in order)."""
+        return [self.preset] if isinstance(self.preset, str) else list(self.preset)
 
 
 class Params(_Section):
@@ -456,6 +473,14 @@ class Params(_Section):
     bias: BiasParams = BiasParams()
     train_prior: TrainPriorParams = TrainPriorParams()
     train: TrainParams = TrainParams()
+
+    @model_validator(mode="after")
+    def _train_presets_exist(self) -> Params:
+        unknown = [name for name in self.train.presets if name not in self.degrade.presets]
+        if unknown:
+            raise ValueError(f"train.preset: {', '.join(map(repr, unknown))} is not a degrade preset "
+                             f"({', '.join(sorted(self.degrade.presets))})")
+        return self
 
     def section_hash(self, *sections: str) -> str:
         """Stable short hash of the named sections, for receipts and reports."""

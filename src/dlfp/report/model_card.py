@@ -68,6 +68,13 @@ def fmt(value: object, digits: int = 3) -> str:
     return str(value) if isinstance(value, int) else f"{value:.{digits}f}"
 
 
+def _presets_text(value: object) -> str:
+    """One preset name, or a mixture ("mixture of mild, moderate (one drawn per sample)")."""
+    if isinstance(value, list):
+        return f"mixture of {', '.join(map(str, value))} (one drawn per sample and epoch)"
+    return fmt(value)
+
+
 def fmt_ci(value: object, low: object, high: object, digits: int = 3) -> str:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return fmt(value, digits)
@@ -158,7 +165,8 @@ def _recipe(receipt: Mapping, losses: Mapping | None, missing: list[str]) -> Sec
         f"bf16 {fmt(losses.get('bf16'))}",
         f"Learning rate {fmt(losses.get('lr'), 6)}; EMA decay {fmt(losses.get('ema_decay'), 6)}; "
         f"gradient clip norm {fmt(losses.get('grad_clip_norm'))}; decoder fixed: {fmt(losses.get('fix_decoder'))}",
-        f"Degradation preset for training: {fmt(losses.get('preset'))}",
+        f"Degradation preset for training: {_presets_text(losses.get('preset'))}; decoder initialised from "
+        f"{fmt(losses.get('decoder_init', 'prior'))}",
         "Wall time: not recorded by the train stage's receipt.",
     ]
     rows = []

@@ -36,6 +36,7 @@ from dlfp.shards.format import TRAIN_SPLIT, require_split, split_records
 from dlfp.shards.local import iter_local_shard, read_index, verify_shards
 
 FLIP_PROB = 0.5  # random horizontal flip of the GT (gfpgan-spec section 3)
+PRESET_NAMESPACE = "preset"
 FLIP_NAMESPACE = "flip"
 ORDER_NAMESPACE = "order"
 
@@ -46,7 +47,8 @@ class SampleRecipe:
 
     seed: int
     out_size: int
-    preset: DegradationParams | None = None  # None: GT only (the prior needs no LQ)
+    # One preset, or several mixed evenly (each sample draws one from (seed, id, epoch)); None: GT only (the prior).
+    preset: DegradationParams | tuple[DegradationParams, ...] | None = None
     flip_prob: float = FLIP_PROB
 
 
@@ -69,6 +71,12 @@ def flip_decision(seed: int, sample_id: str, epoch: int, prob: float = FLIP_PROB
     return bool(rng.random() < prob)
 
 
+def preset_choice(seed: int, sample_id: str, epoch: int, count: int) -> int:
+    """Which of `count` mixed presets degrades this sample in this epoch."""
+    rng = np.random.default_rng(derive_seed(seed, PRESET_NAMESPACE, sample_id, f"epoch{epoch}"))
+    return int(rng.integers(count))
+
+
 def make_sample(gt_png: bytes, meta: Mapping, epoch: int, recipe: SampleRecipe) -> dict:
     """One training sample: {'key', 'gt', 'lq' (if a preset is given), 'boxes' (3, 3) or absent}.
 
@@ -80,8 +88,11 @@ def make_sample(gt_png: bytes, meta: Mapping, epoch: int, recipe: SampleRecipe) 
         gt = np.ascontiguousarray(gt[:, ::-1])
         boxes = mirror_component_boxes(boxes, gt.shape[1]) if boxes else None
     sample: dict = {"key": key, "gt": to_tensor(resize_for_model(gt, recipe.out_size))}
-    if recipe.preset is not None:
-        lq, _ = degrade(gt, recipe.preset, sample_seed(recipe.seed, key, f"epoch{epoch}"))
+    preset = recipe.preset
+    if isinstance(preset, tuple):
+        preset = preset[preset_choice(recipe.seed, key, epoch, len(preset))]
+    if preset is not None:
+        lq, _ = degrade(gt, preset, sample_seed(recipe.seed, key, f"epoch{epoch}"))
         sample["lq"] = to_tensor(resize_for_model(lq, recipe.out_size))
     if boxes:
         sample["boxes"] = scale_boxes(boxes, recipe.out_size / gt.shape[1])

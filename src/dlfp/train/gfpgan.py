@@ -85,7 +85,8 @@ class GFPGANTrainer:
         size = self.config["out_size"]
         torch.manual_seed(seed)  # identical initial weights on every rank
         self.net_g = GFPGANv1Clean(**self.config, fix_decoder=p.fix_decoder).to(device)
-        self.net_g.stylegan_decoder.load_state_dict(prior_state, strict=True)
+        if p.decoder_init == "prior":
+            self.net_g.stylegan_decoder.load_state_dict(prior_state, strict=True)
         self.net_d = StyleGAN2Discriminator(size, prior_cfg["channel_multiplier"], prior_cfg["narrow"]).to(device)
         self.net_c = nn.ModuleDict({name: FacialComponentDiscriminator() for name in COMPONENTS}).to(device)
         for module in (self.net_g, self.net_d, self.net_c):
@@ -308,10 +309,10 @@ def provenance_params(params: Params, shards_dir: Path, prior_path: Path, pairs_
     dlfp.train.engine.checkpoint.RESULT_NEUTRAL_KEYS), seed, data.size, the degrade preset used, the feature and
     identity networks really loaded (`auto` depends on the weights cache), and the digests of the inputs."""
     p = params.train
-    preset = params.degrade.presets[p.preset].model_dump(mode="json")
+    presets = {name: params.degrade.presets[name].model_dump(mode="json") for name in p.presets}
     return {"seed": params.seed, "data.size": params.data.size,
             **result_params("train", p.model_dump(mode="json")),
-            **flatten_params({"degrade": {"presets": {p.preset: preset}}}),
+            **flatten_params({"degrade": {"presets": presets}}),
             "resolved.perceptual_network": getattr(trainer.feature_net, "name", None),
             "resolved.identity_network": trainer.identity.kind if trainer.identity is not None else None,
             "inputs.shards_index_sha256": streams.index_digest(shards_dir),
@@ -350,7 +351,7 @@ def _losses_active(trainer: GFPGANTrainer, p: TrainParams, info: DistInfo, devic
             "ema_decay": trainer.ema.decay, "ema_rampup": p.ema_rampup, "lr": trainer.base_lr,
             "batch_size": p.batch_size, "world_size": info.world_size,
             "grad_clip_norm": p.grad_clip_norm, "bf16": p.bf16, "device": str(device),
-            "preset": p.preset,
+            "preset": p.preset, "decoder_init": p.decoder_init,
             "validation": {"split": VAL_SPLIT, "preset": p.val_preset, "identity_network": "dlib",
                            "resolution": trainer.config["out_size"],
                            "match_threshold": MATCH_THRESHOLD},
@@ -366,8 +367,6 @@ class GFPGANTraining(TrainingJob):
 
     def __init__(self, params: Params, shards_dir: Path, prior_path: Path, pairs_dir: Path) -> None:
         p = params.train
-        if p.preset not in params.degrade.presets:
-            raise ValueError(f"train.preset {p.preset!r} is not a degrade preset ({sorted(params.degrade.presets)})")
         self.params, self.section, self.seed = params, p, params.seed
         self.shards_dir, self.prior_path, self.pairs_dir = Path(shards_dir), Path(prior_path), Path(pairs_dir)
         self.validator: Validator | None = None
@@ -377,6 +376,10 @@ class GFPGANTraining(TrainingJob):
     def build(self, info: DistInfo) -> GFPGANTrainer:
         p, device = self.section, info.device
         prior_state, prior_cfg = load_prior(self.prior_path)
+        if prior_cfg["out_size"] != self.params.data.size:  # the prior's size is the restorer's output size
+            log.warning("train: the network's output (%d px, the prior's) is not data.size (%d px): evaluation "
+                        "resizes it, which caps the detail it can return; set train_prior.out_size to data.size",
+                        prior_cfg["out_size"], self.params.data.size)
         feature_net = select_feature_network(p.perceptual_network, device) \
             if (p.weights.perceptual > 0 or p.weights.perceptual_style > 0) else None
         identity = load_identity_embedder(p.identity_network, device, p.arcface_path) \
@@ -387,8 +390,9 @@ class GFPGANTraining(TrainingJob):
         return provenance_params(self.params, self.shards_dir, self.prior_path, self.pairs_dir, trainer)
 
     def sample_recipe(self, trainer: GFPGANTrainer) -> SampleRecipe:
+        presets = tuple(self.params.degrade.presets[name] for name in self.section.presets)
         return SampleRecipe(seed=self.seed, out_size=trainer.config["out_size"],
-                            preset=self.params.degrade.presets[self.section.preset])
+                            preset=presets[0] if isinstance(self.section.preset, str) else presets)
 
     def start(self, trainer: GFPGANTrainer, work: Path, info: DistInfo, start_step: int, records: list[dict],
               loss_log: LossLog | None) -> Callable[[int], None]:
