@@ -425,6 +425,45 @@ def test_prior_generator_steps_match_stylegan2_equalized_lr(data: dict[str, Path
     assert (rates[0] == pytest.approx(lr * MAPPING_LR_MUL / width ** 0.5 / 2)) == equalized_lr
 
 
+@pytest.mark.parametrize("equalized_lr", [False, True])
+def test_gfpgan_generator_steps_match_gfpganv1_equalized_lr(data: dict[str, Path], prior_file: Path,
+                                                            equalized_lr: bool) -> None:
+    """train.equalized_lr: Adam's first step (beta1 = 0) moves each weight by its lr: lr / sqrt(fan_in) for the
+    U-Net's and SFT heads' convs and the final linear (GFPGANv1's EqualConv2d / EqualLinear), the decoder's
+    StyleGAN2 scales, lr for biases; off: lr everywhere (one group). The mapping network gets no gradient here
+    (input_is_latent), so its group's multiplier (x0.01) is checked instead."""
+    from dlfp.models.stylegan2 import MAPPING_LR_MUL
+
+    only_pixels = {"pixel": 1.0, "pyramid": 1.0, "gan": 0, "component_gan": 0, "component_style": 0,
+                   "perceptual": 0, "perceptual_style": 0, "identity": 0}
+    params = make_params(train={"equalized_lr": equalized_lr, "weights": only_pixels, "grad_clip_norm": None})
+    state, cfg = prior.load_prior(prior_file)
+    trainer = gfpgan.GFPGANTrainer(params.train, state, cfg, 7, DistInfo(), torch.device("cpu"), None, None)
+    stream = ShardStream(data["shards"], train_records(data["shards"]),
+                         SampleRecipe(seed=7, out_size=SIZE, preset=DegradationParams()), shuffle_buffer=4)
+    net = trainer.net_g
+    before = {k: v.detach().clone() for k, v in net.named_parameters()}
+    trainer.step(next(Batches(stream, 2)), 1)
+    after = dict(net.named_parameters())
+    lr = params.train.lr * params.train.lr_scale
+    first, sft = net.conv_body_first, net.condition_scale[0][2]
+    conv = net.stylegan_decoder.style_convs[1].modulated_conv
+    expected = {"conv_body_first.weight": lr / first.in_channels ** 0.5,
+                "condition_scale.0.2.weight": lr / (sft.in_channels * 9) ** 0.5,
+                "final_linear.weight": lr / net.final_linear.in_features ** 0.5,
+                "stylegan_decoder.style_convs.1.modulated_conv.weight": lr / (conv.in_channels * 9) ** 0.5,
+                "conv_body_first.bias": lr}
+    for name, step_size in expected.items():
+        moved = (after[name].detach() - before[name]).abs()
+        target = step_size if equalized_lr else lr  # less where |grad| ~ Adam's eps; 1%: float32 rounding
+        assert moved.max() <= target * 1.01 and abs(moved.median() / target - 1) < 1e-2, name
+    assert sum(len(g["params"]) for g in trainer.opt_g.param_groups) == len(before)
+    assert (len(trainer.opt_g.param_groups) > 1) == equalized_lr
+    mapping_weight = net.stylegan_decoder.style_mlp[1].weight
+    mapping = {g["lr_mul"] for g in trainer.opt_g.param_groups if any(q is mapping_weight for q in g["params"])}
+    assert mapping == ({MAPPING_LR_MUL / TINY_NET["num_style_feat"] ** 0.5} if equalized_lr else {1.0})
+
+
 def test_prior_measures_its_samples_at_step_0_and_every_sample_step(data: dict[str, Path], tmp_path: Path) -> None:
     measured, unmeasured = tmp_path / "measured", tmp_path / "unmeasured"
     _run_prior(data, measured, iters=5, sample_every=2)

@@ -434,6 +434,9 @@ class TrainParams(OptimParams):
         "sample draws one from (seed, id, epoch)): a model then meets every severity it is tested on")
     fix_decoder: bool = Field(default=False, description="freeze the StyleGAN2 prior (true in the published "
                                                          "recipe; the demo's small prior is too weak to freeze)")
+    equalized_lr: bool = Field(
+        default=False, description="per-weight lr as the published GFPGANv1's equalised-lr layers (U-Net, SFT and "
+        "decoder: 1/sqrt(fan_in), decoder mapping x0.01); false: one lr for every weight of the clean layout")
     decoder_init: Literal["prior", "random"] = Field(
         default="prior", description="prior: the decoder starts from prior.pth (GFP-GAN); random: from a random "
         "initialisation of the same architecture and seed (the prior ablation, benchmarks/prior_ablation.py)")

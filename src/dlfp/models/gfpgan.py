@@ -8,6 +8,7 @@ GFPGAN v1.2/v1.3/v1.4 weights key for key (shared/reference/state_dicts/gfpganv1
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from dlfp.models.stylegan2 import (
     set_channels_last,
     upsample2x,
 )
+from dlfp.models.stylegan2 import equalized_lr_multipliers as stylegan_lr_multipliers
 
 UNET_WIDTH = 0.5  # the U-Net uses the decoder's channel table times 0.5
 
@@ -202,6 +204,27 @@ class GFPGANv1Clean(nn.Module):
         model = cls(**config)  # type: ignore[arg-type]
         load_into(model, path)
         return model
+
+
+def equalized_lr_multipliers(model: GFPGANv1Clean) -> dict[str, float]:
+    """Per-parameter lr multipliers that train the clean layout as the published GFPGANv1 trains its own layers.
+
+    GFPGANv1 (the trainable layout) builds its U-Net, SFT heads and final linear from equalised-lr layers
+    (EqualConv2d / EqualLinear: weights N(0, 1), scaled by 1 / sqrt(fan_in) at run time) and its decoder from
+    StyleGAN2's; the clean layout stores the scaled weights. So every conv and linear weight gets 1 / sqrt(fan_in)
+    and the decoder gets stylegan2.equalized_lr_multipliers (mapping x0.01); biases and the rest get 1.
+    """
+    multipliers = {f"stylegan_decoder.{name}": value
+                   for name, value in stylegan_lr_multipliers(model.stylegan_decoder).items()}
+    for name, module in model.named_modules():
+        if name.startswith("stylegan_decoder"):
+            continue
+        if isinstance(module, nn.Conv2d):
+            multipliers[f"{name}.weight"] = 1 / math.sqrt(module.in_channels * module.kernel_size[0] *
+                                                          module.kernel_size[1])
+        elif isinstance(module, nn.Linear):
+            multipliers[f"{name}.weight"] = 1 / math.sqrt(module.in_features)
+    return {name: multipliers.get(name, 1.0) for name, _ in model.named_parameters()}
 
 
 def release_model(**overrides: object) -> GFPGANv1Clean:

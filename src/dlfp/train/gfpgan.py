@@ -35,7 +35,7 @@ from dlfp.losses.pixel import l1_loss, pyramid_loss
 from dlfp.models.checkpoints import save_official
 from dlfp.models.components import FacialComponentDiscriminator
 from dlfp.models.dlib_resnet import MATCH_THRESHOLD, load_dlib_resnet
-from dlfp.models.gfpgan import GFPGANv1Clean
+from dlfp.models.gfpgan import GFPGANv1Clean, equalized_lr_multipliers
 from dlfp.models.stylegan2 import StyleGAN2Discriminator
 from dlfp.params import Params, TrainParams
 from dlfp.shards import streamed as streams
@@ -46,7 +46,7 @@ from dlfp.train.engine.checkpoint import check_resume_config, flatten_params, re
 from dlfp.train.engine.distributed import DistInfo, average_gradients, broadcast_module
 from dlfp.train.engine.ema import EMA, ema_decay
 from dlfp.train.engine.logging import LossLog, append_csv_row, save_image_grid, truncate_csv_rows
-from dlfp.train.engine.loop import lr_at, requires_grad, set_lr
+from dlfp.train.engine.loop import adam_with_lr_multipliers, lr_at, requires_grad, set_lr
 from dlfp.train.engine.run import TrainingJob
 from dlfp.train.prior import load_prior
 
@@ -93,8 +93,8 @@ class GFPGANTrainer:
             broadcast_module(module, info)
         self.ema = EMA(self.net_g, ema_decay(p.batch_size * info.world_size, p.ema_half_life_images))
         self.base_lr = p.lr * p.lr_scale
-        self.opt_g = torch.optim.Adam([q for q in self.net_g.parameters() if q.requires_grad], lr=self.base_lr,
-                                      betas=G_BETAS)
+        multipliers = equalized_lr_multipliers(self.net_g) if p.equalized_lr else {}
+        self.opt_g = adam_with_lr_multipliers(self.net_g.named_parameters(), self.base_lr, multipliers, G_BETAS)
         self.opt_d = torch.optim.Adam(self.net_d.parameters(), lr=self.base_lr,
                                       betas=lazy_betas(D_BETAS, p.r1_interval))
         self.opt_c = torch.optim.Adam(self.net_c.parameters(), lr=self.base_lr, betas=COMPONENT_BETAS)
@@ -351,6 +351,8 @@ def _losses_active(trainer: GFPGANTrainer, p: TrainParams, info: DistInfo, devic
             "ema_decay": trainer.ema.decay, "ema_rampup": p.ema_rampup, "lr": trainer.base_lr,
             "batch_size": p.batch_size, "world_size": info.world_size,
             "grad_clip_norm": p.grad_clip_norm, "bf16": p.bf16, "device": str(device),
+            "generator_lr": "equalized (GFPGANv1's per-weight scales, decoder mapping x0.01)" if p.equalized_lr
+            else "one lr",
             "preset": p.preset, "decoder_init": p.decoder_init,
             "validation": {"split": VAL_SPLIT, "preset": p.val_preset, "identity_network": "dlib",
                            "resolution": trainer.config["out_size"],

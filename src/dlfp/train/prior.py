@@ -40,7 +40,7 @@ from dlfp.train.engine.checkpoint import check_resume_config, result_params
 from dlfp.train.engine.distributed import DistInfo, average_gradients, broadcast_module
 from dlfp.train.engine.ema import EMA, ema_decay
 from dlfp.train.engine.logging import LossLog, save_image_grid
-from dlfp.train.engine.loop import lr_at, requires_grad, set_lr
+from dlfp.train.engine.loop import adam_with_lr_multipliers, lr_at, requires_grad, set_lr
 from dlfp.train.engine.run import TrainingJob
 from dlfp.train.prior_metrics import (
     CLAIM,
@@ -97,16 +97,11 @@ def mixed_latents(generator: StyleGAN2GeneratorClean, batch: int, mixing_prob: f
 
 
 def generator_adam(generator: StyleGAN2GeneratorClean, lr: float, equalized_lr: bool) -> torch.optim.Adam:
-    """Adam on the generator: one lr, or (equalized_lr) one group per lr multiplier of equalized_lr_multipliers,
-    each group keeping its "lr_mul" so that dlfp.train.loop.set_lr scales it with the schedule."""
+    """Adam on the generator: one lr, or (equalized_lr) StyleGAN2's per-weight scales (equalized_lr_multipliers)."""
     if not equalized_lr:
         return torch.optim.Adam(generator.parameters(), lr=lr, betas=ADAM_BETAS)
-    multipliers = equalized_lr_multipliers(generator)
-    groups: dict[float, list[torch.nn.Parameter]] = {}
-    for name, parameter in generator.named_parameters():
-        groups.setdefault(multipliers[name], []).append(parameter)
-    return torch.optim.Adam([{"params": params, "lr": lr * lr_mul, "lr_mul": lr_mul}
-                             for lr_mul, params in groups.items()], lr=lr, betas=ADAM_BETAS)
+    return adam_with_lr_multipliers(generator.named_parameters(), lr, equalized_lr_multipliers(generator),
+                                    ADAM_BETAS)
 
 
 class PriorTrainer:

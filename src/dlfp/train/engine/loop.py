@@ -11,7 +11,7 @@ import logging
 import math
 import signal
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,6 +146,18 @@ def train_loop(
 def lr_at(step: int, base_lr: float, milestones: list[int], gamma: float) -> float:
     """Step schedule: base_lr * gamma ** (number of milestones already reached). Stateless, so resume-safe."""
     return base_lr * gamma ** sum(1 for m in milestones if step > m)
+
+
+def adam_with_lr_multipliers(named_parameters: Iterable[tuple[str, nn.Parameter]], lr: float,
+                             multipliers: Mapping[str, float], betas: tuple[float, float]) -> torch.optim.Adam:
+    """Adam with one group per lr multiplier (e.g. StyleGAN2's equalised-lr scales of a clean-layout network);
+    each group keeps its "lr_mul" so that set_lr scales it with the schedule. Frozen parameters are left out."""
+    groups: dict[float, list[nn.Parameter]] = {}
+    for name, parameter in named_parameters:
+        if parameter.requires_grad:
+            groups.setdefault(multipliers.get(name, 1.0), []).append(parameter)
+    return torch.optim.Adam([{"params": params, "lr": lr * lr_mul, "lr_mul": lr_mul}
+                             for lr_mul, params in groups.items()], lr=lr, betas=betas)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
