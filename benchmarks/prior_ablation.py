@@ -1,0 +1,182 @@
+"""Does the prior help? Train GFP-GAN twice, same steps and seed: on the trained prior, and on a randomly initialised
+decoder (train.decoder_init random), then score both on every preset's **val** pairs.
+
+Run (after `dvc repro train_prior degrade`, i.e. with data/shards, data/pairs and models/prior/prior.pth):
+    python benchmarks/prior_ablation.py
+    python benchmarks/prior_ablation.py -S train.iters=600      # overrides as `dvc exp run -S` writes them
+Each arm goes through the pipeline's own stages, in this process: `train`, `restore --split val` (gfpgan only) and
+`evaluate --split val`, into --work (default /tmp/dlfp-prior-ablation/<arm>; an arm whose evaluation is already
+there is not run again, so an interrupted benchmark resumes). The test split is never read.
+
+Writes benchmarks/results/prior_ablation.json (the schema dlfp.report.prior_ablation renders on training.html:
+per preset, both arms' PSNR / SSIM / rank-1 with 95% intervals and the paired per-face difference trained prior
+minus random decoder, t-interval for PSNR/SSIM, exact McNemar for rank-1) and prior_ablation.md. A benchmark,
+never a test: each arm trains for as long as train.iters says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from dlfp.io.atomic import write_json_atomic, write_text_atomic
+from dlfp.layout import PER_IMAGE_NAME, SUMMARY_NAME
+from dlfp.params import Params, parse_params
+from dlfp.report.evaluation_glance import Point, difference, faces_by_run
+from dlfp.report.model_card import t_interval
+from dlfp.shards.format import VAL_SPLIT
+from dlfp.stages import evaluate, restore
+from dlfp.stages import train as train_stage
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_description  # noqa: E402
+from prior_faces import apply_override  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+JSON_NAME, MD_NAME = "prior_ablation.json", "prior_ablation.md"
+ARMS = {"trained_prior": "prior", "random_decoder": "random"}  # arm -> train.decoder_init
+ARM_LABELS = {"trained_prior": "decoder initialised from the trained prior ({prior})",
+              "random_decoder": "decoder randomly initialised (the same architecture and seed, no prior)"}
+FIGURES = ("psnr", "ssim", "rank1_accuracy")
+DIGITS = {"psnr": 2, "ssim": 4, "rank1_accuracy": 3}
+RESTORER = "gfpgan"
+CLAIM = ("Both arms are the same GFP-GAN recipe (steps, seed, data, losses) and differ only in where the StyleGAN2 "
+         "decoder starts: the trained prior, or a random initialisation. The difference is paired per val face "
+         "(95% t-interval for PSNR/SSIM, exact McNemar interval for rank-1). It answers whether this prior helps at "
+         "this training length on these val faces; it is one seed, so it does not include the run-to-run spread of "
+         "training, and it says nothing about a longer-trained or 512 px prior. Rank-1 is scored with the dlib "
+         "network, which the identity loss also uses (circular for both arms alike).")
+
+
+def shown_path(path: Path) -> str:
+    """A path relative to the repository when it lies inside it (no home folders in committed results)."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def arm_params(base: dict, arm: str, work: Path, overrides: list[str]) -> Params:
+    raw = json.loads(json.dumps(base))  # a deep copy
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    raw.setdefault("train", {})["decoder_init"] = ARMS[arm]
+    raw.setdefault("restore", {}).update(restorers=[RESTORER], weights=str(work / "model" / "gfpgan.pth"))
+    return parse_params(raw)
+
+
+def run_arm(params: Params, arm: str, work: Path, args: argparse.Namespace) -> float:
+    """train -> restore val -> evaluate val, skipping what is done; returns the minutes spent."""
+    started = time.monotonic()
+    if not (work / "model" / "gfpgan.pth").exists():
+        train_stage.run(params, shards_dir=args.shards, prior_path=args.prior, pairs_dir=args.pairs,
+                        out_dir=work / "model")
+    if not (work / "restored" / "index.json").exists():
+        restore.run(params, pairs_dir=args.pairs, out_dir=work / "restored", split=VAL_SPLIT)
+    if not (work / "evaluation" / SUMMARY_NAME).exists():
+        evaluate.run(params, pairs_dir=args.pairs, restored_dir=work / "restored", out_dir=work / "evaluation",
+                     metrics_path=work / "metrics.json", split=VAL_SPLIT)
+    print(f"prior_ablation: {arm} done ({(time.monotonic() - started) / 60:.1f} min)", flush=True)
+    return (time.monotonic() - started) / 60
+
+
+def arm_figures(summary: dict, faces: dict[str, dict], preset: str) -> dict[str, float]:
+    """An arm's PSNR / SSIM (t-interval over faces) and rank-1 (Wilson, from evaluate) on one preset."""
+    entry = summary["results"][preset][RESTORER]
+    out: dict[str, float] = {}
+    for key in ("psnr", "ssim"):
+        values = np.asarray([float(row[key]) for row in faces.values()], dtype=float)
+        low, high = t_interval(values)
+        out.update({key: float(values.mean()), f"{key}_ci_low": low, f"{key}_ci_high": high})
+    for suffix in ("", "_ci_low", "_ci_high"):
+        out[f"rank1_accuracy{suffix}"] = float(entry[f"rank1_accuracy{suffix}"])
+    return out
+
+
+def compare(work: Path) -> dict:
+    """Per preset: both arms' figures and the paired difference trained prior - random decoder."""
+    summaries, faces = {}, {}
+    for arm in ARMS:
+        folder = work / arm / "evaluation"
+        summaries[arm] = json.loads((folder / SUMMARY_NAME).read_text(encoding="utf-8"))
+        with open(folder / PER_IMAGE_NAME, newline="", encoding="utf-8") as handle:
+            faces[arm] = faces_by_run(list(csv.DictReader(handle)))
+    presets = {}
+    for preset in sorted(summaries["trained_prior"]["results"]):
+        per_arm = {arm: faces[arm][(preset, RESTORER)] for arm in ARMS}
+        entry: dict = {"count": len(per_arm["trained_prior"])}
+        for arm in ARMS:
+            entry[arm] = arm_figures(summaries[arm], per_arm[arm], preset)
+        diff = {}
+        for key in FIGURES:
+            a, b = (Point(entry[arm][key], entry[arm][f"{key}_ci_low"], entry[arm][f"{key}_ci_high"]) for arm in ARMS)
+            found = difference(per_arm["trained_prior"], per_arm["random_decoder"], key, a, b, "random decoder",
+                               "random")
+            diff.update({key: found.value, f"{key}_ci_low": found.low, f"{key}_ci_high": found.high})
+        entry["difference"] = diff
+        presets[preset] = entry
+    return presets
+
+
+def markdown(doc: dict) -> str:
+    lines = ["# Does the prior help? GFP-GAN on the trained prior vs on a random decoder (val pairs)", "",
+             f"{doc['measured']}, {doc['machine']}, {doc['steps']} steps per arm, seed {doc['seed']}, "
+             f"split {doc['split']}. Command: `{doc['command']}`.", "", doc["claim"], "",
+             "| preset | faces | figure | trained prior | random decoder | difference [95% CI] |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for preset, entry in doc["presets"].items():
+        for key in FIGURES:
+            d = DIGITS[key]
+
+            def cell(values: dict, key: str = key, d: int = d, sign: str = "") -> str:
+                return (f"{values[key]:{sign}.{d}f} [{values[f'{key}_ci_low']:{sign}.{d}f}, "
+                        f"{values[f'{key}_ci_high']:{sign}.{d}f}]")
+            lines.append(f"| {preset} | {entry['count']} | {key} | {cell(entry['trained_prior'])} | "
+                         f"{cell(entry['random_decoder'])} | {cell(entry['difference'], sign='+')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    parser.add_argument("--shards", type=Path, default=ROOT / "data" / "shards")
+    parser.add_argument("--pairs", type=Path, default=ROOT / "data" / "pairs")
+    parser.add_argument("--prior", type=Path, default=ROOT / "models" / "prior" / "prior.pth")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/dlfp-prior-ablation"))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="parameter override, e.g. -S train.iters=600")
+    args = parser.parse_args()
+    for path in (args.shards, args.pairs, args.prior):
+        if not path.exists():
+            raise SystemExit(f"prior_ablation: {path} does not exist; run `dvc repro train_prior degrade` first")
+    base = yaml.safe_load(args.params.read_text(encoding="utf-8"))
+    minutes = {}
+    for arm in ARMS:
+        params = arm_params(base, arm, args.work / arm, args.set)
+        minutes[arm] = round(run_arm(params, arm, args.work / arm, args), 1)
+    machine = machine_description()
+    command = " ".join(["python benchmarks/prior_ablation.py", *(f"-S {item}" for item in args.set)])
+    doc = {"split": VAL_SPLIT, "steps": params.train.iters, "seed": params.seed, "command": command,
+           "measured": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+           "machine": f"{machine['cpu']}, {machine['affinity']} cores, torch {machine['versions']['torch']}",
+           "machine_details": machine, "minutes_this_run": minutes,
+           "arms": {arm: {"label": ARM_LABELS[arm].format(prior=shown_path(args.prior))} for arm in ARMS},
+           "presets": compare(args.work), "claim": CLAIM}
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out / JSON_NAME, doc)
+    write_text_atomic(args.out / MD_NAME, markdown(doc))
+    print(f"prior_ablation: {len(doc['presets'])} presets -> {args.out / JSON_NAME}, {args.out / MD_NAME}")
+
+
+if __name__ == "__main__":
+    main()
