@@ -4,6 +4,7 @@ decoder (train.decoder_init random), then score both on every preset's **val** p
 Run (after `dvc repro train_prior degrade`, i.e. with data/shards, data/pairs and models/prior/prior.pth):
     python benchmarks/prior_ablation.py
     python benchmarks/prior_ablation.py -S train.iters=600      # overrides as `dvc exp run -S` writes them
+    python benchmarks/prior_ablation.py --reuse-trained models/gfpgan   # the demo's model is the first arm
 Each arm goes through the pipeline's own stages, in this process: `train`, `restore --split val` (gfpgan only) and
 `evaluate --split val`, into --work (default /tmp/dlfp-prior-ablation/<arm>; an arm whose evaluation is already
 there is not run again, so an interrupted benchmark resumes). The test split is never read.
@@ -20,6 +21,7 @@ import argparse
 import csv
 import datetime as dt
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,6 +30,8 @@ import numpy as np
 import yaml
 
 from dlfp.io.atomic import write_json_atomic, write_text_atomic
+from dlfp.io.hashing import file_digest
+from dlfp.io.receipt import read_receipt
 from dlfp.layout import PER_IMAGE_NAME, SUMMARY_NAME
 from dlfp.params import Params, parse_params
 from dlfp.report.evaluation_glance import Point, difference, faces_by_run
@@ -74,9 +78,25 @@ def arm_params(base: dict, arm: str, work: Path, overrides: list[str]) -> Params
     return parse_params(raw)
 
 
+def reuse_trained(params: Params, model_dir: Path, prior: Path, work: Path) -> None:
+    """Copy the pipeline's own train output as the trained-prior arm when it is that arm: the same seed, degrade
+    and train parameters (the receipt's params hash) and the same prior file."""
+    receipt = read_receipt(model_dir)
+    expected = params.section_hash("seed", "degrade", "train")
+    if receipt is None or receipt.get("params_hash") != expected:
+        raise SystemExit(f"prior_ablation: {model_dir} was trained with other parameters (receipt params_hash "
+                         f"{None if receipt is None else receipt.get('params_hash')}, this arm {expected}); "
+                         "drop --reuse-trained to train the arm")
+    if receipt.get("inputs", {}).get("prior_sha256") != file_digest(prior):
+        raise SystemExit(f"prior_ablation: {model_dir} was trained on another prior than {prior}")
+    shutil.copytree(model_dir, work / "model", dirs_exist_ok=True)
+
+
 def run_arm(params: Params, arm: str, work: Path, args: argparse.Namespace) -> float:
     """train -> restore val -> evaluate val, skipping what is done; returns the minutes spent."""
     started = time.monotonic()
+    if arm == "trained_prior" and args.reuse_trained is not None and not (work / "model" / "gfpgan.pth").exists():
+        reuse_trained(params, args.reuse_trained, args.prior, work)
     if not (work / "model" / "gfpgan.pth").exists():
         train_stage.run(params, shards_dir=args.shards, prior_path=args.prior, pairs_dir=args.pairs,
                         out_dir=work / "model")
@@ -153,6 +173,9 @@ def main() -> None:
     parser.add_argument("--prior", type=Path, default=ROOT / "models" / "prior" / "prior.pth")
     parser.add_argument("--work", type=Path, default=Path("/tmp/dlfp-prior-ablation"))
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--reuse-trained", type=Path, default=None, metavar="MODEL_DIR",
+                        help="the train stage's output (models/gfpgan) as the trained-prior arm, when its receipt "
+                             "shows the same parameters and prior")
     parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
                         help="parameter override, e.g. -S train.iters=600")
     args = parser.parse_args()
