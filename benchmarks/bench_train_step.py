@@ -57,8 +57,9 @@ COMPONENT_BOXES = {"left_eye": (0.37, 0.47, 0.07), "right_eye": (0.63, 0.47, 0.0
 
 
 def real_batch(params: Params, size: int, count: int) -> dict:
-    """`count` real faces at the data size, degraded with the demo's training preset, resized to the model."""
-    preset = params.degrade.presets[params.train.preset]
+    """`count` real faces at the data size, degraded with the demo's training preset (the first of a mixture),
+    resized to the model."""
+    preset = params.degrade.presets[params.train.presets[0]]
     gts, lqs = [], []
     for index, path in enumerate(sorted(FACES.glob("*.jpg"))[:count]):
         face = resize_for_model(decode_image_bytes(path.read_bytes(), source=path).rgb, params.data.size)

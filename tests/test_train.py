@@ -724,6 +724,18 @@ def test_paper_parameters_validate_and_match_the_published_recipe() -> None:
         0.1, 50.0, 200.0, 10.0)
 
 
+@pytest.mark.parametrize("name", ["params.yaml", "params-paper.yaml"])
+def test_shipped_recipes_restore_at_the_resolution_they_are_scored_at(name: str) -> None:
+    """The restorer's output is its prior's size: equal to data.size, nothing is upsampled before scoring; and the
+    demo trains on every preset it is evaluated on."""
+    from dlfp.params import load_params
+
+    params = load_params(Path(__file__).resolve().parents[1] / name)
+    assert params.train_prior.out_size == params.data.size
+    if name == "params.yaml":
+        assert set(params.train.presets) == set(params.degrade.presets)
+
+
 def test_train_writes_a_first_model_card_beside_the_weights(data: dict[str, Path], prior_file: Path,
                                                               tmp_path: Path) -> None:
     out = tmp_path / "gfpgan"
