@@ -4,10 +4,12 @@ Run (the shards of a demo run; overrides as `dvc exp run -S` writes them, values
     python benchmarks/prior_faces.py --shards data/shards --label demo
     python benchmarks/prior_faces.py --shards data/shards --label long -S train_prior.iters=2400 \\
         -S train_prior.sample_every=200
-Writes the prior into --work (default /tmp/dlfp-prior-faces/<label>), then appends its face measurement
-(prior_metrics.csv: HOG face-detection rate with Wilson 95% CI, FD in dlib's descriptor space, at step 0 and every
-sample step) to benchmarks/results/prior_faces.csv, one row per (label, step), replacing that label's earlier rows,
-and rewrites prior_faces.md from the csv. Training runs for as long as its iters say: this is a benchmark, never
+Writes the prior into --work (default /tmp/dlfp-prior-faces/<label>), or, with --collect RUN_DIR --minutes M,
+takes the curve of a run trained elsewhere (e.g. a stopped `dlfp train_prior`'s <out>.partial), then appends its
+face measurement (prior_metrics.csv: HOG face-detection rate with Wilson 95% CI, FD in dlib's descriptor space,
+at step 0 and every sample step) to benchmarks/results/prior_faces.csv, one row per (label, step), replacing that
+label's earlier rows, and rewrites prior_faces.md from the csv. Training runs for as long as its iters say: this
+is a benchmark, never
 a test. What the figures can and cannot claim is in dlfp.train.prior_metrics (and in the .md).
 """
 
@@ -129,9 +131,21 @@ def main() -> None:
     parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--work", type=Path, default=None, help="where the prior is trained")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--collect", type=Path, default=None, metavar="RUN_DIR",
+                        help="record the curve of a run trained elsewhere (its folder, or <out>.partial of a stopped "
+                             "one) instead of training; -S then documents the overrides that run used")
+    parser.add_argument("--minutes", type=float, default=None, help="with --collect: its wall time to the last "
+                                                                     "measured step")
     args = parser.parse_args()
     args.work = args.work or Path(os.environ.get("TMPDIR", "/tmp")) / "dlfp-prior-faces" / args.label
-    summary, minutes = train(args)
+    if args.collect is not None:  # a run trained elsewhere: its curve as measured, its wall time as given
+        if args.minutes is None:
+            raise SystemExit("--collect needs --minutes: the run's wall time to its last measured step")
+        args.work = args.collect
+        with open(args.work / prior_metrics.METRICS_CSV, newline="", encoding="utf-8") as handle:
+            summary, minutes = {"steps": max(int(row["step"]) for row in csv.DictReader(handle))}, args.minutes
+    else:
+        summary, minutes = train(args)
     rows = curve_rows(args, summary, minutes)
     path = args.results / CSV_NAME
     kept: list[dict] = []
