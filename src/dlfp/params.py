@@ -477,14 +477,6 @@ class Params(_Section):
     train_prior: TrainPriorParams = TrainPriorParams()
     train: TrainParams = TrainParams()
 
-    @model_validator(mode="after")
-    def _train_presets_exist(self) -> Params:
-        unknown = [name for name in self.train.presets if name not in self.degrade.presets]
-        if unknown:
-            raise ValueError(f"train.preset: {', '.join(map(repr, unknown))} is not a degrade preset "
-                             f"({', '.join(sorted(self.degrade.presets))})")
-        return self
-
     def section_hash(self, *sections: str) -> str:
         """Stable short hash of the named sections, for receipts and reports."""
         payload = {name: getattr(self, name).model_dump(mode="json") if name != "seed" else self.seed

@@ -370,6 +370,10 @@ class GFPGANTraining(TrainingJob):
 
     def __init__(self, params: Params, shards_dir: Path, prior_path: Path, pairs_dir: Path) -> None:
         p = params.train
+        unknown = [name for name in p.presets if name not in params.degrade.presets]
+        if unknown:  # checked here, not in the schema: stages that do not train may keep fewer presets
+            raise ValueError(f"train.preset: {', '.join(map(repr, unknown))} is not a degrade preset "
+                             f"({', '.join(sorted(params.degrade.presets))})")
         self.params, self.section, self.seed = params, p, params.seed
         self.shards_dir, self.prior_path, self.pairs_dir = Path(shards_dir), Path(prior_path), Path(pairs_dir)
         self.validator: Validator | None = None
