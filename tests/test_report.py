@@ -12,6 +12,7 @@ from pathlib import Path
 
 import _dlfp_test_browser as browser  # tests/_browser.py, registered by conftest.py
 import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
+import _dlfp_test_tars as tars  # tests/_tars.py, registered by conftest.py
 import pytest
 from PIL import Image
 
@@ -301,14 +302,7 @@ def test_tar_reader_reports_damaged_tars_as_tar_errors(tmp_path: Path) -> None:
 def test_tar_reader_refuses_an_oversized_member_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A member whose header claims more than the cap is an error naming it, raised before any of it is read."""
     monkeypatch.setattr(shard_format, "MAX_MEMBER_BYTES", 1024)
-    extracted: list[str] = []
-    extractfile = tarfile.TarFile.extractfile
-
-    def recording_extractfile(self: tarfile.TarFile, member: tarfile.TarInfo | str) -> object:
-        extracted.append(member if isinstance(member, str) else member.name)
-        return extractfile(self, member)
-
-    monkeypatch.setattr(tarfile.TarFile, "extractfile", recording_extractfile)
+    extracted = tars.record_extracted_members(monkeypatch)
     oversized = tmp_path / "oversized.tar"
     with tarfile.open(oversized, "w") as tar:
         add_member(tar, "k000.json", b"{}")

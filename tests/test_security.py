@@ -12,6 +12,7 @@ import tarfile
 from pathlib import Path
 
 import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
+import _dlfp_test_tars as tars  # tests/_tars.py, registered by conftest.py
 import numpy as np
 import pytest
 import webdataset as wds
@@ -152,19 +153,6 @@ def _webdataset_samples(folder: Path) -> list[dict]:
     return samples
 
 
-def _extracted_members(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The names of the tar members whose data anything opens from now on."""
-    extracted: list[str] = []
-    extractfile = tarfile.TarFile.extractfile
-
-    def recording_extractfile(self: tarfile.TarFile, member: tarfile.TarInfo | str) -> object:
-        extracted.append(member if isinstance(member, str) else member.name)
-        return extractfile(self, member)
-
-    monkeypatch.setattr(tarfile.TarFile, "extractfile", recording_extractfile)
-    return extracted
-
-
 def _over_the_limit(shard: str) -> str:
     return (rf"^{re.escape(shard)}: member face_003\.gt\.png claims {CLAIMED_BYTES} bytes, "
             rf"over the {MEMBER_LIMIT}-byte limit of a shard member \(not read\)$")
@@ -184,7 +172,7 @@ def test_a_streamed_shard_member_over_the_limit_stops_the_run_before_it_is_read(
                 for sample in _webdataset_samples(folder)]
     for sample in expected:
         sample["__url__"] = location + sample["__url__"][len(f"{folder}/"):]
-    extracted = _extracted_members(monkeypatch)
+    extracted = tars.record_extracted_members(monkeypatch)
     samples = iter_samples(location, split_records(read_index(location), "test"))
     assert [next(samples) for _ in expected] == expected
     assert [sample["__key__"] for sample in expected] == ["face_000", "face_001", "sub/face_002"]
@@ -202,7 +190,7 @@ def test_a_local_shard_member_over_the_limit_is_refused_before_it_is_read(
     folder = _shards_with_an_oversized_member(tmp_path / "shards")
     records = split_records(read_index(folder), "test")
     expected = _webdataset_samples(folder)
-    extracted = _extracted_members(monkeypatch)
+    extracted = tars.record_extracted_members(monkeypatch)
     if reader == "iter_samples":
         samples = iter_samples(folder, records)
         assert [next(samples) for _ in expected] == expected
