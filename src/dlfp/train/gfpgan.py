@@ -2,12 +2,12 @@
 what run_training needs to train it (`GFPGANTraining`).
 
 The decoder is initialised from prior.pth, or randomly for the prior ablation (train.decoder_init), and frozen
-unless train.fix_decoder is false. LQ inputs are made on the
-fly from the train shards with the `train.preset` degradation (one preset, or a mixture). Every `train.val_every`
-steps the EMA generator restores the fixed `train.val_preset` pairs of the **val** split (deterministic noise; test
-pairs are never read here, and a test sample stops the run) and validation.csv gets PSNR and the identity match rate
-of the output and of the LQ input (the baseline to beat), both at the model's resolution. The stage that runs it is
-dlfp.stages.train (its outputs are listed there).
+unless train.fix_decoder is false. LQ inputs are made on the fly from the train shards with the `train.preset`
+degradation (one preset, or a mixture). Every `train.val_every` steps the EMA generator restores the fixed
+`train.val_preset` pairs of the **val** split (deterministic noise; test pairs are never read here, and a test
+sample stops the run) and validation.csv gets PSNR and the identity match rate of the output and of the LQ input
+(the baseline to beat), both at the model's resolution. The stage that runs it is dlfp.stages.train (its outputs are
+listed there).
 
 May import dlfp.train.engine, dlfp.train.data, dlfp.train.prior (load_prior), models, losses and io; never a stage.
 """

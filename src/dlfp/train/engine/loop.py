@@ -161,7 +161,7 @@ def adam_with_lr_multipliers(named_parameters: Iterable[tuple[str, nn.Parameter]
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Every group to lr, times the group's own "lr_mul" where it has one (see dlfp.train.prior.generator_adam)."""
+    """Every group to lr, times the group's own "lr_mul" where it has one (see adam_with_lr_multipliers)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_mul", 1.0)
 
