@@ -48,6 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 JSON_NAME, MD_NAME = "prior_ablation.json", "prior_ablation.md"
 ARMS = {"trained_prior": "prior", "random_decoder": "random"}  # arm -> train.decoder_init
+ARM_ORDER = ("trained_prior", "random_decoder")  # the difference is first minus second
+TITLE = "Does the prior help? GFP-GAN on the trained prior vs on a random decoder (val pairs)"
 ARM_LABELS = {"trained_prior": "decoder initialised from the trained prior ({prior})",
               "random_decoder": "decoder randomly initialised (the same architecture and seed, no prior)"}
 FIGURES = ("psnr", "ssim", "rank1_accuracy")
@@ -69,34 +71,37 @@ def shown_path(path: Path) -> str:
         return str(path)
 
 
-def arm_params(base: dict, arm: str, work: Path, overrides: list[str]) -> Params:
+def arm_params(base: dict, arm_overrides: dict[str, object], work: Path, overrides: list[str]) -> Params:
+    """params.yaml + the -S overrides + the arm's own (dotted key -> value), restoring from the arm's model."""
     raw = json.loads(json.dumps(base))  # a deep copy
     for assignment in overrides:
         apply_override(raw, assignment)
-    raw.setdefault("train", {})["decoder_init"] = ARMS[arm]
+    for key, value in arm_overrides.items():
+        apply_override(raw, f"{key}={json.dumps(value)}")
     raw.setdefault("restore", {}).update(restorers=[RESTORER], weights=str(work / "model" / "gfpgan.pth"))
     return parse_params(raw)
 
 
 def reuse_trained(params: Params, model_dir: Path, prior: Path, work: Path) -> None:
-    """Copy the pipeline's own train output as the trained-prior arm when it is that arm: the same seed, degrade
-    and train parameters (the receipt's params hash) and the same prior file."""
+    """Copy the pipeline's own train output as an arm when it is that arm: the same seed, degrade and train
+    parameters (the receipt's params hash) and the same prior file."""
     receipt = read_receipt(model_dir)
     expected = params.section_hash("seed", "degrade", "train")
     if receipt is None or receipt.get("params_hash") != expected:
-        raise SystemExit(f"prior_ablation: {model_dir} was trained with other parameters (receipt params_hash "
+        raise SystemExit(f"{model_dir} was trained with other parameters (receipt params_hash "
                          f"{None if receipt is None else receipt.get('params_hash')}, this arm {expected}); "
                          "drop --reuse-trained to train the arm")
     if receipt.get("inputs", {}).get("prior_sha256") != file_digest(prior):
-        raise SystemExit(f"prior_ablation: {model_dir} was trained on another prior than {prior}")
+        raise SystemExit(f"{model_dir} was trained on another prior than {prior}")
     shutil.copytree(model_dir, work / "model", dirs_exist_ok=True)
 
 
-def run_arm(params: Params, arm: str, work: Path, args: argparse.Namespace) -> float:
-    """train -> restore val -> evaluate val, skipping what is done; returns the minutes spent."""
+def run_arm(params: Params, arm: str, work: Path, args: argparse.Namespace, reuse: Path | None = None) -> float:
+    """train -> restore val -> evaluate val, skipping what is done (`reuse`: a checked train output as the model);
+    returns the minutes spent."""
     started = time.monotonic()
-    if arm == "trained_prior" and args.reuse_trained is not None and not (work / "model" / "gfpgan.pth").exists():
-        reuse_trained(params, args.reuse_trained, args.prior, work)
+    if reuse is not None and not (work / "model" / "gfpgan.pth").exists():
+        reuse_trained(params, reuse, args.prior, work)
     if not (work / "model" / "gfpgan.pth").exists():
         train_stage.run(params, shards_dir=args.shards, prior_path=args.prior, pairs_dir=args.pairs,
                         out_dir=work / "model")
@@ -105,7 +110,7 @@ def run_arm(params: Params, arm: str, work: Path, args: argparse.Namespace) -> f
     if not (work / "evaluation" / SUMMARY_NAME).exists():
         evaluate.run(params, pairs_dir=args.pairs, restored_dir=work / "restored", out_dir=work / "evaluation",
                      metrics_path=work / "metrics.json", split=VAL_SPLIT)
-    print(f"prior_ablation: {arm} done ({(time.monotonic() - started) / 60:.1f} min)", flush=True)
+    print(f"{arm}: done ({(time.monotonic() - started) / 60:.1f} min)", flush=True)
     return (time.monotonic() - started) / 60
 
 
@@ -122,36 +127,38 @@ def arm_figures(summary: dict, faces: dict[str, dict], preset: str) -> dict[str,
     return out
 
 
-def compare(work: Path) -> dict:
-    """Per preset: both arms' figures and the paired difference trained prior - random decoder."""
+def compare(work: Path, arms: tuple[str, str] = ARM_ORDER) -> dict:
+    """Per preset: both arms' figures and the paired difference first arm - second arm."""
     summaries, faces = {}, {}
-    for arm in ARMS:
+    for arm in arms:
         folder = work / arm / "evaluation"
         summaries[arm] = json.loads((folder / SUMMARY_NAME).read_text(encoding="utf-8"))
         with open(folder / PER_IMAGE_NAME, newline="", encoding="utf-8") as handle:
             faces[arm] = faces_by_run(list(csv.DictReader(handle)))
+    first, second = arms
     presets = {}
-    for preset in sorted(summaries["trained_prior"]["results"]):
-        per_arm = {arm: faces[arm][(preset, RESTORER)] for arm in ARMS}
-        entry: dict = {"count": len(per_arm["trained_prior"])}
-        for arm in ARMS:
+    for preset in sorted(summaries[first]["results"]):
+        per_arm = {arm: faces[arm][(preset, RESTORER)] for arm in arms}
+        entry: dict = {"count": len(per_arm[first])}
+        for arm in arms:
             entry[arm] = arm_figures(summaries[arm], per_arm[arm], preset)
         diff = {}
         for key in FIGURES:
-            a, b = (Point(entry[arm][key], entry[arm][f"{key}_ci_low"], entry[arm][f"{key}_ci_high"]) for arm in ARMS)
-            found = difference(per_arm["trained_prior"], per_arm["random_decoder"], key, a, b, "random decoder",
-                               "random")
+            a, b = (Point(entry[arm][key], entry[arm][f"{key}_ci_low"], entry[arm][f"{key}_ci_high"]) for arm in arms)
+            found = difference(per_arm[first], per_arm[second], key, a, b, second, second)
             diff.update({key: found.value, f"{key}_ci_low": found.low, f"{key}_ci_high": found.high})
         entry["difference"] = diff
         presets[preset] = entry
     return presets
 
 
-def markdown(doc: dict) -> str:
-    lines = ["# Does the prior help? GFP-GAN on the trained prior vs on a random decoder (val pairs)", "",
-             f"{doc['measured']}, {doc['machine']}, {doc['steps']} steps per arm, seed {doc['seed']}, "
+def markdown(doc: dict, title: str = TITLE, arms: tuple[str, str] = ARM_ORDER,
+             headers: tuple[str, str] = ("trained prior", "random decoder")) -> str:
+    steps = doc.get("steps_text") or f"{doc['steps']} steps per arm"
+    lines = [f"# {title}", "",
+             f"{doc['measured']}, {doc['machine']}, {steps}, seed {doc['seed']}, "
              f"split {doc['split']}. Command: `{doc['command']}`.", "", doc["claim"], "",
-             "| preset | faces | figure | trained prior | random decoder | difference [95% CI] |",
+             f"| preset | faces | figure | {headers[0]} | {headers[1]} | difference [95% CI] |",
              "| --- | --- | --- | --- | --- | --- |"]
     for preset, entry in doc["presets"].items():
         for key in FIGURES:
@@ -160,45 +167,66 @@ def markdown(doc: dict) -> str:
             def cell(values: dict, key: str = key, d: int = d, sign: str = "") -> str:
                 return (f"{values[key]:{sign}.{d}f} [{values[f'{key}_ci_low']:{sign}.{d}f}, "
                         f"{values[f'{key}_ci_high']:{sign}.{d}f}]")
-            lines.append(f"| {preset} | {entry['count']} | {key} | {cell(entry['trained_prior'])} | "
-                         f"{cell(entry['random_decoder'])} | {cell(entry['difference'], sign='+')} |")
+            lines.append(f"| {preset} | {entry['count']} | {key} | {cell(entry[arms[0]])} | "
+                         f"{cell(entry[arms[1]])} | {cell(entry['difference'], sign='+')} |")
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run_record(args: argparse.Namespace, script: str, steps: int, seed: int, minutes: dict[str, float],
+               labels: dict[str, str], claim: str) -> dict:
+    """The common part of a benchmark's JSON: run, machine, arms, command (with its -S overrides)."""
+    machine = machine_description()
+    command = " ".join([f"python benchmarks/{script}", *(f"-S {item}" for item in args.set)])
+    return {"split": VAL_SPLIT, "steps": steps, "seed": seed, "command": command,
+            "measured": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+            "machine": f"{machine['cpu']}, {machine['affinity']} cores, torch {machine['versions']['torch']}",
+            "machine_details": machine, "minutes_this_run": minutes,
+            "arms": {arm: {"label": label} for arm, label in labels.items()}, "claim": claim}
+
+
+def common_arguments(description: str, work: Path) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--shards", type=Path, default=ROOT / "data" / "shards")
     parser.add_argument("--pairs", type=Path, default=ROOT / "data" / "pairs")
     parser.add_argument("--prior", type=Path, default=ROOT / "models" / "prior" / "prior.pth")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/dlfp-prior-ablation"))
+    parser.add_argument("--work", type=Path, default=work)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="parameter override, e.g. -S train.iters=600")
+    return parser
+
+
+def check_inputs(args: argparse.Namespace, script: str) -> None:
+    for path in (args.shards, args.pairs, args.prior):
+        if not path.exists():
+            raise SystemExit(f"{script}: {path} does not exist; run `dvc repro train_prior degrade` first")
+
+
+def write_results(out: Path, json_name: str, md_name: str, doc: dict, text: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / json_name, doc)
+    write_text_atomic(out / md_name, text)
+    print(f"{len(doc['presets'])} presets -> {out / json_name}, {out / md_name}")
+
+
+def main() -> None:
+    parser = common_arguments(__doc__, Path("/tmp/dlfp-prior-ablation"))
     parser.add_argument("--reuse-trained", type=Path, default=None, metavar="MODEL_DIR",
                         help="the train stage's output (models/gfpgan) as the trained-prior arm, when its receipt "
                              "shows the same parameters and prior")
-    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="parameter override, e.g. -S train.iters=600")
     args = parser.parse_args()
-    for path in (args.shards, args.pairs, args.prior):
-        if not path.exists():
-            raise SystemExit(f"prior_ablation: {path} does not exist; run `dvc repro train_prior degrade` first")
+    check_inputs(args, "prior_ablation")
     base = yaml.safe_load(args.params.read_text(encoding="utf-8"))
     minutes = {}
-    for arm in ARMS:
-        params = arm_params(base, arm, args.work / arm, args.set)
-        minutes[arm] = round(run_arm(params, arm, args.work / arm, args), 1)
-    machine = machine_description()
-    command = " ".join(["python benchmarks/prior_ablation.py", *(f"-S {item}" for item in args.set)])
-    doc = {"split": VAL_SPLIT, "steps": params.train.iters, "seed": params.seed, "command": command,
-           "measured": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
-           "machine": f"{machine['cpu']}, {machine['affinity']} cores, torch {machine['versions']['torch']}",
-           "machine_details": machine, "minutes_this_run": minutes,
-           "arms": {arm: {"label": ARM_LABELS[arm].format(prior=shown_path(args.prior))} for arm in ARMS},
-           "presets": compare(args.work), "claim": CLAIM}
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / JSON_NAME, doc)
-    write_text_atomic(args.out / MD_NAME, markdown(doc))
-    print(f"prior_ablation: {len(doc['presets'])} presets -> {args.out / JSON_NAME}, {args.out / MD_NAME}")
+    for arm, init in ARMS.items():
+        params = arm_params(base, {"train.decoder_init": init}, args.work / arm, args.set)
+        reuse = args.reuse_trained if arm == "trained_prior" else None
+        minutes[arm] = round(run_arm(params, arm, args.work / arm, args, reuse), 1)
+    labels = {arm: ARM_LABELS[arm].format(prior=shown_path(args.prior)) for arm in ARMS}
+    doc = run_record(args, "prior_ablation.py", params.train.iters, params.seed, minutes, labels, CLAIM)
+    doc["presets"] = compare(args.work)
+    write_results(args.out, JSON_NAME, MD_NAME, doc, markdown(doc))
 
 
 if __name__ == "__main__":
