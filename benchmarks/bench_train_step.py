@@ -13,8 +13,8 @@ batch of real faces (LQ made by the demo's own `train.preset` degradation):
 - "ours, paper loss weights": the demo network with every loss term of the published recipe switched on (GAN,
   facial components on fixed approximate eye/mouth boxes, perceptual/style and identity on the dlib port), to
   show what the demo saves by training with pixel, pyramid and identity losses only.
-The demo trains with `train.threads` torch threads (1) while a DataLoader worker makes the LQ images on the other
-core, so the default here is 1 thread.
+The default is 1 thread (the demo trains with `train.threads`, 2, beside a DataLoader worker): the cases are timed
+side by side, so their ratio is the result, not the seconds. benchmarks/loss_schedule.py uses that ratio.
 """
 
 from __future__ import annotations

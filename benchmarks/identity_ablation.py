@@ -59,7 +59,8 @@ def main() -> None:
     weight = arm_params(base, {}, args.work / "identity_on", args.set).train.weights.identity
     labels = {"identity_on": f"identity loss at the demo's weight ({weight:g}, dlib network)",
               "identity_off": "identity loss off (train.weights.identity 0)"}
-    doc = run_record(args, "identity_ablation.py", params.train.iters, params.seed, minutes, labels, CLAIM)
+    options = (f"--reuse-trained {args.reuse_trained}",) if args.reuse_trained else ()
+    doc = run_record(args, "identity_ablation.py", params.train.iters, params.seed, minutes, labels, CLAIM, options)
     doc["presets"] = compare(args.work, ARM_ORDER)
     write_results(args.out, JSON_NAME, MD_NAME, doc,
                   markdown(doc, TITLE, ARM_ORDER, ("identity loss on", "identity loss off")))

@@ -19,6 +19,7 @@ SSIM / rank-1 with 95% intervals and the paired difference paper_terms - demo_lo
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -48,14 +49,15 @@ EXTRA_TERMS = ("gan", "component_gan", "component_style", "perceptual", "percept
 TITLE = ("Do the GAN, facial-component and perceptual terms help within the budget? Same training time, val pairs")
 STEP_ROUNDING, MILESTONE_ROUNDING = 50, 10
 CLAIM = ("Both arms train for the same time on this machine: the paper-terms arm gets fewer steps, by the step-cost "
-         "ratio measured side by side in this run. The difference is paired per val face (95% t-interval for "
+         "ratio in cost_ratio (timed side by side, in this run or, with --cost-ratio, in the benchmark run that "
+         "the notes name). The difference is paired per val face (95% t-interval for "
          "PSNR/SSIM, exact McNemar interval for rank-1). It answers whether, at the demo's budget, these terms buy "
          "more than the steps they cost, on these metrics: PSNR and SSIM reward the pixel-faithful average that the "
          "GAN and style terms trade for texture, and no realism metric is measured here. One seed, so the run-to-run "
          "spread of training is not included; it says nothing about longer schedules. The perceptual terms run on "
-         "the network the train stage resolved (recorded in the model's losses_active.json: VGG19 when its weights "
-         "are cached, else dlib's ResNet). Rank-1 is scored with the dlib network that the identity loss also uses "
-         "(circular for both arms alike).")
+         "the network in perceptual_network (the train stage's choice, from the model's losses_active.json: VGG19 "
+         "when its weights are cached, else dlib's ResNet). Rank-1 is scored with the dlib network that the "
+         "identity loss also uses (circular for both arms alike).")
 
 
 def paper_weights(params: Params) -> dict[str, float]:
@@ -109,11 +111,26 @@ def main() -> None:
     labels = {"demo_losses": f"the demo's losses (pixel, pyramid, identity), {demo.train.iters} steps",
               "paper_terms": f"plus GAN, facial-component and perceptual terms at published weights, "
                              f"{arms['paper_terms'].train.iters} steps (the same time at {cost['ratio']:g}x per step)"}
-    doc = run_record(args, "loss_schedule.py", demo.train.iters, demo.seed, minutes, labels, CLAIM)
-    doc.update(cost_ratio=cost, schedules=schedules, presets=compare(args.work, ARM_ORDER),
+    options = tuple(option for option in (
+        f"--reuse-trained {args.reuse_trained}" if args.reuse_trained else "",
+        f"--cost-ratio {args.cost_ratio:g}" if args.cost_ratio is not None else "") if option)
+    doc = run_record(args, "loss_schedule.py", demo.train.iters, demo.seed, minutes, labels, CLAIM, options)
+    doc.update(perceptual_network=perceptual_network(args.work / "paper_terms" / "model"),
+               cost_ratio=cost, schedules=schedules, presets=compare(args.work, ARM_ORDER),
                steps_text=", ".join(f"{arm} {params.train.iters} steps" for arm, params in arms.items()))
-    write_results(args.out, JSON_NAME, MD_NAME, doc,
-                  markdown(doc, TITLE, ARM_ORDER, ("paper terms, same time", "demo losses")))
+    text = markdown(doc, TITLE, ARM_ORDER, ("paper terms, same time", "demo losses"))
+    text += (f"\nStep-cost ratio: {cost['ratio']:g}x ({json.dumps(cost)}); perceptual network of the paper-terms "
+             f"arm: {doc['perceptual_network']}. Schedules: `{json.dumps(schedules)}`.\n")
+    write_results(args.out, JSON_NAME, MD_NAME, doc, text)
+
+
+def perceptual_network(model_dir: Path) -> str:
+    """The network the paper-terms arm's perceptual loss ran on, as its losses_active.json records it."""
+    try:
+        terms = json.loads((model_dir / "losses_active.json").read_text(encoding="utf-8"))["terms"]
+        return str(terms["perceptual"]["source"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"not recorded ({type(error).__name__}: {error})"
 
 
 def json_copy_with_overrides(base: dict, overrides: list[str]) -> Params:

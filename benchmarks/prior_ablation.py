@@ -158,6 +158,7 @@ def markdown(doc: dict, title: str = TITLE, arms: tuple[str, str] = ARM_ORDER,
     lines = [f"# {title}", "",
              f"{doc['measured']}, {doc['machine']}, {steps}, seed {doc['seed']}, "
              f"split {doc['split']}. Command: `{doc['command']}`.", "", doc["claim"], "",
+             *(f"Note: {note}" for note in doc.get("notes", [])), *([""] if doc.get("notes") else []),
              f"| preset | faces | figure | {headers[0]} | {headers[1]} | difference [95% CI] |",
              "| --- | --- | --- | --- | --- | --- |"]
     for preset, entry in doc["presets"].items():
@@ -173,15 +174,15 @@ def markdown(doc: dict, title: str = TITLE, arms: tuple[str, str] = ARM_ORDER,
 
 
 def run_record(args: argparse.Namespace, script: str, steps: int, seed: int, minutes: dict[str, float],
-               labels: dict[str, str], claim: str) -> dict:
-    """The common part of a benchmark's JSON: run, machine, arms, command (with its -S overrides)."""
+               labels: dict[str, str], claim: str, options: tuple[str, ...] = ()) -> dict:
+    """The common part of a benchmark's JSON: run, machine, arms, command (its `options` and -S overrides)."""
     machine = machine_description()
-    command = " ".join([f"python benchmarks/{script}", *(f"-S {item}" for item in args.set)])
+    command = " ".join([f"python benchmarks/{script}", *options, *(f"-S {item}" for item in args.set)])
     return {"split": VAL_SPLIT, "steps": steps, "seed": seed, "command": command,
             "measured": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
             "machine": f"{machine['cpu']}, {machine['affinity']} cores, torch {machine['versions']['torch']}",
             "machine_details": machine, "minutes_this_run": minutes,
-            "arms": {arm: {"label": label} for arm, label in labels.items()}, "claim": claim}
+            "arms": {arm: {"label": label} for arm, label in labels.items()}, "claim": claim, "notes": args.note}
 
 
 def common_arguments(description: str, work: Path) -> argparse.ArgumentParser:
@@ -194,6 +195,8 @@ def common_arguments(description: str, work: Path) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
                         help="parameter override, e.g. -S train.iters=600")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a sentence for the result's notes (e.g. how an arm's model was made)")
     return parser
 
 
