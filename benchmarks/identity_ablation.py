@@ -18,19 +18,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prior_ablation import (  # noqa: E402
-    arm_params,
-    check_inputs,
-    common_arguments,
-    compare,
-    markdown,
-    run_arm,
-    run_record,
-    write_results,
-)
+from prior_ablation import arm_benchmark_arguments, compare, markdown, run_arms, run_record, write_results  # noqa: E402
 
 JSON_NAME, MD_NAME = "identity_ablation.json", "identity_ablation.md"
 ARMS = {"identity_on": {}, "identity_off": {"train.weights.identity": 0.0}}
@@ -44,19 +33,10 @@ CLAIM = ("Both arms are the same GFP-GAN recipe (steps, seed, data, other losses
 
 
 def main() -> None:
-    parser = common_arguments(__doc__, Path("/tmp/dlfp-identity-ablation"))
-    parser.add_argument("--reuse-trained", type=Path, default=None, metavar="MODEL_DIR",
-                        help="the train stage's output (models/gfpgan) as the identity-on arm, when its receipt "
-                             "shows the same parameters and prior")
-    args = parser.parse_args()
-    check_inputs(args, "identity_ablation")
-    base = yaml.safe_load(args.params.read_text(encoding="utf-8"))
-    minutes = {}
-    for arm, overrides in ARMS.items():
-        params = arm_params(base, overrides, args.work / arm, args.set)
-        reuse = args.reuse_trained if arm == "identity_on" else None
-        minutes[arm] = round(run_arm(params, arm, args.work / arm, args, reuse), 1)
-    weight = arm_params(base, {}, args.work / "identity_on", args.set).train.weights.identity
+    args = arm_benchmark_arguments(__doc__, Path("/tmp/dlfp-identity-ablation"), "identity-on")
+    minutes, arms = run_arms(args, ARMS, "identity_on")
+    params = arms["identity_on"]
+    weight = params.train.weights.identity
     labels = {"identity_on": f"identity loss at the demo's weight ({weight:g}, dlib network)",
               "identity_off": "identity loss off (train.weights.identity 0)"}
     options = (f"--reuse-trained {args.reuse_trained}",) if args.reuse_trained else ()

@@ -19,6 +19,7 @@ SSIM / rank-1 with 95% intervals and the paired difference paper_terms - demo_lo
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -33,12 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train_step import make_trainer, real_batch, time_steps  # noqa: E402
 from prior_ablation import (  # noqa: E402
     apply_override,
-    arm_params,
-    check_inputs,
-    common_arguments,
+    arm_benchmark_arguments,
     compare,
     markdown,
-    run_arm,
+    run_arms,
     run_record,
     write_results,
 )
@@ -88,26 +87,18 @@ def paper_schedule(params: Params, ratio: float) -> dict[str, object]:
             **{f"train.weights.{term}": value for term, value in paper_weights(params).items()}}
 
 
-def main() -> None:
-    parser = common_arguments(__doc__, Path("/tmp/dlfp-loss-schedule"))
-    parser.add_argument("--reuse-trained", type=Path, default=None, metavar="MODEL_DIR",
-                        help="the train stage's output (models/gfpgan) as the demo-losses arm, when its receipt "
-                             "shows the same parameters and prior")
+def cost_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ratio-steps", type=int, default=7, help="timed steps per loss set for the cost ratio")
     parser.add_argument("--cost-ratio", type=float, default=None, help="use this step-cost ratio, do not time it")
-    args = parser.parse_args()
-    check_inputs(args, "loss_schedule")
-    base = yaml.safe_load(args.params.read_text(encoding="utf-8"))
-    demo = json_copy_with_overrides(base, args.set)
+
+
+def main() -> None:
+    args = arm_benchmark_arguments(__doc__, Path("/tmp/dlfp-loss-schedule"), "demo-losses", cost_options)
+    demo = json_copy_with_overrides(yaml.safe_load(args.params.read_text(encoding="utf-8")), args.set)
     cost = ({"ratio": args.cost_ratio, "given": True} if args.cost_ratio is not None
             else measure_cost_ratio(demo, args.ratio_steps))
     schedules = {"demo_losses": {}, "paper_terms": paper_schedule(demo, cost["ratio"])}
-    minutes, arms = {}, {}
-    for arm, overrides in schedules.items():
-        params = arm_params(base, overrides, args.work / arm, args.set)
-        reuse = args.reuse_trained if arm == "demo_losses" else None
-        minutes[arm] = round(run_arm(params, arm, args.work / arm, args, reuse), 1)
-        arms[arm] = params
+    minutes, arms = run_arms(args, schedules, "demo_losses")
     labels = {"demo_losses": f"the demo's losses (pixel, pyramid, identity), {demo.train.iters} steps",
               "paper_terms": f"plus GAN, facial-component and perceptual terms at published weights, "
                              f"{arms['paper_terms'].train.iters} steps (the same time at {cost['ratio']:g}x per step)"}

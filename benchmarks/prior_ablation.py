@@ -24,6 +24,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -213,21 +214,42 @@ def write_results(out: Path, json_name: str, md_name: str, doc: dict, text: str)
     print(f"{len(doc['presets'])} presets -> {out / json_name}, {out / md_name}")
 
 
-def main() -> None:
-    parser = common_arguments(__doc__, Path("/tmp/dlfp-prior-ablation"))
+def arm_benchmark_arguments(description: str, work: Path, first_arm: str,
+                            extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """The common options, --reuse-trained (the pipeline's own model as `first_arm`) and `extra`'s, parsed and
+    checked."""
+    parser = common_arguments(description, work)
     parser.add_argument("--reuse-trained", type=Path, default=None, metavar="MODEL_DIR",
-                        help="the train stage's output (models/gfpgan) as the trained-prior arm, when its receipt "
+                        help=f"the train stage's output (models/gfpgan) as the {first_arm} arm, when its receipt "
                              "shows the same parameters and prior")
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args()
-    check_inputs(args, "prior_ablation")
+    check_inputs(args, Path(sys.argv[0]).stem)
+    return args
+
+
+def run_arms(args: argparse.Namespace, arms: dict[str, dict[str, object]],
+             reuse_arm: str) -> tuple[dict[str, float], dict[str, Params]]:
+    """Every arm (name -> its parameter overrides) through run_arm; `reuse_arm` may reuse --reuse-trained.
+    Returns the minutes and the parameters of each arm."""
     base = yaml.safe_load(args.params.read_text(encoding="utf-8"))
-    minutes = {}
-    for arm, init in ARMS.items():
-        params = arm_params(base, {"train.decoder_init": init}, args.work / arm, args.set)
-        reuse = args.reuse_trained if arm == "trained_prior" else None
-        minutes[arm] = round(run_arm(params, arm, args.work / arm, args, reuse), 1)
+    minutes, params = {}, {}
+    for arm, overrides in arms.items():
+        params[arm] = arm_params(base, overrides, args.work / arm, args.set)
+        reuse = args.reuse_trained if arm == reuse_arm else None
+        minutes[arm] = round(run_arm(params[arm], arm, args.work / arm, args, reuse), 1)
+    return minutes, params
+
+
+def main() -> None:
+    args = arm_benchmark_arguments(__doc__, Path("/tmp/dlfp-prior-ablation"), "trained-prior")
+    minutes, arms = run_arms(args, {arm: {"train.decoder_init": init} for arm, init in ARMS.items()},
+                             "trained_prior")
+    params = arms["trained_prior"]
     labels = {arm: ARM_LABELS[arm].format(prior=shown_path(args.prior)) for arm in ARMS}
-    doc = run_record(args, "prior_ablation.py", params.train.iters, params.seed, minutes, labels, CLAIM)
+    options = (f"--reuse-trained {args.reuse_trained}",) if args.reuse_trained else ()
+    doc = run_record(args, "prior_ablation.py", params.train.iters, params.seed, minutes, labels, CLAIM, options)
     doc["presets"] = compare(args.work)
     write_results(args.out, JSON_NAME, MD_NAME, doc, markdown(doc))
 

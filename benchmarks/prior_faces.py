@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -123,6 +124,17 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def replace_label_rows(path: Path, columns: Sequence[str], label: str, rows: list[dict]) -> list[dict]:
+    """Rewrite the results csv with `rows` in place of that label's earlier rows; returns every row."""
+    kept: list[dict] = []
+    if path.exists():
+        with open(path, newline="", encoding="utf-8") as handle:
+            kept = [row for row in csv.DictReader(handle) if row.get("label") != label]
+    everything = kept + rows
+    write_csv_atomic(path, columns, [[row.get(name, "") for name in columns] for row in everything])
+    return everything
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", type=Path, required=True, help="the shard folder of a run (data/shards)")
@@ -148,12 +160,7 @@ def main() -> None:
         summary, minutes = train(args)
     rows = curve_rows(args, summary, minutes)
     path = args.results / CSV_NAME
-    kept: list[dict] = []
-    if path.exists():
-        with open(path, newline="", encoding="utf-8") as handle:
-            kept = [row for row in csv.DictReader(handle) if row.get("label") != args.label]
-    everything = kept + rows
-    write_csv_atomic(path, COLUMNS, [[row.get(name, "") for name in COLUMNS] for row in everything])
+    everything = replace_label_rows(path, COLUMNS, args.label, rows)
     write_text_atomic(args.results / MD_NAME, markdown(everything) + "\n")
     print(f"{args.label}: {len(rows)} measured steps, first face-like: {first_face_like_step(rows)} -> {path}")
 

@@ -6,6 +6,7 @@ flat grey images contain no face, so nothing may be detected and their FD must b
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import _dlfp_test_prereq as prereq  # tests/_prereq.py, registered by conftest.py
@@ -18,7 +19,7 @@ from pydantic import ValidationError
 
 from dlfp.io.images import load_rgb
 from dlfp.params import TrainPriorParams
-from dlfp.train.prior_metrics import COLUMNS, FaceMeasure, MetricsLog, eval_latents
+from dlfp.train.prior_metrics import COLUMNS, MEASURED, NOISE_OFF, FaceMeasure, MetricsLog, eval_latents
 
 FACE_FILES = sorted(FACES.glob("ffhq*.jpg"))
 SIZE = 64  # the demo prior's resolution
@@ -46,6 +47,7 @@ def test_real_faces_at_the_prior_size_are_detected_and_sit_at_the_floor(faces: n
     assert reference["detection_rate"] >= 0.9  # frontal FFHQ faces: HOG finds nearly all of them
     row = measure.measure(5, faces[REAL:])
     assert list(row) == list(COLUMNS)
+    assert all(row[f"{name}{NOISE_OFF}"] == "" for name in MEASURED)  # no noise-free rendering given: empty cells
     assert row["step"] == 5 and row["n_samples"] == HELD_OUT and row["n_real"] == REAL // 2
     assert row["detection_rate"] >= 0.9
     assert row["ci_low"] < row["detection_rate"] <= row["ci_high"] <= 1.0
@@ -65,6 +67,15 @@ def test_noise_and_flat_images_have_no_faces_and_a_large_fd(measure: FaceMeasure
     assert row["fd_dlib"] > 2 * measure.reference["fd_dlib"]
 
 
+def test_the_noise_off_cells_measure_the_second_set_of_images(faces: np.ndarray, measure: FaceMeasure) -> None:
+    flat = np.full((HELD_OUT, SIZE, SIZE, 3), 128, np.uint8)
+    row = measure.measure(7, flat, noise_off=faces[REAL:])  # speckled samples whose noise-free rendering is a face
+    alone = measure.measure(7, faces[REAL:])
+    assert row["detection_rate"] == 0.0 and row[f"detection_rate{NOISE_OFF}"] >= 0.9
+    for name in MEASURED:
+        assert row[f"{name}{NOISE_OFF}"] == pytest.approx(alone[name], rel=1e-9)
+
+
 def test_eval_latents_are_fixed_and_leave_the_global_rng_alone() -> None:
     torch.manual_seed(0)
     before = torch.get_rng_state()
@@ -77,16 +88,32 @@ def test_eval_latents_are_fixed_and_leave_the_global_rng_alone() -> None:
 def test_metrics_log_keeps_rows_up_to_the_resumed_step(tmp_path: Path) -> None:
     path = tmp_path / "prior_metrics.csv"
     log = MetricsLog(path, 0)
+    off = {f"{name}{NOISE_OFF}": 0.5 for name in MEASURED}
     for step in (0, 2, 4):
         log.write({"step": step, "detection_rate": 0.5, "ci_low": 0.25, "ci_high": 0.75, "fd_dlib": 1.0 + step,
-                   "n_samples": 8, "n_real": 4})
+                   "n_samples": 8, "n_real": 4, **off})
     resumed = MetricsLog(path, 3)  # checkpoint at step 3: the row of step 4 is measured again
     resumed.write({"step": 4, "detection_rate": 0.125, "ci_low": 0.0, "ci_high": 0.5, "fd_dlib": 9.0,
-                   "n_samples": 8, "n_real": 4})
+                   "n_samples": 8, "n_real": 4, **off})
     lines = path.read_text().splitlines()
     assert lines[0] == ",".join(COLUMNS)
     assert [line.split(",")[0] for line in lines[1:]] == ["0", "2", "4"] and lines[-1].split(",")[4] == "9"
     assert MetricsLog(path, 0).rows == []  # a fresh start never keeps old rows
+
+
+def test_a_resumed_run_from_before_the_noise_off_columns_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "prior_metrics.csv"
+    old = COLUMNS[:7]  # step .. n_real: the layout before the noise-off measurement
+    assert old[-1] == "n_real"
+    path.write_text(",".join(old) + "\n0,0,0,0.3,0.4,8,4\n300,0.125,0.02,0.47,0.35,8,4\n600,0,0,0.3,0.5,8,4\n")
+    resumed = MetricsLog(path, 300)
+    resumed.write({"step": 600, "detection_rate": 0.25, "ci_low": 0.07, "ci_high": 0.59, "fd_dlib": 0.3,
+                   "n_samples": 8, "n_real": 4, **{f"{name}{NOISE_OFF}": 0.5 for name in MEASURED}})
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == list(COLUMNS) and [row["step"] for row in rows] == ["0", "300", "600"]
+    assert rows[1]["fd_dlib"] == "0.35" and rows[1][f"fd_dlib{NOISE_OFF}"] == ""  # not measured then: empty
+    assert rows[2][f"fd_dlib{NOISE_OFF}"] == "0.5"
 
 
 @pytest.mark.parametrize("count", [1, 3])

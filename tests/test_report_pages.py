@@ -213,6 +213,12 @@ def test_face_panels_draw_the_real_face_levels_as_reference_lines() -> None:
     assert list(fd.y) == [0.9, 0.4] and fd.band is None
     assert [(r.label, r.value) for r in references[rate_title]] == [("real faces at this size", 0.97)]
     assert [(r.label, r.value) for r in references[fd_title]] == [("real vs real (floor)", 0.14)]
+    # the noise-off columns add a thin second line to each panel; empty cells (older runs) add none
+    frame["detection_rate_noise_off"], frame["fd_dlib_noise_off"] = [0.25, 0.75], [0.6, 0.3]
+    (_, (_, rate_off)), (_, (_, fd_off)) = training_page.face_panels(frame, {})[0]
+    assert list(rate_off.y) == [0.25, 0.75] and list(fd_off.y) == [0.6, 0.3] and not rate_off.emphasis
+    frame["detection_rate_noise_off"], frame["fd_dlib_noise_off"] = float("nan"), float("nan")
+    assert [len(lines) for _, lines in training_page.face_panels(frame, {})[0]] == [1, 1]
     _, no_reference = training_page.face_panels(frame, {})
     assert no_reference == {rate_title: [], fd_title: []}
 

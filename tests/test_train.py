@@ -482,6 +482,9 @@ def test_prior_measures_its_samples_at_step_0_and_every_sample_step(data: dict[s
         rate = float(row["detection_rate"])
         assert rate * 8 == round(rate * 8) and float(row["ci_low"]) <= rate <= float(row["ci_high"])
         assert float(row["fd_dlib"]) > 0
+        off = float(row["detection_rate_noise_off"])  # the same latents rendered with every noise input at zero
+        assert off * 8 == round(off * 8) and float(row["ci_low_noise_off"]) <= off <= float(row["ci_high_noise_off"])
+        assert float(row["fd_dlib_noise_off"]) > 0
     reference = json.loads((measured / prior_metrics.REFERENCE_JSON).read_text())
     assert reference["real_faces"]["n_real"] == TRAIN_COUNT and reference["eval_samples"] == 8
     assert reference["real_faces"]["frame"] == prior_metrics.EVAL_FRAME and "biased upward" in reference["claim"]

@@ -44,6 +44,7 @@ STEP_FILE = re.compile(r"^step-(\d{1,9})\.png$")
 PRIOR_METRICS_CSV = "prior_metrics.csv"  # written by dlfp.train.prior_metrics (not imported: it needs torch)
 PRIOR_REFERENCE_JSON = "prior_reference.json"
 FACE_COLUMNS = ("detection_rate", "ci_low", "ci_high", "fd_dlib", "n_samples")
+NOISE_OFF = "_noise_off"  # dlfp.train.prior_metrics.NOISE_OFF: the same figures with every noise input at zero
 RATE_PANEL = "face-detection rate (dlib HOG), higher is better"
 FD_PANEL = "FD in dlib descriptor space, lower is better"
 PARTIAL_SUFFIX = ".partial"
@@ -223,13 +224,18 @@ def face_panels(frame: pd.DataFrame, reference: Mapping) -> tuple[list[tuple[str
                   band=(frame["ci_low"].to_numpy(dtype=float), frame["ci_high"].to_numpy(dtype=float)),
                   band_label="Wilson 95% CI")
     fd = Series(f"prior samples vs real faces (n={n})", steps, frame["fd_dlib"].to_numpy(dtype=float))
+    rates, fds = [rate], [fd]
+    for lines, key in ((rates, "detection_rate"), (fds, "fd_dlib")):
+        values = frame[f"{key}{NOISE_OFF}"].to_numpy(dtype=float) if f"{key}{NOISE_OFF}" in frame.columns else None
+        if values is not None and np.isfinite(values).any():  # older runs have no noise-off cells
+            lines.append(Series("same latents, noise inputs off", steps, values, emphasis=False))
     references: dict[str, list[Reference]] = {RATE_PANEL: [], FD_PANEL: []}
     for panel, key, label in ((RATE_PANEL, "detection_rate", "real faces at this size"),
                               (FD_PANEL, "fd_dlib", "real vs real (floor)")):
         value = reference.get(key)
         if isinstance(value, int | float) and not isinstance(value, bool):
             references[panel].append(Reference(label, float(value)))
-    return [(RATE_PANEL, [rate]), (FD_PANEL, [fd])], references
+    return [(RATE_PANEL, rates), (FD_PANEL, fds)], references
 
 
 def face_view(folder: Path, errors: list[str]) -> FaceView | None:
@@ -253,7 +259,8 @@ def face_view(folder: Path, errors: list[str]) -> FaceView | None:
     plot = line_panels(panels, "train_prior: prior_metrics.csv (fixed samples, EMA generator)", columns=2,
                        references=references)
     seconds = [float(v) for v in stored.get("seconds_per_checkpoint", []) if isinstance(v, int | float)]
-    rows = {int(row["step"]): {name: float(row[name]) for name in FACE_COLUMNS}
+    extra = [f"{name}{NOISE_OFF}" for name in ("detection_rate", "fd_dlib") if f"{name}{NOISE_OFF}" in frame.columns]
+    rows = {int(row["step"]): {name: float(row[name]) for name in (*FACE_COLUMNS, *extra)}
             for row in frame.to_dict("records") if all(math.isfinite(row[name]) for name in FACE_COLUMNS)}
     return FaceView(plot, validation_table(frame), dict(reference), str(stored.get("claim", "")), seconds,
                     int(frame["n_samples"].max()), rows)
@@ -263,8 +270,12 @@ def grid_note(row: Mapping) -> str:
     """'on 8 measured samples (not only these): faces detected 5/8 (0.625, 95% CI 0.31-0.86), FD 0.41'."""
     n = int(row["n_samples"])
     found = round(row["detection_rate"] * n)
-    return (f"on {n} measured samples (not only these): faces detected {found}/{n} "
+    note = (f"on {n} measured samples (not only these): faces detected {found}/{n} "
             f"({row['detection_rate']:.3g}, 95% CI {row['ci_low']:.2g}-{row['ci_high']:.2g}), FD {row['fd_dlib']:.3g}")
+    off_rate, off_fd = row.get(f"detection_rate{NOISE_OFF}"), row.get(f"fd_dlib{NOISE_OFF}")
+    if off_rate is not None and off_fd is not None and math.isfinite(off_rate) and math.isfinite(off_fd):
+        note += f"; noise inputs off: {round(off_rate * n)}/{n}, FD {off_fd:.3g}"
+    return note
 
 
 def _format_number(value: object) -> str:

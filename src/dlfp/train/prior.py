@@ -46,6 +46,7 @@ from dlfp.train.prior_metrics import (
     CLAIM,
     METRICS_CSV,
     MIN_REAL_FACES,
+    NOISE_OFF,
     REFERENCE_JSON,
     FaceMeasure,
     MetricsLog,
@@ -192,15 +193,14 @@ class PriorTrainer:
         return losses
 
     @torch.no_grad()
-    def samples(self, z: Tensor | None = None) -> Tensor:
-        """EMA generator on fixed z (default: the grid's) with its stored noise: comparable across checkpoints."""
+    def samples(self, z: Tensor | None = None, noise_off: bool = False) -> Tensor:
+        """EMA generator on fixed z (default: the grid's) with its stored noise, comparable across checkpoints; or
+        (noise_off) with every noise input at zero, the layout the styles draw without the per-pixel detail."""
         z = self.sample_z if z is None else z
-        was_fixed = self.ema.model.fixed_noise
-        self.ema.model.fixed_noise = True
-        images = torch.cat([self.ema.model(chunk.to(self.device))[0].float().cpu()
-                            for chunk in z.split(GRID_SAMPLES)]) if len(z) else torch.zeros(0)
-        self.ema.model.fixed_noise = was_fixed
-        return images
+        model = self.ema.model
+        noise = [torch.zeros_like(n) if noise_off else n for n in model.fixed_noises()]
+        return torch.cat([model(chunk.to(self.device), noise=noise)[0].float().cpu()
+                          for chunk in z.split(GRID_SAMPLES)]) if len(z) else torch.zeros(0)
 
 
 class _FaceCheckpoints:
@@ -236,14 +236,16 @@ class _FaceCheckpoints:
 
     def record(self, step: int, trainer: PriorTrainer) -> None:
         started = time.monotonic()
-        row = self.measure.measure(step, to_uint8(trainer.samples(trainer.eval_z)))
+        row = self.measure.measure(step, to_uint8(trainer.samples(trainer.eval_z)),
+                                   to_uint8(trainer.samples(trainer.eval_z, noise_off=True)))
         self.log.write(row)
         seconds = round(time.monotonic() - started, 2)
         self.reference["seconds_per_checkpoint"].append(seconds)
         write_json_atomic(self.reference_path, self.reference)
-        log.info("train_prior: step %d: face-detection rate %.3f [%.3f, %.3f] (real faces %.3f), dlib FD %.4g "
-                 "(real-vs-real %.4g), %d samples, %.1f s", step, row["detection_rate"], row["ci_low"],
-                 row["ci_high"], self.measure.reference["detection_rate"], row["fd_dlib"],
+        log.info("train_prior: step %d: face-detection rate %.3f [%.3f, %.3f] (noise off %.3f; real faces %.3f), "
+                 "dlib FD %.4g (noise off %.4g; real-vs-real %.4g), %d samples, %.1f s", step, row["detection_rate"],
+                 row["ci_low"], row["ci_high"], row[f"detection_rate{NOISE_OFF}"],
+                 self.measure.reference["detection_rate"], row["fd_dlib"], row[f"fd_dlib{NOISE_OFF}"],
                  self.measure.reference["fd_dlib"], row["n_samples"], seconds)
 
 

@@ -36,10 +36,13 @@ EVAL_NAMESPACE = "prior-eval"  # derive_seed namespace of the fixed latents
 CONFIDENCE = 0.95
 METRICS_CSV = "prior_metrics.csv"
 REFERENCE_JSON = "prior_reference.json"
-COLUMNS = ("step", "detection_rate", "ci_low", "ci_high", "fd_dlib", "n_samples", "n_real")
+NOISE_OFF = "_noise_off"  # suffix of the same figures on the noise-free rendering (every noise input at zero)
+MEASURED = ("detection_rate", "ci_low", "ci_high", "fd_dlib")
+COLUMNS = ("step", *MEASURED, "n_samples", "n_real", *(f"{name}{NOISE_OFF}" for name in MEASURED))
 CLAIM = ("HOG detection measures a frontal face-like layout, not realism or identity; FD in dlib's 128-D descriptor "
          "space with n samples (n < 128) is biased upward, so read it against the real-vs-real floor at similar n; "
-         "it carries no interval.")
+         "it carries no interval. The noise-off figures render the same latents with every noise input at zero: "
+         "they measure the layout the styles draw, not the samples the prior gives the restorer (which adds noise).")
 
 
 def to_uint8(images: Tensor) -> np.ndarray:
@@ -103,17 +106,22 @@ class FaceMeasure:
         """How many images have at least one HOG face."""
         return sum(1 for image in framed if self.detector.detect(image))
 
-    def measure(self, step: int, images: np.ndarray) -> dict:
-        """One prior_metrics.csv row for uint8 samples (N, S, S, 3)."""
+    def figures(self, images: np.ndarray) -> dict[str, float]:
+        """Detection rate with its Wilson interval and descriptor FD of uint8 samples (N, S, S, 3)."""
         from dlfp.metrics.frechet import frechet_distance
 
         framed = upscale(images, self.frame)
         found = self.detected(framed)
         low, high = self._wilson(found, len(images))
         fd = frechet_distance(self.scorer.embed(framed), self.real_a)
-        return {"step": step, "detection_rate": found / len(images), "ci_low": low, "ci_high": high,
-                "fd_dlib": fd, "n_samples": len(images),
-                "n_real": len(self.real_a)}
+        return {"detection_rate": found / len(images), "ci_low": low, "ci_high": high, "fd_dlib": fd}
+
+    def measure(self, step: int, images: np.ndarray, noise_off: np.ndarray | None = None) -> dict:
+        """One prior_metrics.csv row for uint8 samples (N, S, S, 3), and for the same latents rendered without noise
+        (empty cells when not given)."""
+        row = {"step": step, **self.figures(images), "n_samples": len(images), "n_real": len(self.real_a)}
+        off = self.figures(noise_off) if noise_off is not None else dict.fromkeys(MEASURED, "")
+        return {**row, **{f"{name}{NOISE_OFF}": off[name] for name in MEASURED}}
 
 
 def _cell(value: object) -> str:
@@ -129,9 +137,10 @@ class MetricsLog:
         if start_step > 0 and path.exists():
             with path.open(newline="", encoding="utf-8") as handle:
                 reader = csv.reader(handle)
-                header = next(reader, None)
-                if header == list(COLUMNS):
-                    self.rows = [row for row in reader if row and int(row[0]) <= start_step]
+                header = next(reader, None) or []
+                if header == list(COLUMNS[:len(header)]):  # this layout, or an older run's without noise-off cells
+                    pad = [""] * (len(COLUMNS) - len(header))
+                    self.rows = [row + pad for row in reader if row and int(row[0]) <= start_step]
 
     def write(self, row: dict) -> None:
         self.rows = [r for r in self.rows if int(r[0]) != row["step"]]
