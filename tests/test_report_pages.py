@@ -578,3 +578,13 @@ def test_pages_render_in_headless_chromium(pipeline: dict[str, Path], tmp_path: 
                                           tmp_path / "profile")
         assert not errors, f"{name}: {errors}"
     assert (tmp_path / "training.png").is_file() and (tmp_path / "evaluation.png").is_file()
+
+
+def test_grid_captions_add_the_noise_off_figures_when_measured() -> None:
+    row = {"n_samples": 8.0, "detection_rate": 0.125, "ci_low": 0.02, "ci_high": 0.47, "fd_dlib": 0.41}
+    assert "noise inputs off" not in training_page.grid_note(row)  # a run from before the noise-off columns
+    note = training_page.grid_note({**row, "detection_rate_noise_off": 0.5, "fd_dlib_noise_off": 0.29})
+    assert note.startswith("on 8 measured samples (not only these): faces detected 1/8 (0.125, 95% CI 0.02-0.47)")
+    assert note.endswith("FD 0.41; noise inputs off: 4/8, FD 0.29")
+    assert "noise inputs off" not in training_page.grid_note({**row, "detection_rate_noise_off": float("nan"),
+                                                              "fd_dlib_noise_off": float("nan")})

@@ -259,8 +259,8 @@ def face_view(folder: Path, errors: list[str]) -> FaceView | None:
     plot = line_panels(panels, "train_prior: prior_metrics.csv (fixed samples, EMA generator)", columns=2,
                        references=references)
     seconds = [float(v) for v in stored.get("seconds_per_checkpoint", []) if isinstance(v, int | float)]
-    extra = [f"{name}{NOISE_OFF}" for name in ("detection_rate", "fd_dlib") if f"{name}{NOISE_OFF}" in frame.columns]
-    rows = {int(row["step"]): {name: float(row[name]) for name in (*FACE_COLUMNS, *extra)}
+    names = [*FACE_COLUMNS, *(name for name in (f"detection_rate{NOISE_OFF}", f"fd_dlib{NOISE_OFF}") if name in frame)]
+    rows = {int(row["step"]): {name: float(row[name]) for name in names}
             for row in frame.to_dict("records") if all(math.isfinite(row[name]) for name in FACE_COLUMNS)}
     return FaceView(plot, validation_table(frame), dict(reference), str(stored.get("claim", "")), seconds,
                     int(frame["n_samples"].max()), rows)
@@ -270,12 +270,10 @@ def grid_note(row: Mapping) -> str:
     """'on 8 measured samples (not only these): faces detected 5/8 (0.625, 95% CI 0.31-0.86), FD 0.41'."""
     n = int(row["n_samples"])
     found = round(row["detection_rate"] * n)
-    note = (f"on {n} measured samples (not only these): faces detected {found}/{n} "
-            f"({row['detection_rate']:.3g}, 95% CI {row['ci_low']:.2g}-{row['ci_high']:.2g}), FD {row['fd_dlib']:.3g}")
-    off_rate, off_fd = row.get(f"detection_rate{NOISE_OFF}"), row.get(f"fd_dlib{NOISE_OFF}")
-    if off_rate is not None and off_fd is not None and math.isfinite(off_rate) and math.isfinite(off_fd):
-        note += f"; noise inputs off: {round(off_rate * n)}/{n}, FD {off_fd:.3g}"
-    return note
+    off = [row.get(f"{key}{NOISE_OFF}", math.nan) for key in ("detection_rate", "fd_dlib")]
+    extra = f"; noise inputs off: {round(off[0] * n)}/{n}, FD {off[1]:.3g}" if all(map(math.isfinite, off)) else ""
+    return (f"on {n} measured samples (not only these): faces detected {found}/{n} ({row['detection_rate']:.3g}, "
+            f"95% CI {row['ci_low']:.2g}-{row['ci_high']:.2g}), FD {row['fd_dlib']:.3g}{extra}")
 
 
 def _format_number(value: object) -> str:
