@@ -94,7 +94,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     params = load_params(args.params)
     p = params.train_prior
-    found = sorted((load_generator(path) + (path,) for path in args.checkpoints), key=lambda item: item[0])
+    by_step = {}  # one checkpoint per step (a copy of the same checkpoint taken twice counts once)
+    for path in args.checkpoints:
+        step, generator = load_generator(path)
+        by_step[step] = (step, generator, path)
+    found = [by_step[step] for step in sorted(by_step)]
     size = found[0][1].out_size
     stream = ShardStream(args.shards, train_records(args.shards), SampleRecipe(seed=params.seed, out_size=size,
                                                                                 flip_prob=0.0), shuffle_buffer=1)
