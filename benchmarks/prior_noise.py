@@ -30,6 +30,7 @@ from dlfp.params import load_params
 from dlfp.train import prior_metrics
 from dlfp.train.data import SampleRecipe, ShardStream, train_records
 from dlfp.train.engine.logging import save_image_grid
+from dlfp.train.prior import render_samples
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_description  # noqa: E402
@@ -42,8 +43,7 @@ MODES = ("stored noise", "noise off")
 GRID = 16  # samples per figure, two rows (as the stage's sample grids)
 COLUMNS = ("label", "step", "mode", "detection_rate", "ci_low", "ci_high", "fd_dlib", "n_samples", "n_real",
            "real_detection_rate", "real_fd_floor", "checkpoint", "measured")
-CLAIM = (prior_metrics.CLAIM + " 'noise off' renders the same latents with every noise input at zero: it measures "
-         "the layout the styles draw, not the samples the prior gives the restorer (which adds noise).")
+CLAIM = prior_metrics.CLAIM  # it says what the noise-off rows measure, too
 
 
 def load_generator(path: Path) -> tuple[int, StyleGAN2GeneratorClean]:
@@ -53,13 +53,6 @@ def load_generator(path: Path) -> tuple[int, StyleGAN2GeneratorClean]:
     generator = StyleGAN2GeneratorClean(**state["config"])
     generator.load_state_dict(state["ema"])
     return int(payload["step"]), generator.eval()
-
-
-@torch.no_grad()
-def samples(generator: StyleGAN2GeneratorClean, latents: torch.Tensor, mode: str) -> torch.Tensor:
-    noise = ([torch.zeros_like(n) for n in generator.fixed_noises()] if mode == "noise off"
-             else list(generator.fixed_noises()))
-    return torch.cat([generator([chunk], noise=noise)[0] for chunk in latents.split(16)])
 
 
 def markdown(rows: list[dict]) -> str:
@@ -108,7 +101,7 @@ def main() -> None:
     rows = []
     for step, generator, path in found:
         for mode in MODES:
-            images = samples(generator, latents, mode)
+            images = render_samples(generator, latents, noise_off=mode == "noise off")
             row = measure.measure(step, prior_metrics.to_uint8(images))
             if args.figures is not None and step == found[-1][0]:
                 name = f"prior_{args.label}_step{step}_{mode.replace(' ', '-')}.png"

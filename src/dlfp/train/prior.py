@@ -105,6 +105,16 @@ def generator_adam(generator: StyleGAN2GeneratorClean, lr: float, equalized_lr: 
                                     ADAM_BETAS)
 
 
+@torch.no_grad()
+def render_samples(generator: StyleGAN2GeneratorClean, z: Tensor, noise_off: bool = False,
+                   device: torch.device | str = "cpu") -> Tensor:
+    """Images (N, 3, S, S) on the CPU for latents z (N, D) with the generator's stored noise maps, comparable across
+    checkpoints; or (noise_off) with every noise input at zero: the layout the styles draw without per-pixel detail."""
+    noise = [torch.zeros_like(n) if noise_off else n for n in generator.fixed_noises()]
+    return torch.cat([generator(chunk.to(device), noise=noise)[0].float().cpu()
+                      for chunk in z.split(GRID_SAMPLES)]) if len(z) else torch.zeros(0)
+
+
 class PriorTrainer:
     """Networks, optimisers and one training step of the StyleGAN2 prior."""
 
@@ -192,15 +202,9 @@ class PriorTrainer:
         losses["lr"] = torch.tensor(self.base_lr * factor)
         return losses
 
-    @torch.no_grad()
     def samples(self, z: Tensor | None = None, noise_off: bool = False) -> Tensor:
-        """EMA generator on fixed z (default: the grid's) with its stored noise, comparable across checkpoints; or
-        (noise_off) with every noise input at zero, the layout the styles draw without the per-pixel detail."""
-        z = self.sample_z if z is None else z
-        model = self.ema.model
-        noise = [torch.zeros_like(n) if noise_off else n for n in model.fixed_noises()]
-        return torch.cat([model(chunk.to(self.device), noise=noise)[0].float().cpu()
-                          for chunk in z.split(GRID_SAMPLES)]) if len(z) else torch.zeros(0)
+        """The EMA generator's fixed samples (default: the grid's latents), see render_samples."""
+        return render_samples(self.ema.model, self.sample_z if z is None else z, noise_off, self.device)
 
 
 class _FaceCheckpoints:
