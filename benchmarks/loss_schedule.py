@@ -28,13 +28,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from dlfp.params import LossWeights, Params, parse_params
+from dlfp.params import LossWeights, Params
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train_step import make_trainer, real_batch, time_steps  # noqa: E402
 from prior_ablation import (  # noqa: E402
-    apply_override,
     arm_benchmark_arguments,
+    arm_params,
     compare,
     markdown,
     run_arms,
@@ -94,7 +94,7 @@ def cost_options(parser: argparse.ArgumentParser) -> None:
 
 def main() -> None:
     args = arm_benchmark_arguments(__doc__, Path("/tmp/dlfp-loss-schedule"), "demo-losses", cost_options)
-    demo = json_copy_with_overrides(yaml.safe_load(args.params.read_text(encoding="utf-8")), args.set)
+    demo = arm_params(yaml.safe_load(args.params.read_text(encoding="utf-8")), {}, args.work / "demo_losses", args.set)
     cost = ({"ratio": args.cost_ratio, "given": True} if args.cost_ratio is not None
             else measure_cost_ratio(demo, args.ratio_steps))
     schedules = {"demo_losses": {}, "paper_terms": paper_schedule(demo, cost["ratio"])}
@@ -122,13 +122,6 @@ def perceptual_network(model_dir: Path) -> str:
         return str(terms["perceptual"]["source"])
     except (OSError, ValueError, KeyError, TypeError) as error:
         return f"not recorded ({type(error).__name__}: {error})"
-
-
-def json_copy_with_overrides(base: dict, overrides: list[str]) -> Params:
-    raw = yaml.safe_load(yaml.safe_dump(base))
-    for assignment in overrides:
-        apply_override(raw, assignment)
-    return parse_params(raw)
 
 
 if __name__ == "__main__":
