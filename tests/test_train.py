@@ -427,6 +427,27 @@ def test_prior_generator_steps_match_stylegan2_equalized_lr(data: dict[str, Path
     assert (rates[0] == pytest.approx(lr * MAPPING_LR_MUL / width ** 0.5 / 2)) == equalized_lr
 
 
+@pytest.mark.parametrize("noise_inputs", [True, False])
+def test_prior_without_noise_inputs_keeps_every_noise_strength_at_zero(data: dict[str, Path],
+                                                                        noise_inputs: bool) -> None:
+    """train_prior.noise_inputs false: the strengths are never trained, so the noise maps add nothing and the
+    samples drawn with noise equal those drawn with it off; true trains them like every other weight."""
+    from dlfp.models.stylegan2 import noise_strength_names
+
+    params = make_params({"noise_inputs": noise_inputs})
+    trainer = prior.PriorTrainer(params.train_prior, params.seed, DistInfo(), torch.device("cpu"))
+    stream = ShardStream(data["shards"], train_records(data["shards"]), SampleRecipe(seed=params.seed, out_size=SIZE),
+                         shuffle_buffer=4)
+    for step in range(2):
+        trainer.step(next(Batches(stream, 2)), step)
+    names = noise_strength_names(trainer.generator)
+    assert len(names) == trainer.generator.num_layers
+    for model in (trainer.generator, trainer.ema.model):
+        strengths = torch.cat([p.detach().flatten() for n, p in model.named_parameters() if n in names])
+        assert (strengths != 0).all() if noise_inputs else (strengths == 0).all()
+    assert torch.equal(trainer.samples(), trainer.samples(noise_off=True)) != noise_inputs
+
+
 @pytest.mark.parametrize("equalized_lr", [False, True])
 def test_gfpgan_generator_steps_match_gfpganv1_equalized_lr(data: dict[str, Path], prior_file: Path,
                                                             equalized_lr: bool) -> None:

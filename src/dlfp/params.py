@@ -384,6 +384,9 @@ class TrainPriorParams(OptimParams):
                                       "in dlib's descriptor space vs train faces; twice as many real faces give the "
                                       "reference levels); 0: off")
     ema_half_life_images: float = 2000
+    noise_inputs: bool = Field(
+        default=True, description="StyleGAN2's per-pixel noise inputs with learned strengths; false: the strengths "
+                                  "stay at 0 (not trained), so every layer's detail comes from the latent")
     equalized_lr: bool = Field(
         default=False, description="per-parameter lr multipliers that give the clean layout StyleGAN2's equalised "
                                    "learning rate (and the mapping network's lr multiplier 0.01); false: one lr")

@@ -449,6 +449,11 @@ def equalized_lr_multipliers(generator: StyleGAN2GeneratorClean,
     return {name: multipliers.get(name, 1.0) for name, _ in generator.named_parameters()}
 
 
+def noise_strength_names(generator: StyleGAN2GeneratorClean) -> set[str]:
+    """Parameter names of the generator's learned noise strengths (one scalar per StyleConv)."""
+    return {f"{name}.weight" for name, module in generator.named_modules() if isinstance(module, StyleConv)}
+
+
 def spatial_feature_transform(feat: Tensor, scale: Tensor, shift: Tensor, sft_half: bool) -> Tensor:
     """SFT: feat * scale + shift; with sft_half only the second channel half (the first passes unchanged).
 

@@ -31,7 +31,12 @@ from dlfp.losses.gan import (
     r1_penalty,
 )
 from dlfp.models.checkpoints import save_torch
-from dlfp.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2GeneratorClean, equalized_lr_multipliers
+from dlfp.models.stylegan2 import (
+    StyleGAN2Discriminator,
+    StyleGAN2GeneratorClean,
+    equalized_lr_multipliers,
+    noise_strength_names,
+)
 from dlfp.params import Params, TrainPriorParams
 from dlfp.shards import streamed as streams
 from dlfp.train.data import SampleRecipe, ShardStream
@@ -97,12 +102,17 @@ def mixed_latents(generator: StyleGAN2GeneratorClean, batch: int, mixing_prob: f
     return [torch.randn(batch, generator.num_style_feat, device=device) for _ in range(count)]
 
 
-def generator_adam(generator: StyleGAN2GeneratorClean, lr: float, equalized_lr: bool) -> torch.optim.Adam:
-    """Adam on the generator: one lr, or (equalized_lr) StyleGAN2's per-weight scales (equalized_lr_multipliers)."""
-    if not equalized_lr:
-        return torch.optim.Adam(generator.parameters(), lr=lr, betas=ADAM_BETAS)
-    return adam_with_lr_multipliers(generator.named_parameters(), lr, equalized_lr_multipliers(generator),
-                                    ADAM_BETAS)
+def generator_adam(generator: StyleGAN2GeneratorClean, lr: float, equalized_lr: bool,
+                   noise_inputs: bool = True) -> torch.optim.Adam:
+    """Adam on the generator: one lr, or (equalized_lr) StyleGAN2's per-weight scales (equalized_lr_multipliers).
+
+    Without noise_inputs the noise strengths are left out of the optimiser, so they keep their initial 0: the
+    noise maps are still drawn but add nothing, and the saved prior carries no noise either.
+    """
+    frozen = set() if noise_inputs else noise_strength_names(generator)
+    trained = [(name, param) for name, param in generator.named_parameters() if name not in frozen]
+    multipliers = equalized_lr_multipliers(generator) if equalized_lr else {}
+    return adam_with_lr_multipliers(trained, lr, multipliers, ADAM_BETAS)
 
 
 @torch.no_grad()
@@ -129,7 +139,7 @@ class PriorTrainer:
         images_per_step = p.batch_size * info.world_size
         self.ema = EMA(self.generator, ema_decay(images_per_step, p.ema_half_life_images))
         self.base_lr = p.lr * p.lr_scale
-        self.opt_g = generator_adam(self.generator, self.base_lr, p.equalized_lr)
+        self.opt_g = generator_adam(self.generator, self.base_lr, p.equalized_lr, p.noise_inputs)
         self.d_lr = lazy_lr(self.base_lr, p.r1_interval)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.d_lr,
                                       betas=lazy_betas(ADAM_BETAS, p.r1_interval))
@@ -300,6 +310,7 @@ class PriorTraining(TrainingJob):
                 "ema_decay": trainer.ema.decay, "ema_rampup": p.ema_rampup, "lr": trainer.base_lr,
                 "generator_lr": "equalized (StyleGAN2 per-weight scales, mapping x0.01)" if p.equalized_lr
                 else "one lr",
+                "noise_inputs": "learned strengths" if p.noise_inputs else "off (strengths fixed at 0)",
                 "d_lr": trainer.d_lr,
                 "batch_size": p.batch_size, "world_size": info.world_size, "bf16": p.bf16,
                 "device": str(info.device)})
